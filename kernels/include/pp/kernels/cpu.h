@@ -1,0 +1,157 @@
+// The CPU kernels: the reference implementation of every op in pp. Each later backend (CUDA)
+// has a twin with the same params struct and is tested against these.
+//
+// Everything here is f32, row-major, and batch-invariant: a row's result never depends on which
+// other rows share its call (so outputs are the same however the scheduler batches requests or
+// the pipeline splits the model). Kernels never allocate on hot paths except where noted.
+// Threads: OpenMP over rows/heads, plus OpenBLAS inside matmul; set_num_threads sets both.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace pp::kernels::cpu {
+
+void set_num_threads(int n);  // n <= 0: all cores
+int num_threads();
+
+// out[t, :] = table[ids[t], :]. ids must be < n_vocab (checked by the caller).
+struct EmbeddingParams {
+  const float* table = nullptr;  // [n_vocab, n_embd]
+  const int32_t* ids = nullptr;  // [n_tokens]
+  float* out = nullptr;          // [n_tokens, n_embd]
+  int64_t n_vocab = 0, n_embd = 0, n_tokens = 0;
+};
+void embedding(const EmbeddingParams& p);
+
+// RMSNorm over the last dimension. With `residual` set, first residual += x, then
+// out = rmsnorm(residual) * weight (the fused residual add of a pre-norm decoder).
+// out may alias x. Rows: n_rows of n elements each (Qwen3's q/k norm: rows = tokens*heads).
+struct RmsNormParams {
+  const float* x = nullptr;       // [n_rows, n]
+  float* residual = nullptr;      // [n_rows, n] or nullptr
+  const float* weight = nullptr;  // [n]
+  float* out = nullptr;           // [n_rows, n]
+  int64_t n_rows = 0, n = 0;
+  float eps = 1e-6f;
+};
+void rms_norm(const RmsNormParams& p);
+
+// RoPE frequencies, NeoX layout (rotate_half: pairs (i, i + rot_dim/2)), with optional scaling.
+enum class RopeScalingKind : uint8_t { kNone, kLinear, kLlama3 };
+struct RopeFreqParams {
+  int64_t rot_dim = 0;  // dimensions rotated (== head_dim for every family we serve)
+  float theta = 10000.0f;
+  RopeScalingKind scaling = RopeScalingKind::kNone;
+  float factor = 1.0f, low_freq_factor = 1.0f, high_freq_factor = 4.0f;
+  int64_t original_max_position = 8192;
+};
+// [rot_dim / 2] inverse frequencies, computed once per model.
+std::vector<float> rope_inv_freq(const RopeFreqParams& p);
+
+// In-place rotation of x[t, h, :] by angle pos[t] * inv_freq[i].
+struct RopeParams {
+  float* x = nullptr;               // [n_tokens, n_head, head_dim]
+  const int32_t* pos = nullptr;     // [n_tokens]
+  const float* inv_freq = nullptr;  // [rot_dim / 2]
+  int64_t n_tokens = 0, n_head = 0, head_dim = 0, rot_dim = 0;
+};
+void rope_neox(const RopeParams& p);
+
+// out = x @ w^T (+ bias): the linear layer, weights in Hugging Face [out, in] layout. Goes
+// through OpenBLAS in fixed-size row tiles so each row's result is independent of m.
+struct MatmulParams {
+  const float* x = nullptr;     // [m, k]
+  const float* w = nullptr;     // [n, k]
+  const float* bias = nullptr;  // [n] or nullptr
+  float* out = nullptr;         // [m, n]
+  int64_t m = 0, n = 0, k = 0;
+};
+void matmul(const MatmulParams& p);
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, n_ff + i]: SwiGLU over the fused gate|up output.
+struct SwigluParams {
+  const float* gate_up = nullptr;  // [n_tokens, 2 * n_ff]
+  float* out = nullptr;            // [n_tokens, n_ff]
+  int64_t n_tokens = 0, n_ff = 0;
+};
+void swiglu(const SwigluParams& p);
+
+// One layer's paged KV pool. Slot s = block * block_size + offset holds one token.
+struct PagedKv {
+  float* k = nullptr;  // [n_blocks, block_size, n_head_kv, head_dim]
+  float* v = nullptr;  // [n_blocks, block_size, n_head_kv, head_dim]
+  int64_t n_blocks = 0, block_size = 0, n_head_kv = 0, head_dim = 0;
+};
+
+// Writes new tokens' K and V into their slots.
+struct KvWriteParams {
+  PagedKv kv;
+  const float* k = nullptr;      // [n_tokens, n_head_kv, head_dim]
+  const float* v = nullptr;      // [n_tokens, n_head_kv, head_dim]
+  const int64_t* slots = nullptr;  // [n_tokens]
+  int64_t n_tokens = 0;
+};
+void kv_write(const KvWriteParams& p);
+
+// Causal attention with GQA over the paged cache. Query token t of sequence s (tokens
+// seq_start[s] .. seq_start[s+1]) sits at position q_pos[t] and attends to the keys at
+// positions 0 .. q_pos[t] of its sequence, found through block_tables[s]. The keys of the new
+// tokens must already be written (kv_write). Online softmax over keys in position order, so
+// the result does not depend on chunking or batching.
+struct AttentionParams {
+  const float* q = nullptr;             // [n_tokens, n_head, head_dim]
+  float* out = nullptr;                 // [n_tokens, n_head, head_dim]
+  PagedKv kv;
+  const int32_t* seq_start = nullptr;   // [n_seq + 1]
+  const int32_t* q_pos = nullptr;       // [n_tokens]
+  const int32_t* block_tables = nullptr;  // [n_seq, max_blocks]
+  int64_t n_tokens = 0, n_seq = 0, n_head = 0, max_blocks = 0;
+  float scale = 1.0f;                   // usually 1 / sqrt(head_dim)
+};
+void attention(const AttentionParams& p);
+
+// Penalties on one row of logits, in place, from the counts of tokens seen so far:
+// repetition (HF/vLLM: divide positive / multiply negative logits of every seen token),
+// presence (subtract once per seen output token) and frequency (subtract count times).
+struct PenaltyParams {
+  float* logits = nullptr;                 // [n_vocab]
+  int64_t n_vocab = 0;
+  const int32_t* prompt_ids = nullptr;     // repetition penalty also covers the prompt
+  int64_t n_prompt = 0;
+  const int32_t* output_ids = nullptr;
+  int64_t n_output = 0;
+  float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
+};
+void apply_penalties(const PenaltyParams& p);
+
+// Sampling of one row. temperature <= 0 (or top_k == 1) is greedy (lowest id wins ties).
+// Otherwise: logits / temperature, then top-k, top-p, min-p filters, then one draw from a
+// counter-based RNG keyed by (seed, step), so a seed reproduces its output whatever the batch.
+struct SampleParams {
+  const float* logits = nullptr;  // [n_vocab], after penalties
+  int64_t n_vocab = 0;
+  float temperature = 1.0f;
+  int32_t top_k = 0;              // 0 = off
+  float top_p = 1.0f;             // 1 = off
+  float min_p = 0.0f;             // 0 = off
+  uint64_t seed = 0;
+  uint64_t step = 0;              // index of the token being generated in its request
+  int32_t n_top_logprobs = 0;     // how many top alternatives to report (0 = none)
+};
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+};
+struct SampleResult {
+  int32_t token = 0;
+  float logprob = 0.0f;            // log_softmax of the raw logits (before temperature) at token
+  std::vector<TokenLogprob> top;   // the n_top_logprobs most likely tokens, most likely first
+};
+// `scratch` is caller-owned workspace reused across calls (resized as needed).
+SampleResult sample(const SampleParams& p, std::vector<float>& scratch);
+
+// A uniform float in [0, 1) from (seed, step); the same on every backend.
+float philox_uniform(uint64_t seed, uint64_t step);
+
+}  // namespace pp::kernels::cpu

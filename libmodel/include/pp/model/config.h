@@ -1,0 +1,79 @@
+// ModelConfig: the normalized shape of a decoder-only transformer, whatever it was read from
+// (a Hugging Face config.json in its older or transformers-5 form, or GGUF metadata).
+// Everything downstream (planner, stage model, KV cache, server) reads only this struct.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "pp/status.h"
+
+namespace pp::model {
+
+enum class Arch : uint8_t {
+  kLlama,    // LlamaForCausalLM: Llama 2/3, SmolLM2, TinyLlama
+  kMistral,  // MistralForCausalLM (dense)
+  kQwen2,    // Qwen2ForCausalLM: q/k/v bias
+  kQwen3,    // Qwen3ForCausalLM: q/k RMSNorm per head
+};
+
+const char* arch_name(Arch arch);  // the Hugging Face class name, "LlamaForCausalLM"
+
+enum class RopeScaling : uint8_t { kNone, kLinear, kLlama3 };
+
+struct RopeConfig {
+  float theta = 10000.0f;          // base frequency
+  RopeScaling scaling = RopeScaling::kNone;
+  float factor = 1.0f;             // linear and llama3
+  float low_freq_factor = 1.0f;    // llama3
+  float high_freq_factor = 4.0f;   // llama3
+  int64_t original_max_position = 8192;  // llama3: original_max_position_embeddings
+};
+
+struct ModelConfig {
+  Arch arch = Arch::kLlama;
+  std::string model_type;        // "llama", "qwen3", ...
+  int64_t n_vocab = 0;           // vocab_size
+  int64_t n_embd = 0;            // hidden_size
+  int64_t n_ff = 0;              // intermediate_size
+  int64_t n_layer = 0;           // num_hidden_layers
+  int64_t n_head = 0;            // num_attention_heads
+  int64_t n_head_kv = 0;         // num_key_value_heads (== n_head without GQA)
+  int64_t head_dim = 0;          // head_dim, or n_embd / n_head when absent
+  int64_t max_position = 0;      // max_position_embeddings (the context length)
+  float rms_norm_eps = 1e-6f;
+  RopeConfig rope;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;   // q/k/v projections carry a bias (Qwen2; config attention_bias)
+  bool qk_norm = false;          // per-head RMSNorm on q and k before RoPE (Qwen3)
+  int64_t sliding_window = 0;    // 0 = none; Mistral's sliding window (we refuse > context use)
+  std::string torch_dtype = "float32";  // dtype the weights were published in
+  std::vector<int32_t> bos_token_ids;   // usually one
+  std::vector<int32_t> eos_token_ids;   // config + generation_config, deduplicated
+
+  int64_t q_dim() const { return n_head * head_dim; }
+  int64_t kv_dim() const { return n_head_kv * head_dim; }
+  // Bytes of K and V for one token in one layer at `bytes_per_elem` precision.
+  int64_t kv_bytes_per_token_layer(int64_t bytes_per_elem) const {
+    return 2 * kv_dim() * bytes_per_elem;
+  }
+
+  // A clear error when the shape is inconsistent (n_head % n_head_kv != 0, zero sizes, ...).
+  Status validate() const;
+};
+
+// Parses a Hugging Face config.json (both the older `rope_theta`/`rope_scaling`/`torch_dtype`
+// form and the transformers-5 `rope_parameters`/`dtype` form). An unknown architecture is an
+// error naming it.
+Result<ModelConfig> config_from_hf_json(const nlohmann::json& j);
+// Reads DIR/config.json and, when present, DIR/generation_config.json (for eos ids).
+Result<ModelConfig> config_from_hf_dir(const std::filesystem::path& dir);
+// Writes the normalized config back in the older Hugging Face form (what pp-partition stores).
+nlohmann::json config_to_hf_json(const ModelConfig& c);
+
+}  // namespace pp::model
