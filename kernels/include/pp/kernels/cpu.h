@@ -4,9 +4,11 @@
 // Everything here is f32, row-major, and batch-invariant: a row's result never depends on which
 // other rows share its call (so outputs are the same however the scheduler batches requests or
 // the pipeline splits the model). Kernels never allocate on hot paths except where noted.
-// Threads: OpenMP over rows/heads, plus OpenBLAS inside matmul; set_num_threads sets both.
+// Threads: OpenMP over rows/heads/column chunks, the count set process-wide by set_num_threads
+// (which also sets OpenBLAS's, for any other user of it); no result depends on the count.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -58,8 +60,9 @@ struct RopeParams {
 };
 void rope_neox(const RopeParams& p);
 
-// out = x @ w^T (+ bias): the linear layer, weights in Hugging Face [out, in] layout. Goes
-// through OpenBLAS in fixed-size row tiles so each row's result is independent of m.
+// out = x @ w^T (+ bias): the linear layer, weights in Hugging Face [out, in] layout. Every
+// element is one fixed-order AVX2 dot product (OpenBLAS's sgemm is not batch-invariant: see
+// matmul.cpp), so each row's result is independent of m, its position and the thread count.
 struct MatmulParams {
   const float* x = nullptr;     // [m, k]
   const float* w = nullptr;     // [n, k]
@@ -84,11 +87,11 @@ struct PagedKv {
   int64_t n_blocks = 0, block_size = 0, n_head_kv = 0, head_dim = 0;
 };
 
-// Writes new tokens' K and V into their slots.
+// Writes new tokens' K and V into their slots. A negative slot marks a padding token: skipped.
 struct KvWriteParams {
   PagedKv kv;
-  const float* k = nullptr;      // [n_tokens, n_head_kv, head_dim]
-  const float* v = nullptr;      // [n_tokens, n_head_kv, head_dim]
+  const float* k = nullptr;        // [n_tokens, n_head_kv, head_dim]
+  const float* v = nullptr;        // [n_tokens, n_head_kv, head_dim]
   const int64_t* slots = nullptr;  // [n_tokens]
   int64_t n_tokens = 0;
 };
@@ -100,14 +103,14 @@ void kv_write(const KvWriteParams& p);
 // tokens must already be written (kv_write). Online softmax over keys in position order, so
 // the result does not depend on chunking or batching.
 struct AttentionParams {
-  const float* q = nullptr;             // [n_tokens, n_head, head_dim]
-  float* out = nullptr;                 // [n_tokens, n_head, head_dim]
+  const float* q = nullptr;  // [n_tokens, n_head, head_dim]
+  float* out = nullptr;      // [n_tokens, n_head, head_dim]
   PagedKv kv;
-  const int32_t* seq_start = nullptr;   // [n_seq + 1]
-  const int32_t* q_pos = nullptr;       // [n_tokens]
+  const int32_t* seq_start = nullptr;     // [n_seq + 1]
+  const int32_t* q_pos = nullptr;         // [n_tokens]
   const int32_t* block_tables = nullptr;  // [n_seq, max_blocks]
   int64_t n_tokens = 0, n_seq = 0, n_head = 0, max_blocks = 0;
-  float scale = 1.0f;                   // usually 1 / sqrt(head_dim)
+  float scale = 1.0f;  // usually 1 / sqrt(head_dim)
 };
 void attention(const AttentionParams& p);
 
@@ -115,9 +118,9 @@ void attention(const AttentionParams& p);
 // repetition (HF/vLLM: divide positive / multiply negative logits of every seen token),
 // presence (subtract once per seen output token) and frequency (subtract count times).
 struct PenaltyParams {
-  float* logits = nullptr;                 // [n_vocab]
+  float* logits = nullptr;  // [n_vocab]
   int64_t n_vocab = 0;
-  const int32_t* prompt_ids = nullptr;     // repetition penalty also covers the prompt
+  const int32_t* prompt_ids = nullptr;  // repetition penalty also covers the prompt
   int64_t n_prompt = 0;
   const int32_t* output_ids = nullptr;
   int64_t n_output = 0;
@@ -132,12 +135,12 @@ struct SampleParams {
   const float* logits = nullptr;  // [n_vocab], after penalties
   int64_t n_vocab = 0;
   float temperature = 1.0f;
-  int32_t top_k = 0;              // 0 = off
-  float top_p = 1.0f;             // 1 = off
-  float min_p = 0.0f;             // 0 = off
+  int32_t top_k = 0;   // 0 = off
+  float top_p = 1.0f;  // 1 = off
+  float min_p = 0.0f;  // 0 = off
   uint64_t seed = 0;
-  uint64_t step = 0;              // index of the token being generated in its request
-  int32_t n_top_logprobs = 0;     // how many top alternatives to report (0 = none)
+  uint64_t step = 0;           // index of the token being generated in its request
+  int32_t n_top_logprobs = 0;  // how many top alternatives to report (0 = none)
 };
 struct TokenLogprob {
   int32_t token = 0;
@@ -145,13 +148,21 @@ struct TokenLogprob {
 };
 struct SampleResult {
   int32_t token = 0;
-  float logprob = 0.0f;            // log_softmax of the raw logits (before temperature) at token
-  std::vector<TokenLogprob> top;   // the n_top_logprobs most likely tokens, most likely first
+  float logprob = 0.0f;           // log_softmax of the raw logits (before temperature) at token
+  std::vector<TokenLogprob> top;  // the n_top_logprobs most likely tokens, most likely first
 };
 // `scratch` is caller-owned workspace reused across calls (resized as needed).
 SampleResult sample(const SampleParams& p, std::vector<float>& scratch);
 
 // A uniform float in [0, 1) from (seed, step); the same on every backend.
 float philox_uniform(uint64_t seed, uint64_t step);
+
+// The generator behind philox_uniform: Philox4x32-10 (Salmon et al. 2011, as in Random123),
+// multipliers 0xD2511F53 / 0xCD9E8D57, key increments 0x9E3779B9 / 0xBB67AE85, 10 rounds.
+// philox_uniform(seed, step) = (r[0] >> 8) * 2^-24 where
+// r = philox4x32_10({uint32(step), uint32(step >> 32), 0, 0}, {uint32(seed), uint32(seed >> 32)}).
+// sample() then walks the kept tokens in ascending id order, summing exp(logit/T - max) in f64,
+// and takes the first token whose running sum exceeds u * total (the last kept one if none).
+std::array<uint32_t, 4> philox4x32_10(std::array<uint32_t, 4> ctr, std::array<uint32_t, 2> key);
 
 }  // namespace pp::kernels::cpu
