@@ -39,7 +39,7 @@ TempDir::~TempDir() {
 }
 
 uint64_t rng_seed() {
-  static const uint64_t seed = [] {
+  static const uint64_t seed = []() -> uint64_t {
     if (const char* s = std::getenv("PP_TEST_SEED")) return std::strtoull(s, nullptr, 10);
     std::random_device rd;
     uint64_t v = (uint64_t(rd()) << 32) | rd();
