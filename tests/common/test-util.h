@@ -12,7 +12,7 @@
 namespace pp::test {
 
 std::filesystem::path source_dir();
-std::filesystem::path fixture_dir();   // tests/fixtures
+std::filesystem::path fixture_dir();  // tests/fixtures
 // The default model (SmolLM2-135M-Instruct Q4_1 GGUF) fetched by scripts/fetch-model.sh:
 // $PP_MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf, default ~/.cache/pp/models.
 std::filesystem::path default_model_path();
@@ -22,6 +22,7 @@ class TempDir {
   TempDir();
   ~TempDir();
   const std::filesystem::path& path() const { return path_; }
+
  private:
   std::filesystem::path path_;
 };

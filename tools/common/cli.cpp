@@ -11,15 +11,18 @@ namespace pp::cli {
 
 int exit_code_for(const Status& s) {
   switch (s.code()) {
-    case StatusCode::kOk: return kExitOk;
+    case StatusCode::kOk:
+      return kExitOk;
     case StatusCode::kInvalidArgument:
     case StatusCode::kNotFound:
     case StatusCode::kOutOfRange:
     case StatusCode::kUnimplemented:
     case StatusCode::kAlreadyExists:
     case StatusCode::kDataLoss:
-    case StatusCode::kFailedPrecondition: return kExitUsage;
-    default: return kExitFailure;
+    case StatusCode::kFailedPrecondition:
+      return kExitUsage;
+    default:
+      return kExitFailure;
   }
 }
 

@@ -5,11 +5,11 @@ namespace pp::detail {
 [[noreturn]] void assert_fail(const char* cond, const char* file, int line, const char* msg);
 }
 
-#define PP_ASSERT(cond)                                                           \
-  do {                                                                            \
-    if (!(cond)) ::pp::detail::assert_fail(#cond, __FILE__, __LINE__, nullptr);   \
+#define PP_ASSERT(cond)                                                         \
+  do {                                                                          \
+    if (!(cond)) ::pp::detail::assert_fail(#cond, __FILE__, __LINE__, nullptr); \
   } while (0)
-#define PP_ASSERT_MSG(cond, msg)                                                  \
-  do {                                                                            \
-    if (!(cond)) ::pp::detail::assert_fail(#cond, __FILE__, __LINE__, (msg));     \
+#define PP_ASSERT_MSG(cond, msg)                                              \
+  do {                                                                        \
+    if (!(cond)) ::pp::detail::assert_fail(#cond, __FILE__, __LINE__, (msg)); \
   } while (0)

@@ -17,18 +17,18 @@ namespace pp {
 
 enum class StatusCode : uint8_t {
   kOk = 0,
-  kInvalidArgument,    // the caller passed something malformed (bad option, bad request field)
-  kNotFound,           // a file, tensor, model or request that does not exist
-  kAlreadyExists,      // refusing to overwrite
-  kOutOfRange,         // a value beyond a limit (context length, vocabulary)
-  kDataLoss,           // a file whose contents lie: truncated, bad offsets, checksum mismatch
-  kUnimplemented,      // a valid input we do not support (an unknown architecture, a dtype)
-  kResourceExhausted,  // out of memory, KV blocks, queue space, disk
-  kUnavailable,        // a peer went away, the server is draining
-  kFailedPrecondition, // the system is not in a state to do this (a newer database schema)
+  kInvalidArgument,     // the caller passed something malformed (bad option, bad request field)
+  kNotFound,            // a file, tensor, model or request that does not exist
+  kAlreadyExists,       // refusing to overwrite
+  kOutOfRange,          // a value beyond a limit (context length, vocabulary)
+  kDataLoss,            // a file whose contents lie: truncated, bad offsets, checksum mismatch
+  kUnimplemented,       // a valid input we do not support (an unknown architecture, a dtype)
+  kResourceExhausted,   // out of memory, KV blocks, queue space, disk
+  kUnavailable,         // a peer went away, the server is draining
+  kFailedPrecondition,  // the system is not in a state to do this (a newer database schema)
   kCancelled,
   kDeadlineExceeded,
-  kInternal,           // a failure of something we call (a syscall, SQLite, CUDA)
+  kInternal,  // a failure of something we call (a syscall, SQLite, CUDA)
 };
 
 const char* status_code_name(StatusCode code);
@@ -85,7 +85,7 @@ Status internal_error(fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -108,10 +108,10 @@ class [[nodiscard]] Result {
 }  // namespace pp
 
 // Return early from a function returning Status or Result<T> when `expr` fails.
-#define PP_RETURN_IF_ERROR(expr)              \
-  do {                                        \
-    ::pp::Status pp_status_ = (expr);         \
-    if (!pp_status_.ok()) return pp_status_;  \
+#define PP_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::pp::Status pp_status_ = (expr);        \
+    if (!pp_status_.ok()) return pp_status_; \
   } while (0)
 
 #define PP_CONCAT_INNER_(a, b) a##b

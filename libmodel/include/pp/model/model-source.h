@@ -18,7 +18,7 @@ namespace pp::model {
 enum class SourceKind : uint8_t { kHfDir, kGguf };
 
 struct ModelSource {
-  std::filesystem::path path;                 // what the user named
+  std::filesystem::path path;  // what the user named
   SourceKind kind = SourceKind::kHfDir;
   ModelConfig config;
   std::shared_ptr<const WeightSource> weights;  // every tensor, Hugging Face names

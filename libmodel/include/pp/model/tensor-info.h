@@ -8,20 +8,38 @@
 namespace pp::model {
 
 enum class DType : uint8_t {
-  kF32, kF16, kBF16, kF64, kI8, kI16, kI32, kI64, kU8, kBool,
+  kF32,
+  kF16,
+  kBF16,
+  kF64,
+  kI8,
+  kI16,
+  kI32,
+  kI64,
+  kU8,
+  kBool,
   // GGML block-quantized types (GGUF only), dequantized on load.
-  kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K,
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ8_0,
+  kQ2_K,
+  kQ3_K,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
 };
 
-const char* dtype_name(DType t);   // "F32", "BF16", "Q4_1", ...
+const char* dtype_name(DType t);  // "F32", "BF16", "Q4_1", ...
 
 struct TensorInfo {
-  std::string name;             // Hugging Face name ("model.layers.0.self_attn.q_proj.weight")
+  std::string name;  // Hugging Face name ("model.layers.0.self_attn.q_proj.weight")
   DType dtype = DType::kF32;
-  std::vector<int64_t> shape;   // Hugging Face order, outermost first: a linear is [out, in]
-  uint64_t offset = 0;          // byte offset of the data inside its file's data section
-  uint64_t nbytes = 0;          // bytes of stored (possibly quantized) data
-  int file_index = 0;           // which file of a sharded checkpoint
+  std::vector<int64_t> shape;  // Hugging Face order, outermost first: a linear is [out, in]
+  uint64_t offset = 0;         // byte offset of the data inside its file's data section
+  uint64_t nbytes = 0;         // bytes of stored (possibly quantized) data
+  int file_index = 0;          // which file of a sharded checkpoint
 
   int64_t numel() const {
     int64_t n = 1;
