@@ -26,10 +26,10 @@ struct GgufValue {
 };
 
 struct GgufTensor {
-  std::string name;             // GGUF name ("blk.0.attn_q.weight")
+  std::string name;  // GGUF name ("blk.0.attn_q.weight")
   DType dtype = DType::kF32;
-  std::vector<int64_t> ne;      // GGML order, innermost first: a linear is [in, out]
-  uint64_t offset = 0;          // from the start of the data section
+  std::vector<int64_t> ne;  // GGML order, innermost first: a linear is [in, out]
+  uint64_t offset = 0;      // from the start of the data section
   uint64_t nbytes = 0;
 };
 
@@ -48,8 +48,8 @@ class GgufFile {
 
   // Typed getters: kNotFound when absent, kInvalidArgument when of another type.
   Result<std::string> get_string(std::string_view key) const;
-  Result<int64_t> get_int(std::string_view key) const;      // any integer type
-  Result<double> get_float(std::string_view key) const;     // any float or integer type
+  Result<int64_t> get_int(std::string_view key) const;   // any integer type
+  Result<double> get_float(std::string_view key) const;  // any float or integer type
   Result<bool> get_bool(std::string_view key) const;
   Result<std::vector<std::string>> get_string_array(std::string_view key) const;
   Result<std::vector<int64_t>> get_int_array(std::string_view key) const;
@@ -69,9 +69,9 @@ class GgufFile {
   uint32_t version_ = 0;
   std::map<std::string, GgufValue, std::less<>> metadata_;
   std::vector<GgufTensor> tensors_;
-  std::span<const uint8_t> data_;      // the whole file
-  uint64_t data_offset_ = 0;           // start of the tensor data section
-  void* map_ = nullptr;                // mmap base when opened from a path
+  std::span<const uint8_t> data_;  // the whole file
+  uint64_t data_offset_ = 0;       // start of the tensor data section
+  void* map_ = nullptr;            // mmap base when opened from a path
   size_t map_size_ = 0;
 };
 
@@ -81,5 +81,8 @@ Status dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n);
 // Bytes used by `n` elements of type `t` (n must be a multiple of the block size);
 // kDataLoss when it is not.
 Result<uint64_t> ggml_type_bytes(DType t, int64_t n);
+// Elements per block of type `t` (32 for Q8_0, 256 for the K types, 1 for F32/F16/BF16/F64/I*);
+// 0 for a type GGML has no layout for (U8, BOOL).
+int64_t ggml_block_size(DType t);
 
 }  // namespace pp::model
