@@ -1,0 +1,68 @@
+// Reading a partition folder made by pp-partition split: its manifest, one stage's shard (all a
+// stage host needs), and a full verification of every file against the manifest.
+//
+// A stage host calls open_stage(dir, k): it reads partition.json and stage-K.safetensors only, so
+// a host may hold nothing but those two files (and the tokenizer when it serves).
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pp/model/config.h"
+#include "pp/model/weights.h"
+#include "pp/partition/manifest.h"
+#include "pp/partition/planner.h"
+#include "pp/status.h"
+
+namespace pp::partition {
+
+// Reads and checks DIR/partition.json (see manifest.h). kNotFound when DIR or the manifest is
+// missing, kDataLoss when it is malformed.
+Result<PartitionManifest> open_partition(const std::filesystem::path& dir);
+
+// One stage of a partition, opened: what StageModel needs to load it.
+struct StageShard {
+  model::ModelConfig config;  // the whole model's normalized config
+  int index = 0;              // this stage
+  int n_stages = 1;
+  LayerRange layers;           // [begin, end), global layer indices (tensor names keep them)
+  bool has_embedding = false;  // the file holds model.embed_tokens.weight
+  bool has_lm_head = false;    // the file holds model.norm.weight and the lm_head
+  // The lm_head's tensor in this file: "lm_head.weight", or "model.embed_tokens.weight" for a
+  // tied model whose one stage holds both; empty without lm_head.
+  std::string lm_head_tensor;
+  model::DType dtype = model::DType::kBF16;            // storage dtype of the shard
+  std::filesystem::path file;                          // DIR/stage-K.safetensors
+  std::shared_ptr<const model::WeightSource> weights;  // this stage's tensors only
+};
+
+// Opens stage k. Checks the file's size against the manifest always, its sha256 when
+// `verify_checksum` (kDataLoss naming the file on a mismatch), and that the file holds the
+// tensors the stage needs.
+Result<StageShard> open_stage(const std::filesystem::path& dir, int k,
+                              bool verify_checksum = false);
+Result<StageShard> open_stage(const std::filesystem::path& dir, const PartitionManifest& m, int k,
+                              bool verify_checksum = false);
+
+// The result of checking one file of a partition.
+struct FileCheck {
+  std::string file;    // relative to the partition folder
+  uint64_t bytes = 0;  // size found on disk (0 when missing)
+  bool ok = false;
+  std::string problem;  // empty when ok: "missing", "size 10 != 12", "sha256 mismatch", ...
+};
+
+// Checks every file the manifest names (stages and tokenizer): present, of the recorded size,
+// with the recorded sha256; and that each stage file is a readable safetensors file holding
+// exactly the tensors of its layers and edges. An unreadable manifest is the Status; problems
+// with files are reported per file.
+Result<std::vector<FileCheck>> verify_partition(const std::filesystem::path& dir);
+
+// Which stage a Hugging Face tensor name belongs to, given the stages' layers: a layer's
+// tensors go to the stage holding that layer; model.embed_tokens.* to stage 0; model.norm.* and
+// lm_head.* to the last stage. -1 for a name that is none of these (rotary caches and the like).
+int stage_of_tensor(const std::string& name, const std::vector<StagePlan>& stages);
+
+}  // namespace pp::partition

@@ -1,0 +1,187 @@
+// open_partition, open_stage and verify_partition: a partition folder read back and checked
+// against its manifest.
+#include "pp/partition/partition-reader.h"
+
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <system_error>
+
+#include "pp/partition/sha256.h"
+
+namespace pp::partition {
+
+namespace fs = std::filesystem;
+
+Result<PartitionManifest> open_partition(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return not_found("'{}' is not a partition folder", dir.string());
+  fs::path mp = dir / kManifestName;
+  std::ifstream in(mp);
+  if (!in)
+    return not_found("'{}' has no {} (not a partition made by pp-partition split)", dir.string(),
+                     kManifestName);
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return data_loss("cannot parse '{}': not valid JSON", mp.string());
+  return manifest_from_json(j, mp.string());
+}
+
+int stage_of_tensor(const std::string& name, const std::vector<StagePlan>& stages) {
+  if (stages.empty()) return -1;
+  static constexpr std::string_view kLayers = "model.layers.";
+  if (name.starts_with(kLayers)) {
+    std::string_view rest = std::string_view(name).substr(kLayers.size());
+    int64_t layer = -1;
+    auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), layer);
+    if (ec != std::errc() || ptr == rest.data() || ptr == rest.data() + rest.size() ||
+        *ptr != '.') {
+      return -1;
+    }
+    for (const StagePlan& s : stages) {
+      if (layer >= s.layers.begin && layer < s.layers.end) return s.index;
+    }
+    return -1;
+  }
+  if (name.starts_with("model.embed_tokens.")) return 0;
+  if (name.starts_with("model.norm.") || name.starts_with("lm_head."))
+    return int(stages.size()) - 1;
+  return -1;
+}
+
+namespace {
+
+// The tensor names a stage file must hold beyond its layers' own.
+Status check_stage_tensors(const model::WeightSource& w, const PartitionManifest& m, int k,
+                           const std::string& file) {
+  const StagePlan& s = m.plan.stages[k];
+  const StageFile& f = m.files[k];
+  std::set<int64_t> layers_seen;
+  for (const std::string& name : w.names()) {
+    int owner = stage_of_tensor(name, m.plan.stages);
+    // A tied model's last stage carries its own lm_head copy; stage_of_tensor agrees (lm_head.*).
+    if (owner != k) return data_loss("'{}' holds tensor '{}' of another stage", file, name);
+    if (name.starts_with("model.layers.")) {
+      layers_seen.insert(std::stoll(name.substr(13)));
+    }
+  }
+  if (int64_t(layers_seen.size()) != s.layers.size()) {
+    return data_loss("'{}' holds tensors of {} layers, the stage has {}", file, layers_seen.size(),
+                     s.layers.size());
+  }
+  if (s.has_embedding && !w.find("model.embed_tokens.weight")) {
+    return data_loss("'{}' lacks 'model.embed_tokens.weight'", file);
+  }
+  if (s.has_lm_head) {
+    if (!w.find("model.norm.weight")) return data_loss("'{}' lacks 'model.norm.weight'", file);
+    if (f.lm_head_tensor.empty() || !w.find(f.lm_head_tensor)) {
+      return data_loss("'{}' lacks the lm_head tensor '{}'", file, f.lm_head_tensor);
+    }
+  }
+  if (f.n_tensors != int64_t(w.names().size())) {
+    return data_loss("'{}' holds {} tensors, the manifest says {}", file, w.names().size(),
+                     f.n_tensors);
+  }
+  return ok_status();
+}
+
+Status check_size(const fs::path& p, uint64_t expected, uint64_t* found) {
+  std::error_code ec;
+  uint64_t size = fs::file_size(p, ec);
+  if (ec) return not_found("cannot open '{}': {}", p.string(), ec.message());
+  if (found) *found = size;
+  if (size != expected) {
+    return data_loss("'{}' has {} bytes, the manifest says {}", p.string(), size, expected);
+  }
+  return ok_status();
+}
+
+Status check_sha(const fs::path& p, const std::string& expected) {
+  PP_ASSIGN_OR_RETURN(std::string got, sha256_file(p));
+  if (got != expected) {
+    return data_loss("'{}' has sha256 {}, the manifest says {}", p.string(), got, expected);
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Result<StageShard> open_stage(const fs::path& dir, const PartitionManifest& m, int k,
+                              bool verify_checksum) {
+  if (k < 0 || k >= m.n_stages()) {
+    return make_error(StatusCode::kOutOfRange, "stage {} does not exist: '{}' has {} stages", k,
+                      dir.string(), m.n_stages());
+  }
+  const StagePlan& s = m.plan.stages[k];
+  const StageFile& f = m.files[k];
+  fs::path p = dir / f.file;
+  PP_RETURN_IF_ERROR(check_size(p, f.bytes, nullptr));
+  if (verify_checksum) PP_RETURN_IF_ERROR(check_sha(p, f.sha256));
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<model::WeightSource> w, model::open_safetensors(p));
+  PP_RETURN_IF_ERROR(check_stage_tensors(*w, m, k, p.string()));
+  StageShard out;
+  out.config = m.config;
+  out.index = k;
+  out.n_stages = m.n_stages();
+  out.layers = s.layers;
+  out.has_embedding = s.has_embedding;
+  out.has_lm_head = s.has_lm_head;
+  out.lm_head_tensor = f.lm_head_tensor;
+  out.dtype = m.plan.dtype;
+  out.file = p;
+  out.weights = std::move(w);
+  return out;
+}
+
+Result<StageShard> open_stage(const fs::path& dir, int k, bool verify_checksum) {
+  PP_ASSIGN_OR_RETURN(PartitionManifest m, open_partition(dir));
+  return open_stage(dir, m, k, verify_checksum);
+}
+
+Result<std::vector<FileCheck>> verify_partition(const fs::path& dir) {
+  PP_ASSIGN_OR_RETURN(PartitionManifest m, open_partition(dir));
+  std::vector<FileCheck> out;
+  auto check_file = [&](const std::string& name, uint64_t expected_bytes, bool check_bytes,
+                        const std::string& sha) {
+    FileCheck c;
+    c.file = name;
+    fs::path p = dir / name;
+    std::error_code ec;
+    c.bytes = fs::file_size(p, ec);
+    if (ec) {
+      c.bytes = 0;
+      c.problem = "missing";
+    } else if (check_bytes && c.bytes != expected_bytes) {
+      c.problem = fmt::format("has {} bytes, the manifest says {}", c.bytes, expected_bytes);
+    } else {
+      auto got = sha256_file(p);
+      if (!got.ok()) {
+        c.problem = got.status().message();
+      } else if (*got != sha) {
+        c.problem = fmt::format("sha256 {} does not match the manifest's {}", *got, sha);
+      }
+    }
+    c.ok = c.problem.empty();
+    return c;
+  };
+  for (int k = 0; k < m.n_stages(); ++k) {
+    const StageFile& f = m.files[k];
+    FileCheck c = check_file(f.file, f.bytes, true, f.sha256);
+    if (c.ok) {
+      fs::path p = dir / f.file;
+      auto w = model::open_safetensors(p);
+      Status st = w.ok() ? check_stage_tensors(**w, m, k, p.string()) : w.status();
+      if (!st.ok()) {
+        c.ok = false;
+        c.problem = st.message();
+      }
+    }
+    out.push_back(std::move(c));
+  }
+  out.push_back(check_file(m.tokenizer.file, 0, false, m.tokenizer.sha256));
+  if (!m.tokenizer.config_file.empty()) {
+    out.push_back(check_file(m.tokenizer.config_file, 0, false, m.tokenizer.config_sha256));
+  }
+  return out;
+}
+
+}  // namespace pp::partition

@@ -1,0 +1,440 @@
+// write_partition: streams a model's tensors, one at a time, into per-stage safetensors files in
+// a temporary folder beside the destination, then the tokenizer and partition.json, fsyncs
+// everything and renames the folder into place. A guard removes the temporary folder on every
+// path that does not reach the final rename.
+#include "pp/partition/shard-writer.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <system_error>
+
+#include "pp/assert.h"
+#include "pp/model/safetensors-writer.h"
+#include "pp/model/safetensors.h"
+#include "pp/model/tokenizer.h"
+#include "pp/partition/partition-reader.h"
+#include "pp/partition/sha256.h"
+#include "pp/version.h"
+
+namespace pp::partition {
+
+namespace fs = std::filesystem;
+using model::ModelSource;
+using model::SourceKind;
+
+namespace {
+
+constexpr const char* kEmbedName = "model.embed_tokens.weight";
+constexpr const char* kLmHeadName = "lm_head.weight";
+
+// Removes a temporary folder unless released.
+class TempFolderGuard {
+ public:
+  explicit TempFolderGuard(fs::path p) : path_(std::move(p)) {}
+  ~TempFolderGuard() {
+    if (path_.empty()) return;
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  void release() { path_.clear(); }
+
+ private:
+  fs::path path_;
+};
+
+// The f32 values of one stage's tensors, in a file-backed mapping inside the temporary folder:
+// the safetensors writer takes every tensor of a file at once, and a file-backed mapping lets the
+// kernel page a large stage out to disk instead of holding it in RAM. The blocks are reserved
+// with posix_fallocate first, so a full disk is an error here rather than a SIGBUS later.
+class StageScratch {
+ public:
+  ~StageScratch() { reset(); }
+  Status create(const fs::path& p, size_t n_floats) {
+    reset();
+    path_ = p;
+    bytes_ = std::max<size_t>(n_floats * sizeof(float), sizeof(float));
+    fd_ = ::open(p.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd_ < 0) return internal_error("cannot create '{}': {}", p.string(), std::strerror(errno));
+    if (int err = ::posix_fallocate(fd_, 0, off_t(bytes_)); err != 0) {
+      return make_error(err == ENOSPC ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+                        "cannot reserve {} bytes for '{}': {}", bytes_, p.string(),
+                        std::strerror(err));
+    }
+    void* m = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (m == MAP_FAILED) {
+      return internal_error("cannot map '{}': {}", p.string(), std::strerror(errno));
+    }
+    data_ = static_cast<float*>(m);
+    return ok_status();
+  }
+  float* data() { return data_; }
+  void reset() {
+    if (data_) ::munmap(data_, bytes_);
+    if (fd_ >= 0) ::close(fd_);
+    if (!path_.empty()) ::unlink(path_.c_str());
+    data_ = nullptr;
+    fd_ = -1;
+    path_.clear();
+  }
+
+ private:
+  fs::path path_;
+  int fd_ = -1;
+  float* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+std::string random_suffix() {
+  std::random_device rd;
+  return fmt::format("{:08x}{:08x}", rd(), rd());
+}
+
+Status fsync_path(const fs::path& p, bool directory) {
+  int fd = ::open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) return internal_error("cannot open '{}': {}", p.string(), std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return internal_error("cannot sync '{}': {}", p.string(), std::strerror(err));
+  return ok_status();
+}
+
+// Writes `data` to `p` and fsyncs it; a short write (a full disk) is an error naming the file.
+Status write_file(const fs::path& p, std::string_view data) {
+  int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return internal_error("cannot create '{}': {}", p.string(), std::strerror(errno));
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : ENOSPC;
+      ::close(fd);
+      return make_error(err == ENOSPC ? StatusCode::kResourceExhausted : StatusCode::kInternal,
+                        "cannot write '{}': {}", p.string(), std::strerror(err));
+    }
+    done += size_t(n);
+  }
+  int rc = ::fsync(fd);
+  int err = errno;
+  if (::close(fd) != 0 && rc == 0) {
+    rc = -1;
+    err = errno;
+  }
+  if (rc != 0) return internal_error("cannot sync '{}': {}", p.string(), std::strerror(err));
+  return ok_status();
+}
+
+Result<std::string> read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return not_found("cannot open '{}'", p.string());
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string utc_now_iso() {
+  std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool cancelled(const WriteOptions& o) { return o.cancel && o.cancel->load(); }
+
+Status cancelled_status() {
+  return make_error(StatusCode::kCancelled, "interrupted: no partition written");
+}
+
+// The tokenizer files of the partition: copied from a Hugging Face folder, or made from the GGUF
+// metadata (tokenizer.json from the tokenizer, tokenizer_config.json naming BOS/EOS and the chat
+// template).
+Status write_tokenizer(const ModelSource& src, const fs::path& tmp, TokenizerFiles& out) {
+  out.file = "tokenizer.json";
+  if (src.kind == SourceKind::kGguf) {
+    PP_ASSERT(src.gguf);
+    auto tok = model::Tokenizer::from_gguf(*src.gguf);
+    if (!tok.ok())
+      return tok.status().with_context(fmt::format("'{}': tokenizer", src.path.string()));
+    PP_RETURN_IF_ERROR(write_file(tmp / out.file, (*tok)->to_hf_json().dump()));
+    nlohmann::json tc = nlohmann::json::object();
+    if (auto b = (*tok)->bos_id()) tc["bos_token"] = (*tok)->id_to_token(*b);
+    if (auto e = (*tok)->eos_id()) tc["eos_token"] = (*tok)->id_to_token(*e);
+    if (!src.chat_template.empty()) tc["chat_template"] = src.chat_template;
+    out.config_file = "tokenizer_config.json";
+    PP_RETURN_IF_ERROR(write_file(tmp / out.config_file, tc.dump(2)));
+  } else {
+    if (src.tokenizer_json.empty()) {
+      return not_found("'{}' has no tokenizer.json (the partition must carry its tokenizer)",
+                       src.path.string());
+    }
+    PP_ASSIGN_OR_RETURN(std::string text, read_text(src.tokenizer_json));
+    PP_RETURN_IF_ERROR(write_file(tmp / out.file, text));
+    fs::path tc = src.tokenizer_json.parent_path() / "tokenizer_config.json";
+    std::error_code ec;
+    if (fs::exists(tc, ec)) {
+      PP_ASSIGN_OR_RETURN(std::string t, read_text(tc));
+      out.config_file = "tokenizer_config.json";
+      PP_RETURN_IF_ERROR(write_file(tmp / out.config_file, t));
+    }
+  }
+  PP_ASSIGN_OR_RETURN(out.sha256, sha256_file(tmp / out.file));
+  if (!out.config_file.empty()) {
+    PP_ASSIGN_OR_RETURN(out.config_sha256, sha256_file(tmp / out.config_file));
+  }
+  return ok_status();
+}
+
+Status check_space(const fs::path& parent, const Plan& plan) {
+  struct statvfs st {};
+  if (::statvfs(parent.c_str(), &st) != 0) return ok_status();  // unknown: let writes decide
+  // The shards, plus the f32 scratch of the largest stage (see StageScratch).
+  uint64_t need = 0, scratch = 0;
+  for (const StagePlan& s : plan.stages) {
+    need += s.bytes;
+    scratch = std::max<uint64_t>(scratch, uint64_t(s.params) * 4);
+  }
+  need += scratch;
+  uint64_t have = uint64_t(st.f_bavail) * uint64_t(st.f_frsize);
+  if (need > have) {
+    return make_error(
+        StatusCode::kResourceExhausted,
+        "not enough disk space in '{}': the partition needs about {} bytes, {} are free",
+        parent.string(), need, have);
+  }
+  return ok_status();
+}
+
+// Moves the finished temporary folder to `out`. Without force, RENAME_NOREPLACE refuses a DIR
+// that appeared meanwhile; with force, RENAME_EXCHANGE swaps old and new in one step and the old
+// one (now at `tmp`) is removed by the caller's guard.
+Status commit(const fs::path& tmp, const fs::path& out, bool force) {
+  std::error_code ec;
+  bool exists = fs::exists(fs::symlink_status(out, ec));
+  if (!exists) {
+    if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, out.c_str(), RENAME_NOREPLACE) == 0) {
+      return ok_status();
+    }
+    if (errno == EEXIST) {
+      return make_error(StatusCode::kAlreadyExists,
+                        "'{}' already exists (use --force to replace it)", out.string());
+    }
+    if (errno != EINVAL && errno != ENOSYS) {
+      return internal_error("cannot rename '{}' to '{}': {}", tmp.string(), out.string(),
+                            std::strerror(errno));
+    }
+    // A file system without renameat2 flags: plain rename (fails on a non-empty DIR).
+    if (::rename(tmp.c_str(), out.c_str()) != 0) {
+      return internal_error("cannot rename '{}' to '{}': {}", tmp.string(), out.string(),
+                            std::strerror(errno));
+    }
+    return ok_status();
+  }
+  if (!force) {
+    return make_error(StatusCode::kAlreadyExists, "'{}' already exists (use --force to replace it)",
+                      out.string());
+  }
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, out.c_str(), RENAME_EXCHANGE) == 0) {
+    return ok_status();
+  }
+  if (errno != EINVAL && errno != ENOSYS) {
+    return internal_error("cannot replace '{}': {}", out.string(), std::strerror(errno));
+  }
+  // Fallback: move the old one aside, the new one in, then drop the old one.
+  fs::path aside = out;
+  aside += ".old-" + random_suffix();
+  if (::rename(out.c_str(), aside.c_str()) != 0) {
+    return internal_error("cannot move '{}' aside: {}", out.string(), std::strerror(errno));
+  }
+  if (::rename(tmp.c_str(), out.c_str()) != 0) {
+    int err = errno;
+    ::rename(aside.c_str(), out.c_str());
+    return internal_error("cannot rename '{}' to '{}': {}", tmp.string(), out.string(),
+                          std::strerror(err));
+  }
+  fs::remove_all(aside, ec);
+  return ok_status();
+}
+
+}  // namespace
+
+Result<std::string> source_checksum(const ModelSource& source, std::string* files) {
+  std::vector<fs::path> paths;
+  if (source.kind == SourceKind::kGguf) {
+    paths.push_back(source.gguf ? source.gguf->path() : source.path);
+  } else if (auto* st = dynamic_cast<const model::SafetensorsWeights*>(source.weights.get())) {
+    for (const auto& f : st->files()) paths.push_back(f->path());
+  } else {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(source.path, ec)) {
+      if (e.path().extension() == ".safetensors") paths.push_back(e.path());
+    }
+    std::sort(paths.begin(), paths.end());
+  }
+  if (paths.empty()) return not_found("'{}' has no weight files to checksum", source.path.string());
+  if (files) {
+    files->clear();
+    for (const auto& p : paths) {
+      if (!files->empty()) *files += ",";
+      *files += p.filename().string();
+    }
+  }
+  return sha256_files(paths);
+}
+
+Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& plan,
+                                          const WriteOptions& o) {
+  const model::ModelConfig& c = src.config;
+  if (plan.stages.empty() || plan.n_layer != c.n_layer) {
+    return invalid_argument("the plan is for {} layers, the model has {}", plan.n_layer, c.n_layer);
+  }
+  PP_ASSERT(src.weights);
+  const model::WeightSource& w = *src.weights;
+  const int n_stages = int(plan.stages.size());
+
+  fs::path out = fs::absolute(o.out_dir).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();
+  fs::path parent = out.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(parent, ec)) {
+    return not_found("cannot create '{}': folder '{}' does not exist", out.string(),
+                     parent.string());
+  }
+  if (fs::exists(fs::symlink_status(out, ec)) && !o.force) {
+    return make_error(StatusCode::kAlreadyExists, "'{}' already exists (use --force to replace it)",
+                      out.string());
+  }
+
+  // Which tensors go where; the edges must be present.
+  std::vector<std::vector<std::string>> names(n_stages);
+  for (const std::string& name : w.names()) {
+    int k = stage_of_tensor(name, plan.stages);
+    if (k >= 0) names[k].push_back(name);
+  }
+  for (int k = 0; k < n_stages; ++k) {
+    if (names[k].empty()) return not_found("'{}' has no tensors for stage {}", w.describe(), k);
+  }
+  if (!w.find(kEmbedName)) return not_found("'{}' has no tensor '{}'", w.describe(), kEmbedName);
+  if (!w.find("model.norm.weight")) {
+    return not_found("'{}' has no tensor 'model.norm.weight'", w.describe());
+  }
+  const bool has_lm_head = w.find(kLmHeadName) != nullptr;
+  if (!has_lm_head && !c.tie_word_embeddings) {
+    return not_found("'{}' has no tensor '{}' and the embeddings are not tied", w.describe(),
+                     kLmHeadName);
+  }
+  std::vector<std::string> lm_head_tensor(n_stages);
+  {
+    const int last = n_stages - 1;
+    if (has_lm_head) {
+      lm_head_tensor[last] = kLmHeadName;
+    } else if (plan.stages[last].has_embedding) {
+      lm_head_tensor[last] = kEmbedName;  // tied, one stage: the table serves both
+    } else {
+      lm_head_tensor[last] = kLmHeadName;  // tied: the last stage gets its own copy
+    }
+  }
+
+  PP_RETURN_IF_ERROR(check_space(parent, plan));
+  if (cancelled(o)) return cancelled_status();
+
+  fs::path tmp = parent / (out.filename().string() + ".tmp-" + random_suffix());
+  if (!fs::create_directory(tmp, ec)) {
+    return internal_error("cannot create '{}': {}", tmp.string(), ec ? ec.message() : "exists");
+  }
+  TempFolderGuard guard(tmp);
+
+  PartitionManifest m;
+  m.pp_version = version_string();
+  m.created = utc_now_iso();
+  m.config = c;
+  m.config_json = model::config_to_hf_json(c);
+  m.chat_template = src.chat_template;
+  m.plan = plan;
+  m.source.path = fs::absolute(src.path).lexically_normal().string();
+  m.source.kind = src.kind == SourceKind::kGguf ? "gguf" : "hf";
+
+  StageScratch scratch;
+  for (int k = 0; k < n_stages; ++k) {
+    StageFile f;
+    f.file = fmt::format("stage-{}.safetensors", k);
+    f.lm_head_tensor = lm_head_tensor[k];
+    // (source name, name in the shard): a tied lm_head copy reads the embedding table.
+    std::vector<std::pair<std::string, std::string>> items;
+    for (const std::string& n : names[k]) items.emplace_back(n, n);
+    if (k == n_stages - 1 && !has_lm_head && !plan.stages[k].has_embedding) {
+      items.emplace_back(kEmbedName, kLmHeadName);
+    }
+    std::sort(items.begin(), items.end(),
+              [](const auto& a, const auto& b) { return a.second < b.second; });
+
+    // Read (dequantize) one tensor at a time into the scratch mapping.
+    size_t n_floats = 0;
+    for (const auto& item : items) n_floats += size_t(w.find(item.first)->numel());
+    PP_RETURN_IF_ERROR(scratch.create(tmp / fmt::format(".scratch-{}", k), n_floats));
+    std::vector<model::SafetensorsEntry> entries;
+    size_t at = 0;
+    for (const auto& [from, to] : items) {
+      if (cancelled(o)) return cancelled_status();
+      const model::TensorInfo* info = w.find(from);
+      std::span<float> dst(scratch.data() + at, size_t(info->numel()));
+      PP_RETURN_IF_ERROR(w.read_f32(from, dst));
+      model::SafetensorsEntry e;
+      e.name = to;
+      e.dtype = plan.dtype;
+      e.shape = info->shape;
+      e.data = dst;
+      entries.push_back(std::move(e));
+      at += dst.size();
+    }
+    std::map<std::string, std::string> meta = {
+        {"format", "pt"},
+        {"pp_stage", std::to_string(k)},
+        {"pp_n_stages", std::to_string(n_stages)},
+        {"pp_layers", format_layer_range(plan.stages[k].layers)},
+        {"pp_source", m.source.path},
+    };
+    fs::path p = tmp / f.file;
+    PP_RETURN_IF_ERROR(model::write_safetensors(p, entries, meta));
+    scratch.reset();
+    if (cancelled(o)) return cancelled_status();
+    PP_RETURN_IF_ERROR(fsync_path(p, false));
+    f.bytes = fs::file_size(p, ec);
+    if (ec) return internal_error("cannot stat '{}': {}", p.string(), ec.message());
+    PP_ASSIGN_OR_RETURN(f.sha256, sha256_file(p));
+    f.n_tensors = int64_t(items.size());
+    m.files.push_back(f);
+    if (o.after_stage) PP_RETURN_IF_ERROR(o.after_stage(k, f));
+    if (cancelled(o)) return cancelled_status();
+  }
+
+  PP_RETURN_IF_ERROR(write_tokenizer(src, tmp, m.tokenizer));
+  {
+    auto sum = source_checksum(src, &m.source.checksum_of);
+    if (!sum.ok()) return sum.status();
+    m.source.sha256 = *sum;
+  }
+  if (cancelled(o)) return cancelled_status();
+  PP_RETURN_IF_ERROR(write_file(tmp / kManifestName, manifest_to_json(m).dump(2) + "\n"));
+  PP_RETURN_IF_ERROR(fsync_path(tmp, true));
+  if (cancelled(o)) return cancelled_status();
+
+  PP_RETURN_IF_ERROR(commit(tmp, out, o.force));
+  // After a swap `tmp` holds the old partition, which the guard now removes; after a plain
+  // rename it no longer exists.
+  (void)fsync_path(parent, true);
+  return m;
+}
+
+}  // namespace pp::partition
