@@ -17,3 +17,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+# Python packages the end-to-end tests use (the safetensors reader check, the openai client).
+if ! python3 -c 'import safetensors.numpy, numpy' >/dev/null 2>&1; then
+  python3 -m pip install -q --disable-pip-version-check safetensors numpy >&2 ||
+    echo "setup: warning: could not install safetensors/numpy; tests that need them are skipped" >&2
+fi
