@@ -1,0 +1,226 @@
+// Scheduler: the coordinator's scheduling state for the asynchronous pipeline, as pure logic (no
+// I/O, no clock, no threads: the coordinator loop owns it and calls it from one thread).
+//
+// It keeps the requests (waiting queue, running requests in M micro-batch groups), the KV block
+// manager, and builds one batch plan per idle group. The coordinator loop:
+//
+//   submit() / cancel() what arrived;
+//   apply_tokens() for every group whose tokens came back (a group is then idle);
+//   for g in idle_groups():  if (build_plan(g, &plan)) send plan (token_ids to stage 0 only);
+//   take_events() and stream them to the clients.
+//
+// build_plan(g), for an idle group g:
+//  1. g's running requests get their next step, within max_batch_tokens tokens in all: decodes
+//     (one token each) first, then prefill chunks in admission order (a long prompt is split
+//     across micro-batches; decodes are never held up by a prefill).
+//  2. Waiting requests are admitted FIFO into g (their first chunk) while the token budget is
+//     left, running < max_running_requests, g has fewer than max_batch_tokens requests (so its
+//     decodes always fit one micro-batch), the blocks for the chunk are free, and g holds fewer
+//     than its share of D = min(max_running_requests, running + waiting): floor(D / M), plus
+//     one while fewer than D % M other groups hold more than floor(D / M). This spreads the
+//     requests evenly over the groups at once (a burst of N arrivals gives each group about
+//     N/M, instead of trickling in one per round trip). Admission never preempts (see 3 for
+//     when it pauses).
+//  3. Each step takes the blocks it needs (blocks_for(n_cached + n) minus those held). When the
+//     pool is short, the newest (latest submitted) running request that is not in flight and
+//     not already in this plan is preempted by recompute: blocks freed, stages told through
+//     Plan.released, requeued at the FRONT of the waiting queue with its outputs kept. When
+//     that newest one is the asking request itself but a newer request is in flight, the asker
+//     instead skips this step and keeps its blocks (it is "stalled"): the newer request will be
+//     the victim when it comes back. So the oldest running request is never preempted (it fits
+//     the pool alone: submit() refuses any request whose whole context exceeds the pool) and
+//     always makes progress; no request is dropped, and two requests cannot evict each other
+//     forever. While any request is stalled, or a build was short of blocks, nothing is
+//     admitted.
+//  An empty plan is not issued (build_plan returns false / nullopt; releases stay pending).
+//
+// Plan contents, per entry: pos_begin = n_cached; n_new; token_ids = the n_new new tokens of the
+// sequence prompt ++ output (for stage 0; the coordinator strips them for other stages);
+// new_blocks = only the blocks added to the request's table by this step, with reset_table on
+// the first chunk after admission or preemption (the table restarts from new_blocks); sample
+// when the step ends at the end of the sequence (the last prefill chunk, every decode) with
+// sample_step = tokens generated so far (the sampler's RNG counter, so a request's tokens do
+// not depend on batching or preemption) and sampling = the request's WireSampling; when the
+// request uses penalties, penalty_prompt_ids = the original prompt on reset_table entries and
+// penalty_output_ids = all tokens generated so far on every sampling entry (the last stage
+// replaces its copy). Plan.released lists requests finished, cancelled or preempted since the
+// last plan: a stage forgets their tables BEFORE applying the plan's entries (a preempted
+// request can be released and readmitted with reset_table in the same plan). Released ids a
+// stage does not know are ignored. Plans carry seq numbers in issue order.
+//
+// apply_tokens(t): the group's plan has come back from the last stage (so every stage is done
+// with it). For each entry: n_cached advances; a sampled token is appended (delta event), stop
+// conditions are checked (eos unless ignore_eos, stop_token_ids, stop strings on the text,
+// max_tokens); finished requests emit their final event, free their blocks and are released
+// in the next plan; requests cancelled while in flight are finished (abort) here. The group is
+// then idle.
+//
+// Invariants (checked by the tests): free + held blocks == n_blocks; a request is in at most one
+// group and in at most one in-flight plan; a plan has at most max_batch_tokens tokens; every
+// request ends with exactly one final event.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "pp/model/sampling-params.h"
+#include "pp/model/tokenizer.h"
+#include "pp/pipeline/block-manager.h"
+#include "pp/pipeline/request.h"
+#include "pp/status.h"
+#include "pp/transport/messages.h"
+
+namespace pp::pipeline {
+
+struct SchedulerOptions {
+  int32_t n_groups = 2;                // M = P + async depth: micro-batch groups
+  int32_t max_running_requests = 256;  // running requests at most, all groups together
+  int32_t max_batch_tokens = 512;      // tokens of one micro-batch at most (prefill chunk size)
+  int32_t block_size = 16;             // tokens per KV block
+  int32_t n_blocks = 0;                // KV blocks in the pool (minimum over stages)
+  int64_t max_context = 2048;          // the model's context length, tokens
+  int64_t n_vocab = 0;                 // > 0: prompt ids and stop_token_ids must be below it
+  std::vector<int32_t> eos_ids;        // the model's end-of-sequence ids
+  std::optional<uint64_t> seed;        // seeds the seeds of requests without one (absent: random)
+
+  // kInvalidArgument naming the first bad field.
+  Status validate() const;
+};
+
+// A snapshot for metrics.
+struct SchedulerStats {
+  int64_t n_waiting = 0;    // queued (new or preempted)
+  int64_t n_running = 0;    // in a group (in flight or at the coordinator)
+  int64_t n_in_flight = 0;  // requests in plans that have not come back
+  int32_t n_groups_in_flight = 0;
+  int32_t kv_blocks_total = 0;
+  int32_t kv_blocks_used = 0;
+  double kv_usage = 0.0;      // kv_blocks_used / kv_blocks_total
+  int64_t n_preemptions = 0;  // since construction
+  int64_t n_finished_stop = 0;
+  int64_t n_finished_length = 0;
+  int64_t n_finished_abort = 0;
+  int64_t n_plans = 0;             // plans issued
+  int64_t n_prefill_tokens = 0;    // tokens scheduled in steps that were not decodes
+  int64_t n_decode_tokens = 0;     // tokens scheduled in decode steps (one per step)
+  int64_t n_generated_tokens = 0;  // tokens appended from apply_tokens
+};
+
+// The sampling parameters as the last stage needs them.
+transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_t seed);
+
+class Scheduler {
+ public:
+  // Options must be valid (a bug otherwise: call validate() first). `tokenizer` may be null:
+  // then no text is streamed and requests with stop strings are refused. It must outlive this.
+  Scheduler(SchedulerOptions options, const model::Tokenizer* tokenizer);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a request. Errors, the request id in the message: kAlreadyExists (id in use),
+  // kInvalidArgument (empty prompt, bad sampling parameters, stop strings without a tokenizer),
+  // kOutOfRange (a prompt id outside the vocabulary; prompt + max_tokens beyond max_context, or
+  // a prompt that fills it), kResourceExhausted (its whole context needs more KV blocks than the
+  // pool has: it could never run). An absent params.seed is resolved here. max_tokens 0 means
+  // until the context is full.
+  Status submit(uint64_t id, std::vector<int32_t> prompt_ids, model::SamplingParams params,
+                double arrival_s = 0.0);
+
+  // Cancels a request: a waiting one, or a running one whose group is at the coordinator, is
+  // finished now (final event, abort; blocks freed and released in the next plan); one in
+  // flight is marked and finished when its group comes back. kNotFound for an unknown or
+  // already finished id.
+  Status cancel(uint64_t id);
+
+  // Builds the next plan of an idle group into *plan (its vectors are reused: pass the same
+  // Plan each time to avoid allocations). Returns false, leaving the group idle, when there is
+  // nothing to run; otherwise the group is in flight until apply_tokens. Calling it for a group
+  // in flight is a bug.
+  bool build_plan(int32_t group, transport::Plan* plan);
+  std::optional<transport::Plan> build_plan(int32_t group);
+
+  // The sampled tokens of the group's plan (one per entry with sample set, matched by
+  // request_id; tokens of requests cancelled meanwhile are ignored). kFailedPrecondition when
+  // the group has no plan in flight with that seq (a stale or duplicate message), kDataLoss
+  // when a token is missing; in both cases nothing changes.
+  Status apply_tokens(const transport::Tokens& tokens);
+
+  // Recovery after a stage was lost (every stage's KV is gone): forgets every plan in flight
+  // (their tokens will be refused as stale), finishes requests cancelled in flight, and
+  // preempts every running request for recompute, oldest at the front of the queue. Returns
+  // how many were requeued.
+  int64_t preempt_all();
+
+  // Moves the events emitted since the last call into *out (cleared first; swaps buffers, so
+  // passing the same vector each time reuses its storage).
+  void take_events(std::vector<RequestEvent>* out);
+
+  // Groups at the coordinator, the longest idle first (the order to fill them in).
+  std::vector<int32_t> idle_groups() const;
+  void idle_groups(std::vector<int32_t>* out) const;
+  bool is_idle(int32_t group) const;
+  // Requests waiting or running (in flight or not).
+  bool has_work() const { return !waiting_.empty() || n_running_ > 0; }
+
+  SchedulerStats stats() const;
+  // A live (waiting or running) request, or null.
+  const Request* find(uint64_t id) const;
+  // Running requests of a group, in admission order.
+  std::span<Request* const> group_members(int32_t group) const;
+  // Ids to be sent in the next plan's released list.
+  std::span<const uint64_t> pending_released() const { return pending_released_; }
+  const BlockManager& block_manager() const { return blocks_; }
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  struct Flight {
+    Request* request;
+    int64_t n_new;
+    bool sample;
+  };
+  struct Group {
+    std::vector<Request*> members;  // admission order
+    bool in_flight = false;
+    uint64_t seq = 0;            // of the plan in flight
+    std::vector<Flight> flight;  // the entries of the plan in flight
+    uint64_t idle_since = 0;     // idle clock when it last came back
+  };
+
+  uint64_t next_seed();
+  // Takes the blocks `r` needs for n more tokens, preempting as needed. False when `r` itself
+  // was preempted or has to wait (stalled); *short_of_blocks is set when the pool was short.
+  bool reserve_blocks(Request* r, int64_t n, bool* short_of_blocks);
+  void add_entry(Group& g, Request* r, int64_t n, size_t first_new_block, transport::Plan* plan,
+                 size_t* n_entries);
+  void preempt(Request* r);
+  void remove_from_group(Request* r);
+  // Finishes a running request that is not in flight: blocks freed, released, final event.
+  void finish_running(Request* r, FinishReason reason);
+  void count_finished(FinishReason reason);
+
+  SchedulerOptions options_;
+  const model::Tokenizer* tokenizer_;
+  BlockManager blocks_;
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;  // live requests
+  std::deque<Request*> waiting_;
+  std::vector<Group> groups_;
+  int64_t n_running_ = 0;
+  int64_t n_stalled_ = 0;  // running requests waiting for blocks (Request::stalled)
+  std::vector<uint64_t> pending_released_;
+  std::vector<RequestEvent> events_;
+  uint64_t next_plan_seq_ = 0;
+  uint64_t next_arrival_ = 0;
+  uint64_t idle_clock_ = 0;
+  uint64_t seed_state_ = 0;
+  SchedulerStats counters_;      // the cumulative fields
+  std::vector<Request*> order_;  // scratch: the order of a group's steps
+  std::vector<int32_t> match_;   // scratch: token index of each in-flight entry
+};
+
+}  // namespace pp::pipeline
