@@ -27,35 +27,40 @@ const char* arch_name(Arch arch);  // the Hugging Face class name, "LlamaForCaus
 enum class RopeScaling : uint8_t { kNone, kLinear, kLlama3 };
 
 struct RopeConfig {
-  float theta = 10000.0f;          // base frequency
+  float theta = 10000.0f;  // base frequency
   RopeScaling scaling = RopeScaling::kNone;
-  float factor = 1.0f;             // linear and llama3
-  float low_freq_factor = 1.0f;    // llama3
-  float high_freq_factor = 4.0f;   // llama3
+  float factor = 1.0f;                   // linear and llama3
+  float low_freq_factor = 1.0f;          // llama3
+  float high_freq_factor = 4.0f;         // llama3
   int64_t original_max_position = 8192;  // llama3: original_max_position_embeddings
 };
 
 struct ModelConfig {
   Arch arch = Arch::kLlama;
-  std::string model_type;        // "llama", "qwen3", ...
-  int64_t n_vocab = 0;           // vocab_size
-  int64_t n_embd = 0;            // hidden_size
-  int64_t n_ff = 0;              // intermediate_size
-  int64_t n_layer = 0;           // num_hidden_layers
-  int64_t n_head = 0;            // num_attention_heads
-  int64_t n_head_kv = 0;         // num_key_value_heads (== n_head without GQA)
-  int64_t head_dim = 0;          // head_dim, or n_embd / n_head when absent
-  int64_t max_position = 0;      // max_position_embeddings (the context length)
+  std::string model_type;    // "llama", "qwen3", ...
+  int64_t n_vocab = 0;       // vocab_size
+  int64_t n_embd = 0;        // hidden_size
+  int64_t n_ff = 0;          // intermediate_size
+  int64_t n_layer = 0;       // num_hidden_layers
+  int64_t n_head = 0;        // num_attention_heads
+  int64_t n_head_kv = 0;     // num_key_value_heads (== n_head without GQA)
+  int64_t head_dim = 0;      // head_dim, or n_embd / n_head when absent
+  int64_t max_position = 0;  // max_position_embeddings (the context length)
   float rms_norm_eps = 1e-6f;
   RopeConfig rope;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;   // q/k/v projections carry a bias (Qwen2; config attention_bias)
-  bool qk_norm = false;          // per-head RMSNorm on q and k before RoPE (Qwen3)
-  int64_t sliding_window = 0;    // 0 = none; Mistral's sliding window (we refuse > context use)
+  bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2; config attention_bias)
+  bool qk_norm = false;         // per-head RMSNorm on q and k before RoPE (Qwen3)
+  int64_t sliding_window = 0;   // 0 = none; Mistral's sliding window (we refuse > context use)
   std::string torch_dtype = "float32";  // dtype the weights were published in
   std::vector<int32_t> bos_token_ids;   // usually one
   std::vector<int32_t> eos_token_ids;   // config + generation_config, deduplicated
 
+  // The longest context we serve: max_position, capped by a sliding window (full attention
+  // equals sliding-window attention while the context fits in the window).
+  int64_t max_context() const {
+    return sliding_window > 0 && sliding_window < max_position ? sliding_window : max_position;
+  }
   int64_t q_dim() const { return n_head * head_dim; }
   int64_t kv_dim() const { return n_head_kv * head_dim; }
   // Bytes of K and V for one token in one layer at `bytes_per_elem` precision.

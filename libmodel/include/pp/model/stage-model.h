@@ -1,0 +1,87 @@
+// StageModel: the layers [layer_begin, layer_end) of a model, with the token embedding when
+// layer_begin == 0 and the final norm and lm_head when layer_end == n_layer; one stage of the
+// pipeline, or the whole model when it holds every layer. Weights are f32 (dequantized on
+// load), q|k|v and gate|up fused. It loads only the tensors it needs, so a stage can be loaded
+// from a shard holding only its own tensors.
+//
+// forward() takes a Batch and, at stage 0, its token ids, otherwise the previous stage's
+// residual stream h [n_tokens, n_embd]. A stage without the lm_head returns h; the last stage
+// returns logits [n_logit_rows, n_vocab] for the batch's logit rows. Splitting a model
+// anywhere gives bitwise the same logits as running it whole, and a row's result does not
+// depend on what else is in the batch.
+//
+// Not thread-safe: one forward at a time (the stage's compute loop).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "pp/model/batch.h"
+#include "pp/model/config.h"
+#include "pp/model/kv-cache.h"
+#include "pp/model/weights.h"
+#include "pp/status.h"
+
+namespace pp::model {
+
+class DecoderLayer;
+struct LayerWorkspace;
+
+class StageModel {
+ public:
+  // Loads layers [layer_begin, layer_end) of the model described by `config` from `weights`.
+  // kInvalidArgument for a bad range; kNotFound / kDataLoss for missing or misshapen tensors.
+  static Result<std::unique_ptr<StageModel>> load(const ModelConfig& config,
+                                                  const WeightSource& weights, int64_t layer_begin,
+                                                  int64_t layer_end);
+  ~StageModel();
+  StageModel(const StageModel&) = delete;
+  StageModel& operator=(const StageModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  int64_t layer_begin() const { return layer_begin_; }
+  int64_t layer_end() const { return layer_end_; }
+  int64_t n_layer() const { return layer_end_ - layer_begin_; }
+  bool has_embedding() const { return layer_begin_ == 0; }
+  bool has_lm_head() const { return layer_end_ == config_.n_layer; }
+  // Parameters held (a tied embedding and lm_head counted once).
+  int64_t n_params() const;
+
+  // (Re)allocates the KV pool: n_blocks blocks of block_size tokens for this stage's layers.
+  // Any cached KV is lost.
+  Status allocate_kv(int64_t n_blocks, int64_t block_size);
+  const KvCache* kv() const { return kv_.get(); }
+  // Bytes of KV one block takes on this stage.
+  int64_t kv_bytes_per_block(int64_t block_size) const;
+
+  // Runs the stage on one micro-batch. `input_hidden` is [n_tokens, n_embd] for a stage
+  // without the embedding and ignored otherwise (the ids come from the batch). `output` is
+  // resized to [n_tokens, n_embd] (h) or, with the lm_head, [n_logit_rows, n_vocab] (logits).
+  // Errors: a malformed batch, ids outside the vocabulary, no KV pool.
+  Status forward(const Batch& batch, std::span<const float> input_hidden,
+                 std::vector<float>& output);
+
+ private:
+  StageModel();
+  Status run_layers(const Batch& batch, float* h);
+
+  ModelConfig config_;
+  int64_t layer_begin_ = 0, layer_end_ = 0;
+  std::vector<float> embed_;          // [n_vocab, n_embd] (stage 0)
+  std::vector<float> final_norm_;     // [n_embd] (last stage)
+  std::vector<float> lm_head_;        // [n_vocab, n_embd] (last stage; empty when tied to embed_)
+  const float* lm_head_w_ = nullptr;  // lm_head_ or, tied, embed_
+  std::vector<DecoderLayer> layers_;
+  std::vector<float> inv_freq_;  // [head_dim / 2]
+  std::unique_ptr<KvCache> kv_;
+
+  // Per-forward scratch, reused.
+  std::unique_ptr<LayerWorkspace> ws_;
+  std::vector<float> h_;        // [n_tokens, n_embd] residual stream of the last stage
+  std::vector<float> rows_;     // [n_logit_rows, n_embd] normed rows for the lm_head
+  std::vector<int64_t> slots_;  // [n_tokens]
+};
+
+}  // namespace pp::model

@@ -1,0 +1,51 @@
+// ArchSpec: what one decoder architecture adds to the shared code. Every family we serve is the
+// same pre-norm decoder (decoder-layer.h); a family differs only in names, defaults and a few
+// switches on ModelConfig (q/k/v bias, q/k norm, sliding window). Each family lives in its own
+// file (llama.cpp, mistral.cpp, qwen2.cpp, qwen3.cpp) and fills one of these.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "pp/model/config.h"
+#include "pp/status.h"
+
+namespace pp::model {
+
+class GgufFile;
+
+struct ArchSpec {
+  Arch arch = Arch::kLlama;
+  const char* hf_class = "";            // "LlamaForCausalLM"
+  const char* model_type = "";          // "llama" (config.json's model_type)
+  const char* gguf_name = "";           // "llama" (GGUF general.architecture)
+  int64_t default_max_position = 2048;  // transformers' default max_position_embeddings
+  float default_rope_theta = 10000.0f;  // transformers' default rope_theta
+  // Reads the family's own config.json fields into `c`, after the common ones.
+  Status (*read_hf)(const nlohmann::json& j, ModelConfig& c) = nullptr;
+  // Reads the family's own GGUF metadata (and tensor presence) into `c`.
+  Status (*read_gguf)(const GgufFile& f, ModelConfig& c) = nullptr;
+  // Writes the family's own fields back into a config.json object.
+  void (*write_hf)(const ModelConfig& c, nlohmann::json& j) = nullptr;
+};
+
+const ArchSpec& llama_arch();
+const ArchSpec& mistral_arch();
+const ArchSpec& qwen2_arch();
+const ArchSpec& qwen3_arch();
+
+// Every supported family, and lookups by the names the files use. nullptr when unknown.
+std::span<const ArchSpec* const> all_archs();
+const ArchSpec& arch_spec(Arch arch);
+const ArchSpec* find_arch_by_hf_class(std::string_view hf_class);
+const ArchSpec* find_arch_by_model_type(std::string_view model_type);
+const ArchSpec* find_arch_by_gguf_name(std::string_view gguf_name);
+
+// Helpers the family files share.
+// True when the GGUF file has a bias tensor for layer 0's q projection.
+bool gguf_has_qkv_bias(const GgufFile& f);
+
+}  // namespace pp::model

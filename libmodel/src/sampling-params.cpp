@@ -1,0 +1,42 @@
+// Validation of sampling parameters: the limits the OpenAI API documents, and ids in range.
+#include "pp/model/sampling-params.h"
+
+#include <cmath>
+
+namespace pp::model {
+
+Status SamplingParams::validate(int64_t n_vocab) const {
+  if (!std::isfinite(temperature) || temperature < 0.0f) {
+    return invalid_argument("temperature must be >= 0, got {}", temperature);
+  }
+  if (!(top_p > 0.0f && top_p <= 1.0f))
+    return invalid_argument("top_p must be in (0, 1], got {}", top_p);
+  if (top_k < -1) return invalid_argument("top_k must be -1, 0 (off) or positive, got {}", top_k);
+  if (!(min_p >= 0.0f && min_p <= 1.0f))
+    return invalid_argument("min_p must be in [0, 1], got {}", min_p);
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) {
+    return invalid_argument("presence_penalty must be in [-2, 2], got {}", presence_penalty);
+  }
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) {
+    return invalid_argument("frequency_penalty must be in [-2, 2], got {}", frequency_penalty);
+  }
+  if (!(repetition_penalty > 0.0f && std::isfinite(repetition_penalty))) {
+    return invalid_argument("repetition_penalty must be positive, got {}", repetition_penalty);
+  }
+  if (max_tokens < 0) return invalid_argument("max_tokens must be >= 0, got {}", max_tokens);
+  if (top_logprobs < 0 || top_logprobs > kMaxTopLogprobs) {
+    return invalid_argument("top_logprobs must be in [0, {}], got {}", kMaxTopLogprobs,
+                            top_logprobs);
+  }
+  for (const std::string& s : stop) {
+    if (s.empty()) return invalid_argument("stop strings must not be empty");
+  }
+  for (int32_t id : stop_token_ids) {
+    if (id < 0 || id >= n_vocab) {
+      return invalid_argument("stop token id {} is outside the vocabulary [0, {})", id, n_vocab);
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace pp::model

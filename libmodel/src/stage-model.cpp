@@ -1,0 +1,184 @@
+// StageModel: loading a layer range and running micro-batches through it.
+#include "pp/model/stage-model.h"
+
+#include <algorithm>
+
+#include "arch/decoder-layer.h"
+#include "arch/tensor-load.h"
+#include "pp/assert.h"
+
+namespace pp::model {
+
+namespace cpu = kernels::cpu;
+
+StageModel::StageModel() : ws_(std::make_unique<LayerWorkspace>()) {}
+StageModel::~StageModel() = default;
+
+Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
+                                                     const WeightSource& weights,
+                                                     int64_t layer_begin, int64_t layer_end) {
+  PP_RETURN_IF_ERROR(config.validate());
+  if (layer_begin < 0 || layer_end > config.n_layer || layer_begin >= layer_end) {
+    return invalid_argument("bad layer range [{}, {}) for a model of {} layers", layer_begin,
+                            layer_end, config.n_layer);
+  }
+  std::unique_ptr<StageModel> m(new StageModel());
+  m->config_ = config;
+  m->layer_begin_ = layer_begin;
+  m->layer_end_ = layer_end;
+  const ModelConfig& c = m->config_;
+  const int64_t E = c.n_embd, V = c.n_vocab;
+
+  if (m->has_embedding()) {
+    m->embed_.resize(size_t(V * E));
+    PP_RETURN_IF_ERROR(load_tensor(weights, "model.embed_tokens.weight", {V, E}, m->embed_));
+  }
+  m->layers_.reserve(size_t(layer_end - layer_begin));
+  for (int64_t il = layer_begin; il < layer_end; ++il) {
+    PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, weights, il));
+    m->layers_.push_back(std::move(layer));
+  }
+  if (m->has_lm_head()) {
+    m->final_norm_.resize(size_t(E));
+    PP_RETURN_IF_ERROR(load_tensor(weights, "model.norm.weight", {E}, m->final_norm_));
+    // Tied embeddings read embed_tokens; so does a checkpoint without lm_head.weight.
+    const bool has_head = weights.find("lm_head.weight") != nullptr;
+    const bool has_embed = weights.find("model.embed_tokens.weight") != nullptr;
+    const bool use_embed = (c.tie_word_embeddings && has_embed) || !has_head;
+    if (use_embed && m->has_embedding()) {
+      m->lm_head_w_ = m->embed_.data();
+    } else {
+      m->lm_head_.resize(size_t(V * E));
+      if (use_embed && !has_embed) {
+        return not_found("neither 'lm_head.weight' nor 'model.embed_tokens.weight' in '{}'",
+                         weights.describe());
+      }
+      PP_RETURN_IF_ERROR(load_tensor(weights,
+                                     use_embed ? "model.embed_tokens.weight" : "lm_head.weight",
+                                     {V, E}, m->lm_head_));
+      m->lm_head_w_ = m->lm_head_.data();
+    }
+  }
+
+  cpu::RopeFreqParams rp;
+  rp.rot_dim = c.head_dim;
+  rp.theta = c.rope.theta;
+  switch (c.rope.scaling) {
+    case RopeScaling::kNone:
+      rp.scaling = cpu::RopeScalingKind::kNone;
+      break;
+    case RopeScaling::kLinear:
+      rp.scaling = cpu::RopeScalingKind::kLinear;
+      break;
+    case RopeScaling::kLlama3:
+      rp.scaling = cpu::RopeScalingKind::kLlama3;
+      break;
+  }
+  rp.factor = c.rope.factor;
+  rp.low_freq_factor = c.rope.low_freq_factor;
+  rp.high_freq_factor = c.rope.high_freq_factor;
+  rp.original_max_position = c.rope.original_max_position;
+  m->inv_freq_ = cpu::rope_inv_freq(rp);
+  return m;
+}
+
+int64_t StageModel::n_params() const {
+  int64_t n = int64_t(embed_.size() + final_norm_.size() + lm_head_.size());
+  for (const DecoderLayer& l : layers_) n += l.n_params();
+  return n;
+}
+
+int64_t StageModel::kv_bytes_per_block(int64_t block_size) const {
+  return KvCacheShape{.n_layer = n_layer(),
+                      .n_blocks = 1,
+                      .block_size = block_size,
+                      .n_head_kv = config_.n_head_kv,
+                      .head_dim = config_.head_dim}
+      .bytes_per_block();
+}
+
+Status StageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
+  kv_.reset();
+  PP_ASSIGN_OR_RETURN(kv_, KvCache::allocate({.n_layer = n_layer(),
+                                              .n_blocks = n_blocks,
+                                              .block_size = block_size,
+                                              .n_head_kv = config_.n_head_kv,
+                                              .head_dim = config_.head_dim}));
+  return ok_status();
+}
+
+Status StageModel::run_layers(const Batch& batch, float* h) {
+  const int64_t T = batch.n_tokens();
+  const int64_t bs = kv_->block_size();
+  slots_.resize(size_t(T));
+  for (int64_t s = 0; s < batch.n_seq(); ++s) {
+    const int32_t* table = batch.block_table(s);
+    for (int32_t t = batch.seq_start[s]; t < batch.seq_start[s + 1]; ++t) {
+      const int64_t pos = batch.positions[t];
+      slots_[t] = int64_t(table[pos / bs]) * bs + pos % bs;
+    }
+  }
+  const LayerContext ctx{.positions = batch.positions.data(),
+                         .slots = slots_.data(),
+                         .seq_start = batch.seq_start.data(),
+                         .block_tables = batch.block_tables.data(),
+                         .inv_freq = inv_freq_.data(),
+                         .n_tokens = T,
+                         .n_seq = batch.n_seq(),
+                         .max_blocks = batch.max_blocks};
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i].forward(h, ctx, kv_->layer(int64_t(i)), *ws_);
+  return ok_status();
+}
+
+Status StageModel::forward(const Batch& batch, std::span<const float> input_hidden,
+                           std::vector<float>& output) {
+  if (!kv_) return make_error(StatusCode::kFailedPrecondition, "no KV cache: allocate_kv first");
+  const int64_t T = batch.n_tokens(), E = config_.n_embd, V = config_.n_vocab;
+  if (has_embedding() && int64_t(batch.token_ids.size()) != T) {
+    return invalid_argument("stage 0 needs token ids: got {} for {} tokens", batch.token_ids.size(),
+                            T);
+  }
+  PP_RETURN_IF_ERROR(batch.validate(kv_->block_size(), kv_->n_blocks(), has_embedding() ? V : 0));
+  if (!has_embedding() && int64_t(input_hidden.size()) != T * E) {
+    return invalid_argument("input hidden state has {} floats, expected {} x {}",
+                            input_hidden.size(), T, E);
+  }
+  // The residual stream: the caller's output buffer for a middle stage, ours for the last.
+  std::vector<float>& h = has_lm_head() ? h_ : output;
+  h.resize(size_t(T * E));
+  if (T == 0) {
+    output.clear();
+    return ok_status();
+  }
+  if (has_embedding()) {
+    cpu::embedding({.table = embed_.data(),
+                    .ids = batch.token_ids.data(),
+                    .out = h.data(),
+                    .n_vocab = V,
+                    .n_embd = E,
+                    .n_tokens = T});
+  } else if (input_hidden.data() != h.data()) {  // a middle stage may run in place
+    std::copy(input_hidden.begin(), input_hidden.end(), h.begin());
+  }
+  PP_RETURN_IF_ERROR(run_layers(batch, h.data()));
+  if (!has_lm_head()) return ok_status();
+
+  const int64_t R = batch.n_logit_rows();
+  rows_.resize(size_t(R * E));
+  for (int64_t r = 0; r < R; ++r) {
+    std::copy_n(h.data() + int64_t(batch.logit_rows[r]) * E, E, rows_.data() + r * E);
+  }
+  output.resize(size_t(R * V));
+  if (R == 0) return ok_status();
+  cpu::rms_norm({.x = rows_.data(),
+                 .weight = final_norm_.data(),
+                 .out = rows_.data(),
+                 .n_rows = R,
+                 .n = E,
+                 .eps = config_.rms_norm_eps});
+  cpu::matmul({.x = rows_.data(), .w = lm_head_w_, .out = output.data(), .m = R, .n = V, .k = E});
+  return ok_status();
+}
+
+}  // namespace pp::model
