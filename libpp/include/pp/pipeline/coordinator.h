@@ -1,0 +1,166 @@
+// Coordinator: the one thread that owns the pipeline's scheduling state (DESIGN.md, "The
+// in-flight ring, precisely"). Engine is its public face; this header is for libpp.
+//
+// Start-up, on the coordinator thread: resolve the model and its split, bind the control
+// socket, spawn the local stages (so that they die with this thread, see launcher.h), admit
+// stages (Hello), assign layers and the next stage's endpoint (Assign), collect what each can
+// hold (Loaded), size the KV pool as the minimum over stages (AllocateKv), wait for Ready.
+//
+// The loop, until shutdown or failure:
+//   1. take what has arrived: sampled tokens of a group (applied: tokens appended, stop checks,
+//      finished requests' blocks freed), stage timings, errors and disconnects, then the
+//      commands of other threads (submit, cancel, stop);
+//   2. fill and issue every idle group, the longest idle first (Scheduler::build_plan), sending
+//      each plan to every stage at once: token ids only to stage 0, sampling and penalty ids
+//      only to the last stage;
+//   3. hand the scheduler's events to the requests' sinks;
+//   4. heartbeats to every stage; a stage silent for stage_timeout, or whose connection or
+//      process is gone, fails the engine.
+// Groups: M = P + async depth. Plans carry increasing seq numbers; every stage runs them in
+// that order, which is what pairs the stages' sends and receives.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "pp/pipeline/engine.h"
+#include "pp/pipeline/launcher.h"
+#include "pp/pipeline/scheduler.h"
+#include "pp/pipeline/trace.h"
+#include "pp/store/run-store.h"
+#include "pp/transport/channel.h"
+
+namespace pp::pipeline {
+
+class Coordinator {
+ public:
+  explicit Coordinator(EngineOptions options);
+  ~Coordinator();  // stop() and join
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Runs the start-up on a new coordinator thread and waits for its outcome; on success the
+  // thread goes on with the loop. Call once.
+  Status start();
+
+  // Thread-safe commands; they take effect on the coordinator thread.
+  Result<uint64_t> submit(std::vector<int32_t> prompt_ids, model::SamplingParams params,
+                          EventSink sink);
+  void cancel(uint64_t id);
+  // Stops the loop (live requests are aborted), tears down and joins. Idempotent.
+  Status stop();
+
+  EngineStats stats() const;
+  Status health() const;
+  std::vector<transport::StageTiming> timings() const;
+
+  // Fixed once start() has succeeded.
+  const model::ModelConfig& config() const { return config_; }
+  const model::Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  const std::vector<StageInfo>& stage_infos() const { return stage_infos_; }
+  int64_t kv_blocks() const { return n_blocks_; }
+  int32_t n_groups() const { return options_.n_stages + options_.async_depth; }
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  struct SubmitCommand {
+    uint64_t id;
+    std::vector<int32_t> prompt_ids;
+    model::SamplingParams params;
+    EventSink sink;
+    double arrival_s;
+  };
+  struct CancelCommand {
+    uint64_t id;
+  };
+  using Command = std::variant<SubmitCommand, CancelCommand>;
+
+  // A registered stage.
+  struct Stage {
+    transport::PeerId peer;
+    transport::Hello hello;
+    std::optional<transport::Loaded> loaded;
+    bool ready = false;
+  };
+
+  // --- coordinator thread
+  void thread_main(std::promise<Status>* started);
+  Status resolve_model();
+  Status bring_up();
+  Status handle_startup_message(const transport::Incoming& in, bool* assigned, bool* allocated);
+  Status choose_kv_blocks();
+  void loop();
+  Status handle_message(const transport::Incoming& in);
+  void handle_commands();
+  Status issue_plans();
+  Status send_plan(const transport::Plan& plan);
+  void dispatch_events();
+  Status check_stages();
+  void send_heartbeats();
+  void fail(Status s);
+  void abort_all(const Status& why);
+  void teardown();
+  void publish_stats();
+  void record_event(const std::string& kind, std::optional<int> stage, const std::string& msg);
+  int32_t stage_of_peer(const transport::PeerId& peer) const;
+
+  EngineOptions options_;
+  std::thread thread_;
+  std::atomic<bool> started_{false};
+  std::atomic<uint64_t> next_id_{1};
+  std::chrono::steady_clock::time_point start_time_;
+
+  // Fixed after start-up.
+  model::ModelConfig config_;
+  std::shared_ptr<const model::Tokenizer> tokenizer_;
+  std::vector<partition::LayerRange> layers_;
+  std::string model_path_;
+  bool is_partition_ = false;
+  std::filesystem::path ipc_dir_;
+  std::string endpoint_;
+  std::vector<StageInfo> stage_infos_;
+  int64_t n_blocks_ = 0;
+
+  // Coordinator thread only.
+  std::optional<transport::ControlServer> server_;
+  std::vector<StageProcess> processes_;
+  std::vector<Stage> stages_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<RunStore> store_;
+  int64_t run_id_ = 0;
+  TraceRecorder trace_{0};
+  std::unordered_map<uint64_t, EventSink> sinks_;
+  std::vector<PlanSpan> in_flight_;  // per group: the plan in flight
+  std::vector<RequestEvent> events_;
+  std::vector<int32_t> idle_;
+  transport::Plan plan_;
+  std::chrono::steady_clock::time_point next_heartbeat_;
+  int64_t preemptions_recorded_ = 0;
+  struct Busy {
+    int64_t first_us = 0, last_us = 0, compute_us = 0, n = 0;
+  };
+  std::vector<Busy> busy_;
+
+  // Shared with other threads (under mu_).
+  mutable std::mutex mu_;
+  std::deque<Command> commands_;
+  bool stopping_ = false;  // stop() called
+  bool closed_ = false;    // no more commands accepted
+  Status failure_;
+  EngineStats stats_;
+  std::vector<transport::StageTiming> timings_;
+  transport::Waker waker_;
+};
+
+}  // namespace pp::pipeline
