@@ -23,6 +23,13 @@ target_include_directories(pp_httplib INTERFACE ${HTTPLIB_INCLUDE_DIR})
 if(HTTPLIB_LIBRARY)
   target_link_libraries(pp_httplib INTERFACE ${HTTPLIB_LIBRARY})
   target_compile_definitions(pp_httplib INTERFACE CPPHTTPLIB_USE_POLL)
+  # The compiled library's classes (Request, ClientImpl) have members only under the feature
+  # macros it was built with: code including httplib.h must define the same ones, or the
+  # library writes past our objects. Debian's cpp-httplib.pc names them.
+  pkg_check_modules(HTTPLIB_PC QUIET cpp-httplib)
+  if(HTTPLIB_PC_FOUND)
+    target_compile_options(pp_httplib INTERFACE ${HTTPLIB_PC_CFLAGS_OTHER})
+  endif()
 endif()
 
 # CUDA: ON requires it, AUTO uses it when nvcc is found, OFF never.

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, build, fetch the default model and have it answer.
+# The main job on a fresh machine: install, build, fetch the default model, partition it into
+# two pipeline stages, serve it with the OpenAI-compatible API, ask it one chat question through
+# that API, print the answer and stop the server.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -7,5 +9,41 @@ scripts/setup.sh
 scripts/build.sh
 model=$(scripts/fetch-model.sh)
 build=${PP_BUILD_DIR:-$root/build}
-"$build/tools/pp-serve" --model "$model" --prompt "${1:-What is the capital of France? Answer in one sentence.}" \
-  --max-tokens "${PP_MAX_TOKENS:-64}"
+question=${1:-What is the capital of France? Answer in one sentence.}
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# 1. Partition the model into two stages.
+"$build/tools/pp-partition" split "$model" --pp 2 -o "$work/partition" --db "$work/runs.db" >&2
+# 2. Serve it: pp-serve starts one pp-stage process per stage; port 0 picks a free port.
+"$build/tools/pp-serve" --model "$work/partition" --port 0 --served-model-name smollm2 \
+  --db "$work/runs.db" 2>"$work/serve.log" &
+server_pid=$!
+port=""
+for _ in $(seq 1 600); do
+  port=$(sed -n 's|.*listening on http://[^:]*:\([0-9]*\).*|\1|p' "$work/serve.log" | head -n 1)
+  [ -n "$port" ] && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$port" ] || { echo "quickstart: pp-serve did not start" >&2; cat "$work/serve.log" >&2; exit 1; }
+echo "quickstart: serving on http://127.0.0.1:$port (2 stages)" >&2
+# 3. One chat request through the API; print the answer.
+request=$(python3 -c 'import json, sys; print(json.dumps({"model": "smollm2", "temperature": 0,
+  "max_tokens": int(sys.argv[2]), "messages": [{"role": "user", "content": sys.argv[1]}]}))' \
+  "$question" "${PP_MAX_TOKENS:-64}")
+curl -sS --fail-with-body "http://127.0.0.1:$port/v1/chat/completions" \
+  -H 'Content-Type: application/json' -d "$request" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])'
+# 4. Stop the server (SIGTERM drains it and stops its stages).
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_pid=""

@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 # Python packages the end-to-end tests use (the safetensors reader check, the openai client).
-if ! python3 -c 'import safetensors.numpy, numpy' >/dev/null 2>&1; then
-  python3 -m pip install -q --disable-pip-version-check safetensors numpy >&2 ||
-    echo "setup: warning: could not install safetensors/numpy; tests that need them are skipped" >&2
+if ! python3 -c 'import safetensors.numpy, numpy, openai, pytest' >/dev/null 2>&1; then
+  python3 -m pip install -q --disable-pip-version-check safetensors numpy openai pytest >&2 ||
+    echo "setup: warning: could not install safetensors/numpy/openai/pytest; tests that need them are skipped" >&2
 fi

@@ -215,6 +215,9 @@ TEST_P(Channel, FrozenPeerIsDroppedByHeartbeat) {
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
+    // Its own process group: a process that stops in an orphaned group gets the whole group
+    // (ctest and the CI runner with it) a SIGHUP from the kernel.
+    setpgid(0, 0);
     // The child touches none of the parent's sockets: a fresh context, then it stops itself.
     auto c = ControlClient::connect(server->endpoint());
     if (!c.ok() || !c->send(Heartbeat{.stage = 3}).ok()) _exit(1);

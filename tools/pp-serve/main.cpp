@@ -9,7 +9,8 @@
 //            [--pp N] [--async-depth D] [--max-running-requests R] [--kv-blocks B |
 //            --kv-memory BYTES] [--threads-per-stage T] [--listen tcp://HOST:PORT
 //            --expect-stages N] [--trace FILE] [--db PATH]
-// The HTTP server will be another mode of this binary, sharing ServeOptions.
+// Without --prompt it is the HTTP server (serve.cpp): the OpenAI-compatible and SGLang-native API
+// over the pipeline, on --host/--port, until SIGTERM drains it.
 // Exit codes: 0 ok, 1 a failure while working, 2 bad usage or bad input.
 #include <cstdio>
 #include <memory>
@@ -264,9 +265,10 @@ Status run_pipeline_one_shot(const ServeOptions& o) {
 int main(int argc, char** argv) {
   ServeOptions o;
   CLI::App app(
-      "pp-serve: serve a language model. One-shot mode (--prompt): generate one completion on "
-      "the CPU, streamed to stdout, with a summary line on stderr. Sampling is greedy "
-      "(temperature 0) unless --temperature is given.",
+      "pp-serve: serve a language model. Server mode (the default): an OpenAI-compatible and "
+      "SGLang-native HTTP API on --host:--port over a pipeline of --pp stages. One-shot mode "
+      "(--prompt): generate one completion, streamed to stdout, with a summary line on stderr; "
+      "sampling is greedy (temperature 0) unless --temperature is given.",
       kTool);
   app.add_option("--model", o.model,
                  "model: a Hugging Face folder, a .gguf file, or (with --pp) a partition folder")
