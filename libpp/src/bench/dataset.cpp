@@ -1,0 +1,203 @@
+// Benchmark datasets (see dataset.h): random-ids, random text, ShareGPT and fixed lengths, made
+// deterministically from the seed.
+#include "pp/bench/dataset.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace pp::bench {
+
+const char* dataset_kind_name(DatasetKind kind) {
+  switch (kind) {
+    case DatasetKind::kRandomIds:
+      return "random-ids";
+    case DatasetKind::kRandom:
+      return "random";
+    case DatasetKind::kShareGpt:
+      return "sharegpt";
+    case DatasetKind::kFixed:
+      return "fixed";
+  }
+  return "?";
+}
+
+std::optional<DatasetKind> parse_dataset_kind(std::string_view name) {
+  for (DatasetKind k : {DatasetKind::kRandomIds, DatasetKind::kRandom, DatasetKind::kShareGpt,
+                        DatasetKind::kFixed}) {
+    if (name == dataset_kind_name(k)) return k;
+  }
+  return std::nullopt;
+}
+
+int64_t sample_length(int64_t len, double ratio, int64_t lowest, std::mt19937_64& rng) {
+  ratio = std::clamp(ratio, 0.0, 1.0);
+  const int64_t lo = std::min(std::max(int64_t(double(len) * ratio), lowest), len);
+  return std::uniform_int_distribution<int64_t>(lo, len)(rng);
+}
+
+namespace {
+
+// (first turn, second turn) of every conversation with at least two turns, in file order.
+Result<std::vector<std::pair<std::string, std::string>>> read_sharegpt(
+    const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return not_found("cannot open '{}'", path.string());
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return data_loss("'{}' is not valid JSON", path.string());
+  if (!j.is_array()) return invalid_argument("'{}' is not a ShareGPT list", path.string());
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& item : j) {
+    if (!item.is_object()) continue;
+    const nlohmann::json* conv = nullptr;
+    if (auto it = item.find("conversations"); it != item.end()) conv = &*it;
+    if (!conv) {
+      if (auto it = item.find("conversation"); it != item.end()) conv = &*it;
+    }
+    if (!conv || !conv->is_array() || conv->size() < 2) continue;
+    const auto& a = (*conv)[0];
+    const auto& b = (*conv)[1];
+    if (!a.is_object() || !b.is_object()) continue;
+    auto av = a.find("value"), bv = b.find("value");
+    if (av == a.end() || bv == b.end() || !av->is_string() || !bv->is_string()) continue;
+    out.emplace_back(av->get<std::string>(), bv->get<std::string>());
+  }
+  return out;
+}
+
+Status check_options(const DatasetOptions& o) {
+  if (o.num_prompts < 1) return invalid_argument("--num-prompts must be at least 1");
+  if (o.range_ratio < 0.0 || o.range_ratio > 1.0) {
+    return invalid_argument("--random-range-ratio must be in [0, 1], not {}", o.range_ratio);
+  }
+  if (o.kind != DatasetKind::kShareGpt) {
+    if (o.input_len < 1) return invalid_argument("--random-input-len must be at least 1");
+    if (o.output_len < 1) return invalid_argument("--random-output-len must be at least 1");
+  }
+  if (o.sharegpt_output_len && *o.sharegpt_output_len < 1) {
+    return invalid_argument("--sharegpt-output-len must be at least 1");
+  }
+  return ok_status();
+}
+
+Result<std::vector<BenchRequest>> make_sharegpt(const DatasetOptions& o,
+                                                const model::Tokenizer& tok, std::mt19937_64& rng) {
+  PP_ASSIGN_OR_RETURN(auto pairs, read_sharegpt(o.path));
+  std::shuffle(pairs.begin(), pairs.end(), rng);
+  std::vector<BenchRequest> out;
+  for (auto& [prompt, completion] : pairs) {
+    if (int64_t(out.size()) == o.num_prompts) break;
+    BenchRequest r;
+    r.prompt_ids = tok.encode(prompt);
+    r.prompt_len = int64_t(r.prompt_ids.size());
+    r.output_len =
+        o.sharegpt_output_len ? *o.sharegpt_output_len : int64_t(tok.encode(completion).size());
+    if (r.prompt_len < 2 || r.output_len < 2) continue;
+    if (o.context_len > 0 && r.prompt_len + r.output_len > o.context_len) continue;
+    r.prompt_text = std::move(prompt);
+    out.push_back(std::move(r));
+  }
+  if (out.empty()) {
+    return Status(StatusCode::kOutOfRange,
+                  fmt::format("no usable conversation in '{}'", o.path.string()));
+  }
+  return out;
+}
+
+// random: token ids of `len` from a source of ids, decoded to text.
+Result<std::vector<BenchRequest>> make_random_text(const DatasetOptions& o,
+                                                   const model::Tokenizer& tok,
+                                                   std::mt19937_64& rng) {
+  std::vector<int64_t> in_lens(size_t(o.num_prompts)), out_lens(size_t(o.num_prompts));
+  for (auto& l : in_lens) l = sample_length(o.input_len, o.range_ratio, 1, rng);
+  for (auto& l : out_lens) l = sample_length(o.output_len, o.range_ratio, 1, rng);
+
+  std::vector<std::vector<int32_t>> sources;
+  if (!o.path.empty()) {
+    PP_ASSIGN_OR_RETURN(auto pairs, read_sharegpt(o.path));
+    std::shuffle(pairs.begin(), pairs.end(), rng);
+    for (const auto& p : pairs) {
+      if (int64_t(sources.size()) == o.num_prompts) break;
+      auto ids = tok.encode(p.first);
+      if (!ids.empty()) sources.push_back(std::move(ids));
+    }
+    if (sources.empty()) {
+      return Status(StatusCode::kOutOfRange,
+                    fmt::format("no usable conversation in '{}'", o.path.string()));
+    }
+  }
+  std::vector<int32_t> ordinary;  // the non-special ids
+  if (sources.empty()) {
+    for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+      if (!tok.is_special(int32_t(id)) && !tok.id_to_token(int32_t(id)).empty()) {
+        ordinary.push_back(int32_t(id));
+      }
+    }
+    if (ordinary.empty()) return invalid_argument("the tokenizer has no ordinary token");
+  }
+  std::vector<BenchRequest> out;
+  for (int64_t i = 0; i < o.num_prompts; ++i) {
+    const int64_t len = in_lens[size_t(i)];
+    BenchRequest r;
+    if (!sources.empty()) {
+      const auto& src = sources[size_t(i) % sources.size()];
+      for (int64_t j = 0; j < len; ++j) r.prompt_ids.push_back(src[size_t(j) % src.size()]);
+    } else {
+      std::uniform_int_distribution<size_t> pick(0, ordinary.size() - 1);
+      for (int64_t j = 0; j < len; ++j) r.prompt_ids.push_back(ordinary[pick(rng)]);
+    }
+    r.prompt_text = tok.decode(r.prompt_ids);
+    r.prompt_len = len;
+    r.output_len = out_lens[size_t(i)];
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<BenchRequest>> make_dataset(const DatasetOptions& o, int64_t vocab_size,
+                                               const model::Tokenizer* tok) {
+  PP_RETURN_IF_ERROR(check_options(o));
+  std::mt19937_64 rng(o.seed);
+  switch (o.kind) {
+    case DatasetKind::kShareGpt:
+    case DatasetKind::kRandom:
+      if (!tok) {
+        return Status(
+            StatusCode::kFailedPrecondition,
+            fmt::format("dataset '{}' needs a tokenizer (--tokenizer)", dataset_kind_name(o.kind)));
+      }
+      if (o.kind == DatasetKind::kShareGpt) {
+        if (o.path.empty()) return invalid_argument("dataset 'sharegpt' needs --dataset-path");
+        return make_sharegpt(o, *tok, rng);
+      }
+      return make_random_text(o, *tok, rng);
+    case DatasetKind::kRandomIds:
+    case DatasetKind::kFixed:
+      break;
+  }
+  if (vocab_size <= 0 && tok) vocab_size = tok->vocab_size();
+  if (vocab_size <= 0) return invalid_argument("random token ids need a vocabulary size");
+  const double ratio = o.kind == DatasetKind::kFixed ? 1.0 : o.range_ratio;
+  std::vector<int64_t> in_lens(size_t(o.num_prompts)), out_lens(size_t(o.num_prompts));
+  for (auto& l : in_lens) l = sample_length(o.input_len, ratio, 1, rng);
+  for (auto& l : out_lens) l = sample_length(o.output_len, ratio, 1, rng);
+  std::uniform_int_distribution<int64_t> offset(0, vocab_size - 1);
+  std::vector<BenchRequest> out(size_t(o.num_prompts));
+  for (int64_t i = 0; i < o.num_prompts; ++i) {
+    BenchRequest& r = out[size_t(i)];
+    const int64_t off = offset(rng);
+    r.prompt_len = in_lens[size_t(i)];
+    r.output_len = out_lens[size_t(i)];
+    r.prompt_ids.resize(size_t(r.prompt_len));
+    for (int64_t j = 0; j < r.prompt_len; ++j) {
+      r.prompt_ids[size_t(j)] = int32_t((off + i + j) % vocab_size);
+    }
+    if (tok) r.prompt_text = tok->decode(r.prompt_ids);
+  }
+  return out;
+}
+
+}  // namespace pp::bench

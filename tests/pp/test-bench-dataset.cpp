@@ -1,0 +1,204 @@
+// pp-bench's datasets: SGLang's length rule and id pattern for random-ids, exact lengths for
+// fixed, determinism by seed, random text of the asked token lengths, and ShareGPT filtering.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "pp/bench/dataset.h"
+#include "test-util.h"
+
+namespace pp::bench {
+namespace {
+
+std::unique_ptr<model::Tokenizer> gpt2() {
+  auto t = model::Tokenizer::from_hf_file(test::fixture_dir() / "tokenizers" / "gpt2" /
+                                          "tokenizer.json");
+  EXPECT_TRUE(t.ok()) << t.status().message();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+TEST(BenchDataset, RandomIdsFollowSglangRule) {
+  auto& g = test::rng();
+  DatasetOptions o;
+  o.kind = DatasetKind::kRandomIds;
+  o.num_prompts = 400;
+  o.input_len = std::uniform_int_distribution<int64_t>(20, 300)(g);
+  o.output_len = std::uniform_int_distribution<int64_t>(5, 100)(g);
+  o.range_ratio = std::uniform_real_distribution<double>(0.1, 0.9)(g);
+  o.seed = g();
+  const int64_t vocab = std::uniform_int_distribution<int64_t>(50, 50000)(g);
+  auto ds = make_dataset(o, vocab, nullptr);
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  ASSERT_EQ(ds->size(), 400u);
+  const int64_t in_lo = std::max<int64_t>(int64_t(double(o.input_len) * o.range_ratio), 1);
+  const int64_t out_lo = std::max<int64_t>(int64_t(double(o.output_len) * o.range_ratio), 1);
+  double in_sum = 0;
+  std::map<int64_t, int> seen_in;
+  for (size_t i = 0; i < ds->size(); ++i) {
+    const BenchRequest& r = (*ds)[i];
+    EXPECT_GE(r.prompt_len, in_lo);
+    EXPECT_LE(r.prompt_len, o.input_len);
+    EXPECT_GE(r.output_len, out_lo);
+    EXPECT_LE(r.output_len, o.output_len);
+    ASSERT_EQ(int64_t(r.prompt_ids.size()), r.prompt_len);
+    EXPECT_TRUE(r.prompt_text.empty());  // no tokenizer
+    // (offset + i + j) % vocab: consecutive ids.
+    for (size_t j = 1; j < r.prompt_ids.size(); ++j) {
+      ASSERT_EQ(r.prompt_ids[j], (r.prompt_ids[j - 1] + 1) % vocab) << "prompt " << i;
+    }
+    for (int32_t id : r.prompt_ids) ASSERT_TRUE(id >= 0 && id < vocab);
+    in_sum += double(r.prompt_len);
+    seen_in[r.prompt_len]++;
+  }
+  // Uniform in [lo, hi]: the mean is near the middle and both ends occur.
+  const double mid = (double(in_lo) + double(o.input_len)) / 2;
+  const double sd = (double(o.input_len) - double(in_lo) + 1) / std::sqrt(12.0) / std::sqrt(400.0);
+  EXPECT_NEAR(in_sum / 400, mid, 5 * sd + 0.5);
+
+  // Deterministic by seed; another seed gives another dataset.
+  auto again = make_dataset(o, vocab, nullptr);
+  ASSERT_TRUE(again.ok());
+  for (size_t i = 0; i < ds->size(); ++i) EXPECT_EQ((*again)[i].prompt_ids, (*ds)[i].prompt_ids);
+  o.seed += 1;
+  auto other = make_dataset(o, vocab, nullptr);
+  ASSERT_TRUE(other.ok());
+  int same = 0;
+  for (size_t i = 0; i < ds->size(); ++i) same += (*other)[i].prompt_ids == (*ds)[i].prompt_ids;
+  EXPECT_LT(same, 10);
+}
+
+TEST(BenchDataset, FixedAndRatioOneAreExact) {
+  DatasetOptions o;
+  o.kind = DatasetKind::kFixed;
+  o.num_prompts = 50;
+  o.input_len = 33;
+  o.output_len = 7;
+  o.range_ratio = 0.0;  // ignored by fixed
+  o.seed = test::rng()();
+  auto ds = make_dataset(o, 1000, nullptr);
+  ASSERT_TRUE(ds.ok());
+  for (const auto& r : *ds) {
+    EXPECT_EQ(r.prompt_len, 33);
+    EXPECT_EQ(r.prompt_ids.size(), 33u);
+    EXPECT_EQ(r.output_len, 7);
+  }
+  o.kind = DatasetKind::kRandomIds;
+  o.range_ratio = 1.0;
+  ds = make_dataset(o, 1000, nullptr);
+  ASSERT_TRUE(ds.ok());
+  for (const auto& r : *ds) EXPECT_EQ(r.prompt_len * 100 + r.output_len, 33 * 100 + 7);
+  // Ratio 0 and a tiny output: never 0 new tokens.
+  o.range_ratio = 0.0;
+  o.output_len = 1;
+  ds = make_dataset(o, 1000, nullptr);
+  ASSERT_TRUE(ds.ok());
+  for (const auto& r : *ds) EXPECT_EQ(r.output_len, 1);
+}
+
+TEST(BenchDataset, RandomTextHasTheAskedLengthsAndDecodes) {
+  auto tok = gpt2();
+  ASSERT_TRUE(tok);
+  DatasetOptions o;
+  o.kind = DatasetKind::kRandom;
+  o.num_prompts = 20;
+  o.input_len = 64;
+  o.output_len = 16;
+  o.range_ratio = 0.5;
+  o.seed = test::rng()();
+  auto ds = make_dataset(o, 0, tok.get());
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  for (const auto& r : *ds) {
+    EXPECT_GE(r.prompt_len, 32);
+    EXPECT_LE(r.prompt_len, 64);
+    EXPECT_EQ(int64_t(r.prompt_ids.size()), r.prompt_len);
+    EXPECT_FALSE(r.prompt_text.empty());
+    EXPECT_EQ(r.prompt_text, tok->decode(r.prompt_ids));
+    for (int32_t id : r.prompt_ids) EXPECT_FALSE(tok->is_special(id));
+  }
+  // Without a tokenizer: refused, saying why.
+  auto none = make_dataset(o, 1000, nullptr);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(none.status().message().find("tokenizer"), std::string::npos);
+}
+
+TEST(BenchDataset, ShareGptFiltersAndCounts) {
+  auto tok = gpt2();
+  ASSERT_TRUE(tok);
+  test::TempDir dir;
+  nlohmann::json j = nlohmann::json::array();
+  const std::vector<std::string> words = {"the", "cat", "sat", "on", "a", "mat", "and", "then"};
+  auto& g = test::rng();
+  auto sentence = [&](int n) {
+    std::string s;
+    for (int i = 0; i < n; ++i) {
+      s += (i ? " " : "") + words[std::uniform_int_distribution<size_t>(0, words.size() - 1)(g)];
+    }
+    return s;
+  };
+  for (int i = 0; i < 30; ++i) {
+    j.push_back({{"id", i},
+                 {"conversations",
+                  {{{"from", "human"}, {"value", sentence(3 + i)}},
+                   {{"from", "gpt"}, {"value", sentence(2 + i % 5)}}}}});
+  }
+  j.push_back({{"conversations", {{{"from", "human"}, {"value", "one turn only"}}}}});
+  j.push_back({{"conversations", {{{"value", "x"}}, {{"value", "hello there friend"}}}}});  // short
+  const auto path = dir.path() / "sharegpt.json";
+  std::ofstream(path) << j.dump();
+
+  DatasetOptions o;
+  o.kind = DatasetKind::kShareGpt;
+  o.path = path;
+  o.num_prompts = 25;
+  o.seed = g();
+  auto ds = make_dataset(o, 0, tok.get());
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  EXPECT_EQ(ds->size(), 25u);
+  for (const auto& r : *ds) {
+    EXPECT_GE(r.prompt_len, 2);
+    EXPECT_GE(r.output_len, 2);
+    EXPECT_EQ(int64_t(tok->encode(r.prompt_text).size()), r.prompt_len);
+    EXPECT_NE(r.prompt_text, "one turn only");
+    EXPECT_NE(r.prompt_text, "x");
+  }
+  // A fixed output length and a context limit.
+  o.sharegpt_output_len = 9;
+  o.context_len = 20;
+  o.num_prompts = 100;  // more than there are: all usable pairs
+  ds = make_dataset(o, 0, tok.get());
+  ASSERT_TRUE(ds.ok());
+  EXPECT_GT(ds->size(), 0u);
+  EXPECT_LT(ds->size(), 31u);
+  for (const auto& r : *ds) {
+    EXPECT_EQ(r.output_len, 9);
+    EXPECT_LE(r.prompt_len + r.output_len, 20);
+  }
+  // A missing file and a file that is not JSON fail with the file named.
+  o.path = dir.path() / "missing.json";
+  auto missing = make_dataset(o, 0, tok.get());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("missing.json"), std::string::npos);
+  std::ofstream(dir.path() / "bad.json") << "[{\"conversations\": [";
+  o.path = dir.path() / "bad.json";
+  EXPECT_EQ(make_dataset(o, 0, tok.get()).status().code(), StatusCode::kDataLoss);
+}
+
+TEST(BenchDataset, BadOptionsAreRefused) {
+  DatasetOptions o;
+  o.num_prompts = 0;
+  EXPECT_EQ(make_dataset(o, 100, nullptr).status().code(), StatusCode::kInvalidArgument);
+  o.num_prompts = 3;
+  o.range_ratio = 1.5;
+  EXPECT_EQ(make_dataset(o, 100, nullptr).status().code(), StatusCode::kInvalidArgument);
+  o.range_ratio = 0.5;
+  EXPECT_FALSE(make_dataset(o, 0, nullptr).ok());  // no vocabulary
+  EXPECT_EQ(parse_dataset_kind("random-ids"), DatasetKind::kRandomIds);
+  EXPECT_FALSE(parse_dataset_kind("nope").has_value());
+}
+
+}  // namespace
+}  // namespace pp::bench

@@ -1,0 +1,282 @@
+// pp-bench's shared options and the writing of a finished run (see bench-options.h).
+#include "bench-options.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+
+#include <unistd.h>
+
+#include "cli.h"
+#include "pp/bench/progress.h"
+#include "pp/model/gguf.h"
+#include "pp/store/run-store.h"
+#include "pp/version.h"
+
+namespace pp::bench_tool {
+
+namespace fs = std::filesystem;
+
+void add_common_options(CLI::App* app, CommonArgs& a) {
+  app->add_option("--dataset-name", a.dataset_name,
+                  "random-ids, random, sharegpt or fixed (default random-ids)")
+      ->check(CLI::IsMember({"random-ids", "random", "sharegpt", "fixed"}));
+  app->add_option("--dataset-path", a.dataset_path,
+                  "ShareGPT-format JSON (sharegpt; for random: the source of its text)");
+  app->add_option("--num-prompts", a.num_prompts, "number of requests (default 1000)");
+  app->add_option("--random-input-len", a.random_input_len,
+                  "prompt tokens, the upper end for random kinds (default 1024)");
+  app->add_option("--random-output-len", a.random_output_len,
+                  "new tokens, the upper end for random kinds (default 1024)");
+  app->add_option("--random-range-ratio", a.random_range_ratio,
+                  "lengths uniform in [len*ratio, len] (default 0)");
+  app->add_option("--sharegpt-output-len", a.sharegpt_output_len,
+                  "sharegpt: this many new tokens for every prompt");
+  app->add_option("--sharegpt-context-len", a.sharegpt_context_len,
+                  "sharegpt: skip pairs longer than this in all");
+  app->add_option("--request-rate", a.request_rate,
+                  "requests per second, Poisson arrivals; inf sends all at once (default inf)");
+  app->add_option("--max-concurrency", a.max_concurrency,
+                  "requests in flight at most (default: no limit; at most 1024)");
+  app->add_option("--warmup-requests", a.warmup_requests,
+                  "unmeasured requests sent first (default 1)");
+  app->add_option("--seed", a.seed, "seed of the dataset and the arrivals (default 1)");
+  app->add_flag("--ignore-eos", a.ignore_eos, "keep generating past end of sequence");
+  app->add_option("--tokenizer", a.tokenizer,
+                  "tokenizer.json, a model folder or a .gguf (text datasets, retokenizing)");
+  app->add_option("--vocab-size", a.vocab_size,
+                  "random-ids and fixed without --tokenizer: ids below this");
+  app->add_option("--label", a.label, "a name for this run in the run store");
+  app->add_option("--output-file", a.output_file, "append the run as one JSON line to FILE");
+  app->add_flag("--disable-progress", a.disable_progress, "no progress bar");
+  cli::add_db_option(*app, a.db);
+  cli::add_log_option(*app, a.log_level);
+}
+
+void add_serve_options(CLI::App* app, ServeArgs& a, bool model_option) {
+  app->add_option("--base-url", a.base_url, "the server: http://HOST:PORT")->required();
+  app->add_option("--backend", a.backend,
+                  "openai (/v1/completions), openai-chat or sglang (/generate); default openai")
+      ->check(CLI::IsMember({"openai", "openai-chat", "sglang"}));
+  if (model_option) {
+    app->add_option("--model", a.model, "model name sent (default: the server's first model)");
+  }
+  app->add_flag("--disable-stream", a.disable_stream, "ask for whole responses, not streams");
+  app->add_option("--extra-request-body", a.extra_request_body,
+                  "JSON object merged into every request body");
+}
+
+void add_offline_options(CLI::App* app, OfflineArgs& a, bool model_option) {
+  if (model_option) {
+    app->add_option("--model", a.model, "model folder, .gguf or partition folder")->required();
+  }
+  app->add_option("--pp", a.pp, "pipeline stages (default 1)");
+  app->add_option("--async-depth", a.async_depth, "micro-batch groups beyond pp (default 1)");
+  app->add_option("--max-running-requests", a.max_running_requests,
+                  "requests running at once in the engine (default 256)");
+  app->add_option("--max-batch-tokens", a.max_batch_tokens,
+                  "tokens per micro-batch at most (default 512)");
+  app->add_option("--kv-blocks", a.kv_blocks, "KV blocks (default: what fits)");
+  app->add_option("--threads-per-stage", a.threads_per_stage,
+                  "compute threads per stage (default: all cores)");
+  app->add_option("--trace", a.trace, "write a Chrome trace of every micro-batch to FILE");
+}
+
+Result<double> parse_rate(const std::string& text) {
+  if (text == "inf" || text == "infinity") return std::numeric_limits<double>::infinity();
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || *end != '\0' || !(v > 0)) {
+    return invalid_argument("--request-rate must be a positive number or inf, not '{}'", text);
+  }
+  return v;
+}
+
+Result<bench::DatasetOptions> dataset_options(const CommonArgs& a) {
+  bench::DatasetOptions o;
+  auto kind = bench::parse_dataset_kind(a.dataset_name);
+  if (!kind) return invalid_argument("unknown dataset '{}'", a.dataset_name);
+  o.kind = *kind;
+  o.num_prompts = a.num_prompts;
+  o.input_len = a.random_input_len;
+  o.output_len = a.random_output_len;
+  o.range_ratio = a.random_range_ratio;
+  o.seed = a.seed;
+  o.path = a.dataset_path;
+  if (a.sharegpt_output_len > 0) o.sharegpt_output_len = a.sharegpt_output_len;
+  o.context_len = a.sharegpt_context_len;
+  return o;
+}
+
+Result<bench::TrafficOptions> traffic_options(const CommonArgs& a) {
+  bench::TrafficOptions t;
+  PP_ASSIGN_OR_RETURN(t.request_rate, parse_rate(a.request_rate));
+  t.max_concurrency = a.max_concurrency;
+  if (a.warmup_requests < 0) return invalid_argument("--warmup-requests must not be negative");
+  t.warmup_requests = a.warmup_requests;
+  t.seed = a.seed;
+  PP_RETURN_IF_ERROR(bench::n_slots(1, a.max_concurrency).status());
+  return t;
+}
+
+Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& s) {
+  bench::ServeOptions o;
+  o.base_url = s.base_url;
+  while (o.base_url.ends_with("/")) o.base_url.pop_back();
+  PP_RETURN_IF_ERROR(bench::parse_base_url(o.base_url).status());
+  auto backend = bench::parse_backend(s.backend);
+  if (!backend) return invalid_argument("unknown backend '{}'", s.backend);
+  o.request.backend = *backend;
+  o.request.model = s.model;
+  o.request.stream = !s.disable_stream;
+  o.request.ignore_eos = c.ignore_eos;
+  o.request.send_text = c.dataset_name == "random" || c.dataset_name == "sharegpt";
+  if (const char* key = std::getenv("OPENAI_API_KEY")) o.request.api_key = key;
+  if (!s.extra_request_body.empty()) {
+    o.request.extra_body = nlohmann::json::parse(s.extra_request_body, nullptr, false);
+    if (o.request.extra_body.is_discarded() || !o.request.extra_body.is_object()) {
+      return invalid_argument("--extra-request-body must be a JSON object");
+    }
+  }
+  PP_ASSIGN_OR_RETURN(o.traffic, traffic_options(c));
+  return o;
+}
+
+pipeline::EngineOptions engine_options(const OfflineArgs& o) {
+  pipeline::EngineOptions e;
+  e.model_path = o.model;
+  e.n_stages = o.pp;
+  e.async_depth = o.async_depth;
+  e.max_running_requests = o.max_running_requests;
+  e.max_batch_tokens = o.max_batch_tokens;
+  e.kv_blocks = o.kv_blocks;
+  e.threads_per_stage = o.threads_per_stage;
+  e.trace_path = o.trace;
+  return e;
+}
+
+Result<std::unique_ptr<model::Tokenizer>> load_tokenizer(const std::string& path) {
+  fs::path p = path;
+  if (fs::is_directory(p)) p /= "tokenizer.json";
+  if (!fs::exists(p)) return not_found("cannot open tokenizer '{}'", p.string());
+  if (p.extension() == ".gguf") {
+    PP_ASSIGN_OR_RETURN(auto gguf, model::GgufFile::open(p));
+    return model::Tokenizer::from_gguf(*gguf);
+  }
+  return model::Tokenizer::from_hf_file(p);
+}
+
+namespace {
+std::mutex g_progress_mu;
+double g_progress_start = 0;
+bool g_progress_drawn = false;
+}  // namespace
+
+bench::ProgressFn make_progress(const CommonArgs& a) {
+  if (a.disable_progress || !isatty(STDERR_FILENO)) return {};
+  g_progress_start = bench::steady_now_s();
+  return [](int64_t done, int64_t total) {
+    std::lock_guard lock(g_progress_mu);
+    const std::string line =
+        bench::render_progress(done, total, bench::steady_now_s() - g_progress_start);
+    std::fprintf(stderr, "\r%s", line.c_str());
+    std::fflush(stderr);
+    g_progress_drawn = true;
+  };
+}
+
+void end_progress(const CommonArgs&) {
+  std::lock_guard lock(g_progress_mu);
+  if (g_progress_drawn) std::fputc('\n', stderr);
+  g_progress_drawn = false;
+}
+
+nlohmann::json common_params(const CommonArgs& c) {
+  nlohmann::json j;
+  j["dataset_name"] = c.dataset_name;
+  j["dataset_path"] = c.dataset_path;
+  j["num_prompts"] = c.num_prompts;
+  j["random_input_len"] = c.random_input_len;
+  j["random_output_len"] = c.random_output_len;
+  j["random_range_ratio"] = c.random_range_ratio;
+  if (c.sharegpt_output_len > 0) j["sharegpt_output_len"] = c.sharegpt_output_len;
+  if (c.sharegpt_context_len > 0) j["sharegpt_context_len"] = c.sharegpt_context_len;
+  j["request_rate"] = c.request_rate;
+  if (c.max_concurrency > 0) {
+    j["max_concurrency"] = c.max_concurrency;
+  } else {
+    j["max_concurrency"] = nullptr;
+  }
+  j["warmup_requests"] = c.warmup_requests;
+  j["seed"] = c.seed;
+  j["ignore_eos"] = c.ignore_eos;
+  j["tokenizer"] = c.tokenizer;
+  if (c.vocab_size > 0) j["vocab_size"] = c.vocab_size;
+  j["pp_version"] = std::string(pp::version_string());
+  return j;
+}
+
+nlohmann::json serve_params(const ServeArgs& s, const std::string& model_id) {
+  nlohmann::json j;
+  j["base_url"] = s.base_url;
+  j["backend"] = s.backend;
+  j["model"] = model_id;
+  j["stream"] = !s.disable_stream;
+  if (!s.extra_request_body.empty()) j["extra_request_body"] = s.extra_request_body;
+  return j;
+}
+
+nlohmann::json offline_params(const OfflineArgs& o) {
+  nlohmann::json j;
+  j["model"] = o.model;
+  j["pp"] = o.pp;
+  j["async_depth"] = o.async_depth;
+  j["max_running_requests"] = o.max_running_requests;
+  j["max_batch_tokens"] = o.max_batch_tokens;
+  j["kv_blocks"] = o.kv_blocks;
+  j["threads_per_stage"] = o.threads_per_stage;
+  if (!o.trace.empty()) j["trace"] = o.trace;
+  return j;
+}
+
+Result<int64_t> finish_run(const CommonArgs& c, const FinishedRun& run) {
+  const bench::BenchOutcome& out = *run.outcome;
+  if (run.print_table) {
+    std::fputs(bench::format_result_table(out.metrics, run.header, run.title).c_str(), stdout);
+    std::fflush(stdout);
+  }
+  BenchRecord rec;
+  rec.kind = run.kind;
+  rec.label = c.label;
+  rec.params_json = run.params.dump();
+  rec.server_url = run.server_url;
+  rec.parent_id = run.parent_id;
+  rec.metrics = bench::metric_map(out.metrics);
+  for (const auto& [k, v] : out.extra_metrics) rec.metrics[k] = v;
+  PP_ASSIGN_OR_RETURN(auto store, RunStore::open(c.db));
+  PP_ASSIGN_OR_RETURN(const int64_t id, store->record_bench_run(rec));
+  if (!c.output_file.empty()) {
+    nlohmann::json line = run.params;
+    line["kind"] = bench_kind_name(run.kind);
+    line["label"] = c.label;
+    line["run_id"] = id;
+    if (run.parent_id) line["parent_id"] = *run.parent_id;
+    for (const auto& [k, v] : rec.metrics) {
+      if (std::isfinite(v.value)) {
+        line[k] = v.value;
+      } else {
+        line[k] = nullptr;
+      }
+    }
+    std::ofstream f(c.output_file, std::ios::app);
+    f << line.dump() << '\n';
+    f.close();
+    if (!f) return internal_error("cannot write '{}'", c.output_file);
+  }
+  return id;
+}
+
+}  // namespace pp::bench_tool

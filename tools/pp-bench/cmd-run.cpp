@@ -1,0 +1,114 @@
+// `pp-bench serve` and `pp-bench offline`: make the dataset, run, print, record.
+#include <cmath>
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "pp/pipeline/engine.h"
+
+namespace pp::bench_tool {
+
+namespace {
+
+std::string rate_text(double r) { return std::isinf(r) ? "inf" : fmt::format("{:g}", r); }
+std::string concurrency_text(int64_t c) { return c > 0 ? std::to_string(c) : "not set"; }
+
+}  // namespace
+
+Result<Measured> measure_serve(const CommonArgs& c, const ServeArgs& s,
+                               std::optional<int64_t> parent_id, bool quiet) {
+  PP_ASSIGN_OR_RETURN(bench::ServeOptions so, serve_options(c, s));
+  std::unique_ptr<model::Tokenizer> tok;
+  if (!c.tokenizer.empty()) {
+    PP_ASSIGN_OR_RETURN(tok, load_tokenizer(c.tokenizer));
+  }
+  PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
+  if (!tok && c.vocab_size <= 0 &&
+      (dopt.kind == bench::DatasetKind::kRandomIds || dopt.kind == bench::DatasetKind::kFixed)) {
+    return invalid_argument("random token ids need a vocabulary: give --tokenizer or --vocab-size");
+  }
+  PP_ASSIGN_OR_RETURN(auto requests, bench::make_dataset(dopt, c.vocab_size, tok.get()));
+  if (so.request.backend == bench::Backend::kOpenAIChat && requests.front().prompt_text.empty()) {
+    return invalid_argument("backend 'openai-chat' sends text: give --tokenizer to decode the ids");
+  }
+  if (so.request.model.empty() && so.request.backend != bench::Backend::kSglang) {
+    PP_ASSIGN_OR_RETURN(auto client, bench::HttpClient::connect(so.base_url, so.request));
+    PP_ASSIGN_OR_RETURN(so.request.model, client->first_model_id());
+  }
+  Measured m;
+  PP_ASSIGN_OR_RETURN(m.outcome, bench::run_serve_bench(so, requests, tok.get(), make_progress(c)));
+  end_progress(c);
+  FinishedRun run;
+  run.kind = BenchKind::kServe;
+  run.title = "Serving Benchmark Result";
+  run.header = {{"Backend", s.backend},
+                {"Traffic request rate", rate_text(so.traffic.request_rate)},
+                {"Max request concurrency", concurrency_text(c.max_concurrency)}};
+  run.params = common_params(c);
+  run.params["mode"] = "serve";
+  run.params.update(serve_params(s, so.request.model));
+  run.server_url = so.base_url;
+  run.parent_id = parent_id;
+  run.outcome = &m.outcome;
+  run.print_table = !quiet;
+  PP_ASSIGN_OR_RETURN(m.run_id, finish_run(c, run));
+  return m;
+}
+
+Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
+                                 std::optional<int64_t> parent_id, bool quiet) {
+  PP_ASSIGN_OR_RETURN(bench::TrafficOptions traffic, traffic_options(c));
+  PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
+  std::shared_ptr<model::Tokenizer> tok;
+  if (!c.tokenizer.empty()) {
+    PP_ASSIGN_OR_RETURN(tok, load_tokenizer(c.tokenizer));
+  }
+  pipeline::EngineOptions eo = engine_options(o);
+  if (tok) eo.tokenizer = tok;
+  // The engine's own tokenizer is needed only for text datasets.
+  eo.load_tokenizer =
+      dopt.kind == bench::DatasetKind::kRandom || dopt.kind == bench::DatasetKind::kShareGpt;
+  PP_ASSIGN_OR_RETURN(auto engine, pipeline::Engine::start(eo));
+  const model::Tokenizer* t = tok ? tok.get() : engine->tokenizer();
+  auto requests = bench::make_dataset(dopt, engine->model_config().n_vocab, t);
+  if (!requests.ok()) {
+    (void)engine->shutdown();
+    return requests.status();
+  }
+  bench::OfflineOptions oo;
+  oo.traffic = traffic;
+  oo.ignore_eos = c.ignore_eos;
+  Measured m;
+  auto outcome = bench::run_offline_bench(*engine, oo, *requests, make_progress(c));
+  end_progress(c);
+  Status down = engine->shutdown();
+  if (!outcome.ok()) return outcome.status();
+  if (!down.ok()) return down.with_context("the engine failed");
+  m.outcome = std::move(*outcome);
+  FinishedRun run;
+  run.kind = BenchKind::kOffline;
+  run.title = "Offline Benchmark Result";
+  run.header = {{"Model", o.model},
+                {"Pipeline stages", std::to_string(o.pp)},
+                {"Async depth", std::to_string(o.async_depth)},
+                {"Traffic request rate", rate_text(traffic.request_rate)},
+                {"Max request concurrency", concurrency_text(c.max_concurrency)}};
+  run.params = common_params(c);
+  run.params["mode"] = "offline";
+  run.params.update(offline_params(o));
+  run.parent_id = parent_id;
+  run.outcome = &m.outcome;
+  run.print_table = !quiet;
+  PP_ASSIGN_OR_RETURN(m.run_id, finish_run(c, run));
+  if (!quiet) {
+    for (int k = 0;; ++k) {
+      auto it = m.outcome.extra_metrics.find(fmt::format("stage{}_busy_fraction", k));
+      if (it == m.outcome.extra_metrics.end()) break;
+      std::printf("stage %d: busy %.1f%%\n", k, 100.0 * it->second.value);
+    }
+  }
+  return m;
+}
+
+}  // namespace pp::bench_tool
