@@ -86,26 +86,31 @@ TEST(Engine, FourStagesOnADeeperRandomModel) {
   check_all_splits(model, 64, 40, 20, /*load_tokenizer=*/false);
 }
 
-TEST(Engine, DefaultModelOneAndTwoStages) {
+// The default model: 64 requests of varied lengths arriving over time give the single-process
+// Generator's tokens for every split N = 1..4 and async depth D = 0..3.
+TEST(Engine, DefaultModelEverySplitAndDepth) {
   const fs::path model = default_model_path();
   if (!fs::exists(model)) GTEST_SKIP() << "default model missing: " << model;
   auto src = model::open_model(model);
   ASSERT_TRUE(src.ok()) << src.status().message();
-  auto reqs = make_requests(8, src->config.n_vocab, 24, 8, rng());
+  auto reqs = make_requests(64, src->config.n_vocab, 24, 8, rng());
   const auto ref = reference_outputs(model, reqs);
   ASSERT_EQ(ref.size(), reqs.size());
-  for (int32_t P = 1; P <= 2; ++P) {
-    SCOPED_TRACE(fmt::format("{} stages", P));
-    auto o = engine_options(model, P, 1);
-    o.threads_per_stage = 0;
-    o.kv_blocks = 256;
-    auto engine = Engine::start(o);
-    ASSERT_TRUE(engine.ok()) << engine.status().message();
-    ASSERT_NE((*engine)->tokenizer(), nullptr);
-    const auto out = run_requests(**engine, reqs);
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
-      EXPECT_EQ(out[i].tokens, ref[i]) << "request " << i;
+  for (int32_t P = 1; P <= 4; ++P) {
+    for (int32_t D = 0; D <= 3; ++D) {
+      SCOPED_TRACE(fmt::format("{} stages, depth {}", P, D));
+      auto o = engine_options(model, P, D);
+      o.threads_per_stage = 0;
+      o.kv_blocks = 512;
+      auto engine = Engine::start(o);
+      ASSERT_TRUE(engine.ok()) << engine.status().message();
+      ASSERT_NE((*engine)->tokenizer(), nullptr);
+      const auto out = run_requests(**engine, reqs);
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
+        EXPECT_EQ(out[i].tokens, ref[i]) << "request " << i;
+      }
+      EXPECT_EQ((*engine)->stats().scheduler.kv_blocks_used, 0);
     }
   }
 }

@@ -559,6 +559,38 @@ TEST(Scheduler, SubmitRefusesWhatCanNeverRun) {
   EXPECT_EQ(s.stats().n_finished_length, 1);
 }
 
+// queue_s on the final event: from submission (arrival_s) to the first admission (set_now),
+// not reset by later steps; a request that never ran reports -1.
+TEST(Scheduler, FinalEventCarriesQueueTime) {
+  Scheduler s(small_options(), nullptr);
+  model::SamplingParams p;
+  p.max_tokens = 3;
+  const double arrival = 10.0 + double(test::rng()() % 1000) / 8.0;
+  const double admitted = arrival + 0.125 + double(test::rng()() % 100) / 16.0;
+  ASSERT_TRUE(s.submit(1, random_prompt(5), p, arrival).ok());
+  ASSERT_TRUE(s.submit(2, random_prompt(5), p, arrival).ok());
+  ASSERT_TRUE(s.cancel(2).ok());  // never admitted
+  s.set_now(admitted);
+  Plan plan;
+  int guard = 0;
+  while (s.has_work() && ++guard < 100) {
+    for (int32_t g : s.idle_groups()) {
+      if (s.build_plan(g, &plan)) ASSERT_TRUE(s.apply_tokens(tokens_for(plan)).ok());
+    }
+    s.set_now(admitted + 100.0 + guard);  // later steps must not move the admission time
+  }
+  std::vector<RequestEvent> events;
+  s.take_events(&events);
+  int n_final = 0;
+  for (const RequestEvent& e : events) {
+    if (e.kind != EventKind::kFinal) continue;
+    ++n_final;
+    if (e.request_id == 1) EXPECT_DOUBLE_EQ(e.queue_s, admitted - arrival);
+    if (e.request_id == 2) EXPECT_EQ(e.queue_s, -1.0);
+  }
+  EXPECT_EQ(n_final, 2);
+}
+
 TEST(Scheduler, SeedIsResolvedAtSubmission) {
   Scheduler s(small_options(), nullptr);
   model::SamplingParams p;

@@ -363,6 +363,7 @@ TEST_F(HttpServerTest, MetricsHaveTheFamilies) {
     EXPECT_GE(metric(m, name), 0) << name << "\n" << m;
   }
   EXPECT_GE(metric(m, "pp_time_to_first_token_seconds_count"), 1);
+  EXPECT_GE(metric(m, "pp_request_queue_time_seconds_count"), 1);
   EXPECT_GT(metric(m, "pp_stage_busy_seconds_total{stage=\"1\"}"), 0);
   EXPECT_NE(m.find("# TYPE pp_e2e_request_latency_seconds histogram"), std::string::npos);
   EXPECT_NE(m.find("pp_e2e_request_latency_seconds_bucket{le=\"+Inf\"}"), std::string::npos);

@@ -559,6 +559,7 @@ Status Coordinator::send_plan(const tp::Plan& plan) {
 }
 
 Status Coordinator::issue_plans() {
+  scheduler_->set_now(std::chrono::duration<double>(Clock::now() - start_time_).count());
   scheduler_->idle_groups(&idle_);
   for (int32_t g : idle_) {
     if (!scheduler_->build_plan(g, &plan_)) continue;

@@ -108,6 +108,7 @@ void Request::finish(FinishReason reason, std::vector<RequestEvent>* events) {
   ev.n_prompt_tokens = n_prompt();
   ev.n_output_tokens = n_generated();
   ev.n_preemptions = n_preemptions;
+  ev.queue_s = scheduled_s >= 0.0 ? scheduled_s - arrival_s : -1.0;
 }
 
 }  // namespace pp::pipeline

@@ -329,6 +329,7 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
       const int32_t need = blocks_.blocks_for(n);
       if (!blocks_.allocate(need, &r->block_table)) break;
       waiting_.pop_front();
+      if (r->scheduled_s < 0.0) r->scheduled_s = now_s_;
       r->state = RequestState::kRunning;
       r->group = group;
       g.members.push_back(r);

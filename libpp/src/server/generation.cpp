@@ -73,6 +73,9 @@ Status Generation::submit(std::vector<int32_t> prompt_ids, const model::Sampling
     if (final) {
       shared->metrics.observe("pp_e2e_request_latency_seconds", {},
                               std::chrono::duration<double>(now - timing->arrival).count());
+      if (e.event.queue_s >= 0.0) {
+        shared->metrics.observe("pp_request_queue_time_seconds", {}, e.event.queue_s);
+      }
     }
     stream->push({index, std::move(e)});
     if (final) {

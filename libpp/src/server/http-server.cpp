@@ -133,6 +133,10 @@ void HttpServer::Impl::declare_metrics() {
   m.declare("pp_inter_token_latency_seconds", MetricType::kHistogram,
             "Time between consecutive generated tokens of a request.",
             MetricsRegistry::latency_buckets());
+  m.declare("pp_request_queue_time_seconds", MetricType::kHistogram,
+            "Time from a request's submission to the engine to its admission into a micro-batch "
+            "group.",
+            MetricsRegistry::latency_buckets());
   m.declare("pp_e2e_request_latency_seconds", MetricType::kHistogram,
             "Time from the HTTP request's arrival to its last token.",
             MetricsRegistry::latency_buckets());

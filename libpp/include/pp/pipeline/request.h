@@ -77,6 +77,7 @@ struct RequestEvent {
   int64_t n_prompt_tokens = 0;
   int64_t n_output_tokens = 0;  // generated tokens (completion_tokens)
   int32_t n_preemptions = 0;
+  double queue_s = -1.0;  // seconds from submission to first admission; -1: never admitted
 };
 
 struct Request {
@@ -86,6 +87,7 @@ struct Request {
   model::SamplingParams params;  // params.seed is always set (resolved at submission)
   int64_t max_tokens = 0;        // resolved limit: params.max_tokens, or what the context leaves
   double arrival_s = 0.0;        // caller's clock, for metrics only
+  double scheduled_s = -1.0;     // caller's clock when first admitted to a group; -1: not yet
   uint64_t arrival_index = 0;    // submission order; larger = newer (preemption picks newest)
 
   // --- scheduling state

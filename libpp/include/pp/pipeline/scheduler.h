@@ -132,6 +132,10 @@ class Scheduler {
   Status submit(uint64_t id, std::vector<int32_t> prompt_ids, model::SamplingParams params,
                 double arrival_s = 0.0);
 
+  // The caller's clock (the one arrival_s is on), read when a request is first admitted to a
+  // group: the final event's queue_s is that minus arrival_s. Call before build_plan.
+  void set_now(double now_s) { now_s_ = now_s; }
+
   // Cancels a request: a waiting one, or a running one whose group is at the coordinator, is
   // finished now (final event, abort; blocks freed and released in the next plan); one in
   // flight is marked and finished when its group comes back. kNotFound for an unknown or
@@ -179,6 +183,7 @@ class Scheduler {
   const SchedulerOptions& options() const { return options_; }
 
  private:
+  double now_s_ = 0.0;  // set_now(): the caller's clock
   struct Flight {
     Request* request;
     int64_t n_new;
