@@ -175,8 +175,17 @@ StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding
   s.bytes = uint64_t(s.params) * uint64_t(shard_dtype_bytes(dtype));
   s.kv_bytes_per_token =
       uint64_t(layers.size()) * uint64_t(c.kv_bytes_per_token_layer(shard_dtype_bytes(dtype)));
+  // Step time streams every weight once, except the embedding table: a step gathers only its
+  // tokens' rows (a tied table that is also this stage's lm_head is streamed for the lm_head).
+  // So the embedding weighs on the first stage's memory, not on its step time.
+  uint64_t streamed = s.bytes;
+  const uint64_t elem = uint64_t(shard_dtype_bytes(dtype));
+  if (has_embedding && !(has_lm_head && c.tie_word_embeddings)) {
+    streamed -= uint64_t(table) * elem;
+    streamed += uint64_t(m.tokens_per_step * double(c.n_embd)) * elem;
+  }
   double compute = m.tokens_per_step * s.flops_per_token / m.peak_flops;
-  double memory = double(s.bytes) / m.bandwidth;
+  double memory = double(streamed) / m.bandwidth;
   s.est_time_s = std::max(compute, memory);
   return s;
 }

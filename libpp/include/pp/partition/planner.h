@@ -3,20 +3,21 @@
 // Needs only the model's config, never its weights.
 //
 // Strategies: `even` gives every stage the same number of layers (the first n_layer % P stages
-// one more); `cost` minimises the slowest stage's estimated time, counting the embedding table on
-// the first stage and the final norm + lm_head (+ sampling) on the last; `manual` takes the ranges
+// one more); `cost` minimises the slowest stage's estimated time, counting the embedding on the
+// first stage and the final norm + lm_head (+ sampling) on the last; `manual` takes the ranges
 // the user gives. Invariant of every Plan: the stages cover layers 0..n_layer-1 exactly once, in
 // order, each stage at least one layer; stage 0 holds the embedding, stage P-1 the lm_head.
 //
 // The cost model (CostModel) is a roofline per stage and step:
 //   time = max(tokens_per_step * flops_per_token / peak_flops, bytes / bandwidth)
-// where bytes are the weights resident on the stage (the embedding table included: a decode step
-// reads the whole stage and the table takes memory the KV cache would otherwise have, and the KV
-// block count is the minimum over stages). With the defaults (64 tokens a step, H200-like
-// figures) decode is bandwidth-bound, so bytes dominate. FLOPs per token are 2 x the matmul
-// parameters plus attention's 4 x q_dim x attention_context (QK^T and AV at an assumed context),
-// and on the last stage 2 x n_embd x n_vocab for the lm_head plus ~5 x n_vocab for the softmax
-// and sampling; the embedding lookup counts no FLOPs.
+// where bytes are the weights a step streams: every weight of the stage except the embedding
+// table, of which a step gathers only its tokens' rows (a tied table that is also the stage's
+// lm_head is streamed). The table still counts in the stage's bytes and memory, so the device
+// memory check and the KV pool (the minimum over stages) see it. With the defaults (64 tokens a
+// step, H200-like figures) decode is bandwidth-bound, so bytes dominate. FLOPs per token are 2 x
+// the matmul parameters plus attention's 4 x q_dim x attention_context (QK^T and AV at an assumed
+// context), and on the last stage 2 x n_embd x n_vocab for the lm_head plus ~5 x n_vocab for the
+// softmax and sampling; the embedding lookup counts no FLOPs.
 #pragma once
 
 #include <cstdint>
