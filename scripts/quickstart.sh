@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, build, fetch the default model, partition it into
 # two pipeline stages, serve it with the OpenAI-compatible API, ask it one chat question through
-# that API, print the answer and stop the server.
+# that API, print the answer, run a short serving benchmark against it and stop the server.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -43,7 +43,13 @@ request=$(python3 -c 'import json, sys; print(json.dumps({"model": "smollm2", "t
 curl -sS --fail-with-body "http://127.0.0.1:$port/v1/chat/completions" \
   -H 'Content-Type: application/json' -d "$request" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])'
-# 4. Stop the server (SIGTERM drains it and stops its stages).
+# 4. A short benchmark against the same server (recorded in the run store of this run).
+"$build/tools/pp-bench" serve --base-url "http://127.0.0.1:$port" --backend openai \
+  --model smollm2 --dataset-name random-ids --tokenizer "$work/partition/tokenizer.json" \
+  --num-prompts "${PP_BENCH_PROMPTS:-32}" --random-input-len 128 --random-output-len 32 \
+  --random-range-ratio 0.5 --max-concurrency 16 --ignore-eos --disable-progress \
+  --db "$work/runs.db" --label quickstart
+# 5. Stop the server (SIGTERM drains it and stops its stages).
 kill -TERM "$server_pid"
 wait "$server_pid"
 server_pid=""

@@ -575,7 +575,9 @@ TEST(Scheduler, FinalEventCarriesQueueTime) {
   int guard = 0;
   while (s.has_work() && ++guard < 100) {
     for (int32_t g : s.idle_groups()) {
-      if (s.build_plan(g, &plan)) ASSERT_TRUE(s.apply_tokens(tokens_for(plan)).ok());
+      if (s.build_plan(g, &plan)) {
+        ASSERT_TRUE(s.apply_tokens(tokens_for(plan)).ok());
+      }
     }
     s.set_now(admitted + 100.0 + guard);  // later steps must not move the admission time
   }
@@ -585,8 +587,12 @@ TEST(Scheduler, FinalEventCarriesQueueTime) {
   for (const RequestEvent& e : events) {
     if (e.kind != EventKind::kFinal) continue;
     ++n_final;
-    if (e.request_id == 1) EXPECT_DOUBLE_EQ(e.queue_s, admitted - arrival);
-    if (e.request_id == 2) EXPECT_EQ(e.queue_s, -1.0);
+    if (e.request_id == 1) {
+      EXPECT_DOUBLE_EQ(e.queue_s, admitted - arrival);
+    } else {
+      EXPECT_EQ(e.request_id, 2u);
+      EXPECT_EQ(e.queue_s, -1.0);
+    }
   }
   EXPECT_EQ(n_final, 2);
 }
