@@ -188,29 +188,24 @@ Result<std::vector<GenerationResult>> Generator::generate(
   // Samples the next token of `seq` from its logits row and applies the stop conditions.
   auto sample_next = [&](Sequence& seq, const float* row) {
     const SamplingParams& p = seq.req->params;
-    if (p.has_penalties()) {
-      penalized.assign(row, row + V);
-      cpu::apply_penalties({.logits = penalized.data(),
-                            .n_vocab = V,
-                            .prompt_ids = seq.tokens.data(),
-                            .n_prompt = seq.n_prompt,
-                            .output_ids = seq.tokens.data() + seq.n_prompt,
-                            .n_output = seq.n_generated(),
-                            .repetition = p.repetition_penalty,
-                            .presence = p.presence_penalty,
-                            .frequency = p.frequency_penalty});
-      row = penalized.data();
-    }
-    cpu::SampleResult r = cpu::sample({.logits = row,
-                                       .n_vocab = V,
-                                       .temperature = p.temperature,
-                                       .top_k = std::max(p.top_k, 0),
-                                       .top_p = p.top_p,
-                                       .min_p = p.min_p,
-                                       .seed = seq.seed,
-                                       .step = uint64_t(seq.n_generated()),
-                                       .n_top_logprobs = p.logprobs ? p.top_logprobs : 0},
-                                      scratch);
+    cpu::SampleResult r =
+        cpu::sample_with_penalties({.prompt_ids = seq.tokens.data(),
+                                    .n_prompt = seq.n_prompt,
+                                    .output_ids = seq.tokens.data() + seq.n_prompt,
+                                    .n_output = seq.n_generated(),
+                                    .repetition = p.repetition_penalty,
+                                    .presence = p.presence_penalty,
+                                    .frequency = p.frequency_penalty},
+                                   {.logits = row,
+                                    .n_vocab = V,
+                                    .temperature = p.temperature,
+                                    .top_k = std::max(p.top_k, 0),
+                                    .top_p = p.top_p,
+                                    .min_p = p.min_p,
+                                    .seed = seq.seed,
+                                    .step = uint64_t(seq.n_generated()),
+                                    .n_top_logprobs = p.logprobs ? p.top_logprobs : 0},
+                                   penalized, scratch);
     seq.tokens.push_back(r.token);
     seq.out->token_ids.push_back(r.token);
     if (p.logprobs) {

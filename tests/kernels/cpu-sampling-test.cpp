@@ -221,6 +221,49 @@ TEST(CpuSample, LargeVocabNucleusStaysInNucleus) {
   }
 }
 
+// sample_with_penalties: the same draw as apply_penalties on a copy then sample, the caller's
+// row untouched; with no penalty set, the plain sample of the row.
+TEST(CpuSample, WithPenaltiesEqualsPenalizeThenSample) {
+  const int64_t V = 500;
+  std::vector<float> scratch, penalized;
+  for (int trial = 0; trial < 20; ++trial) {
+    const std::vector<float> row = test::random_floats(size_t(V), -4.0f, 4.0f);
+    std::vector<int32_t> prompt(7), output(11);
+    for (auto& t : prompt) t = int32_t(test::rng()() % uint64_t(V));
+    for (auto& t : output) t = int32_t(test::rng()() % uint64_t(V));
+    PenaltyParams pen{.prompt_ids = prompt.data(),
+                      .n_prompt = int64_t(prompt.size()),
+                      .output_ids = output.data(),
+                      .n_output = int64_t(output.size()),
+                      .repetition = trial % 2 ? 1.3f : 1.0f,
+                      .presence = trial % 3 ? 0.5f : 0.0f,
+                      .frequency = trial % 5 ? 0.25f : 0.0f};
+    SampleParams sp{.logits = row.data(),
+                    .n_vocab = V,
+                    .temperature = 0.8f,
+                    .top_k = 40,
+                    .seed = test::rng()(),
+                    .step = uint64_t(trial),
+                    .n_top_logprobs = 3};
+    const std::vector<float> before = row;
+    SampleResult got = sample_with_penalties(pen, sp, penalized, scratch);
+    EXPECT_EQ(row, before) << "the caller's row was modified";
+    std::vector<float> copy = row;
+    PenaltyParams ref_pen = pen;
+    ref_pen.logits = copy.data();
+    ref_pen.n_vocab = V;
+    apply_penalties(ref_pen);
+    SampleParams ref_sp = sp;
+    ref_sp.logits = copy.data();
+    std::vector<float> ref_scratch;
+    SampleResult want = sample(ref_sp, ref_scratch);
+    EXPECT_EQ(got.token, want.token) << "trial " << trial;
+    EXPECT_EQ(got.logprob, want.logprob) << "trial " << trial;
+    ASSERT_EQ(got.top.size(), want.top.size());
+    for (size_t i = 0; i < got.top.size(); ++i) EXPECT_EQ(got.top[i].token, want.top[i].token);
+  }
+}
+
 TEST(CpuPenalties, MatchFloat64Reference) {
   const int64_t n_vocab = 50;
   auto l = test::random_floats(size_t(n_vocab), -3.0f, 3.0f);

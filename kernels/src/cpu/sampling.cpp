@@ -198,4 +198,16 @@ SampleResult sample(const SampleParams& p, std::vector<float>& scratch) {
   return result;
 }
 
+SampleResult sample_with_penalties(PenaltyParams pen, SampleParams s, std::vector<float>& penalized,
+                                   std::vector<float>& scratch) {
+  if (pen.repetition != 1.0f || pen.presence != 0.0f || pen.frequency != 0.0f) {
+    penalized.assign(s.logits, s.logits + s.n_vocab);
+    pen.logits = penalized.data();
+    pen.n_vocab = s.n_vocab;
+    apply_penalties(pen);
+    s.logits = penalized.data();
+  }
+  return sample(s, scratch);
+}
+
 }  // namespace pp::kernels::cpu

@@ -415,31 +415,30 @@ Status StageWorker::sample(const tp::Plan& plan, const std::vector<float>& logit
     const tp::PlanEntry& e = *sampled_[i];
     const tp::WireSampling& w = e.sampling;
     const float* row = logits.data() + i * V;
+    cpu::PenaltyParams pen;
     if (has_penalties(w)) {
       Mirror& m = mirrors_[e.request_id];
       m.penalty_output = e.penalty_output_ids;
-      penalized_.assign(row, row + V);
-      cpu::apply_penalties({.logits = penalized_.data(),
-                            .n_vocab = n_vocab_,
-                            .prompt_ids = m.penalty_prompt.data(),
-                            .n_prompt = int64_t(m.penalty_prompt.size()),
-                            .output_ids = m.penalty_output.data(),
-                            .n_output = int64_t(m.penalty_output.size()),
-                            .repetition = w.repetition_penalty,
-                            .presence = w.presence_penalty,
-                            .frequency = w.frequency_penalty});
-      row = penalized_.data();
+      pen = {.prompt_ids = m.penalty_prompt.data(),
+             .n_prompt = int64_t(m.penalty_prompt.size()),
+             .output_ids = m.penalty_output.data(),
+             .n_output = int64_t(m.penalty_output.size()),
+             .repetition = w.repetition_penalty,
+             .presence = w.presence_penalty,
+             .frequency = w.frequency_penalty};
     }
-    cpu::SampleResult r = cpu::sample({.logits = row,
-                                       .n_vocab = n_vocab_,
-                                       .temperature = w.temperature,
-                                       .top_k = std::max(w.top_k, 0),
-                                       .top_p = w.top_p,
-                                       .min_p = w.min_p,
-                                       .seed = w.seed,
-                                       .step = e.sample_step,
-                                       .n_top_logprobs = std::max(w.top_logprobs, 0)},
-                                      sample_scratch_);
+    cpu::SampleResult r =
+        cpu::sample_with_penalties(pen,
+                                   {.logits = row,
+                                    .n_vocab = n_vocab_,
+                                    .temperature = w.temperature,
+                                    .top_k = std::max(w.top_k, 0),
+                                    .top_p = w.top_p,
+                                    .min_p = w.min_p,
+                                    .seed = w.seed,
+                                    .step = e.sample_step,
+                                    .n_top_logprobs = std::max(w.top_logprobs, 0)},
+                                   penalized_, sample_scratch_);
     tp::SampledToken t;
     t.request_id = e.request_id;
     t.token = r.token;

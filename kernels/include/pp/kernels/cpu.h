@@ -154,6 +154,12 @@ struct SampleResult {
 // `scratch` is caller-owned workspace reused across calls (resized as needed).
 SampleResult sample(const SampleParams& p, std::vector<float>& scratch);
 
+// What every caller of sample() does with a request's row: when `pen` sets a penalty, copy
+// s.logits into `penalized`, apply the penalties there, and sample from the copy (the row itself
+// is left untouched); otherwise sample the row as it is. pen.logits and pen.n_vocab are ignored.
+SampleResult sample_with_penalties(PenaltyParams pen, SampleParams s, std::vector<float>& penalized,
+                                   std::vector<float>& scratch);
+
 // A uniform float in [0, 1) from (seed, step); the same on every backend.
 float philox_uniform(uint64_t seed, uint64_t step);
 
