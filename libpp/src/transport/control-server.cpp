@@ -96,9 +96,10 @@ bool ControlServer::Impl::read_message(std::optional<Incoming>& out) {
 void ControlServer::Impl::read_monitor() {
   while (auto ev = monitor->read()) {
     const int fd = static_cast<int>(ev->value);
-    if (ev->event == ZMQ_EVENT_ACCEPTED) {
-      fd_peer.erase(fd);  // a new connection reuses the number of an old one
-    } else if (ev->event == ZMQ_EVENT_DISCONNECTED) {
+    // ZMQ_EVENT_ACCEPTED needs no bookkeeping: an old connection's DISCONNECTED comes before its
+    // number can be accepted again (the events are ordered), and messages are read before the
+    // monitor, so erasing the mapping here would forget a new peer's first message.
+    if (ev->event == ZMQ_EVENT_DISCONNECTED) {
       auto it = fd_peer.find(fd);
       if (it == fd_peer.end()) continue;  // a peer that never sent a message
       PeerId peer = std::move(it->second);
