@@ -42,7 +42,7 @@ std::vector<float> download(const __nv_bfloat16* d, size_t n) {
 
 TEST(CudaRmsNorm, MatchesCpuReference) {
   ASSERT_FALSE(pp::kernels::cuda_devices().empty()) << "no CUDA device";
-  for (int64_t n : {64, 576, 1000, 4096, 5120}) {
+  for (int64_t n : {64, 576, 1000, 1001, 4096, 5120, 8191}) {
     for (bool fused : {false, true}) {
       const int64_t rows = 37;
       auto x = round_bf16(pp::test::random_floats(size_t(rows * n), -2, 2));
