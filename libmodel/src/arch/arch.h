@@ -47,5 +47,8 @@ const ArchSpec* find_arch_by_gguf_name(std::string_view gguf_name);
 // Helpers the family files share.
 // True when the GGUF file has a bias tensor for layer 0's q projection.
 bool gguf_has_qkv_bias(const GgufFile& f);
+// Qwen2/Qwen3's window: sliding_window counts only when use_sliding_window is true.
+Status read_qwen_sliding_window(const nlohmann::json& j, ModelConfig& c);
+void write_qwen_sliding_window(const ModelConfig& c, nlohmann::json& j);
 
 }  // namespace pp::model

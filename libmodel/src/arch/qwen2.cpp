@@ -3,7 +3,6 @@
 #include <nlohmann/json.hpp>
 
 #include "arch/arch.h"
-#include "json-field.h"
 #include "pp/model/gguf.h"
 
 namespace pp::model {
@@ -11,13 +10,7 @@ namespace {
 
 Status read_hf(const nlohmann::json& j, ModelConfig& c) {
   c.attention_bias = true;
-  PP_ASSIGN_OR_RETURN(std::optional<bool> use_window,
-                      json_field::get_bool(j, "use_sliding_window"));
-  if (use_window.value_or(false)) {
-    PP_ASSIGN_OR_RETURN(std::optional<int64_t> window, json_field::get_int(j, "sliding_window"));
-    c.sliding_window = window.value_or(0);
-  }
-  return ok_status();
+  return read_qwen_sliding_window(j, c);
 }
 
 Status read_gguf(const GgufFile& f, ModelConfig& c) {
@@ -25,10 +18,7 @@ Status read_gguf(const GgufFile& f, ModelConfig& c) {
   return ok_status();
 }
 
-void write_hf(const ModelConfig& c, nlohmann::json& j) {
-  j["use_sliding_window"] = c.sliding_window > 0;
-  j["sliding_window"] = c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nullptr;
-}
+void write_hf(const ModelConfig& c, nlohmann::json& j) { write_qwen_sliding_window(c, j); }
 
 }  // namespace
 

@@ -17,13 +17,7 @@ Status read_hf(const nlohmann::json& j, ModelConfig& c) {
   if (!head_dim) c.head_dim = 128;
   PP_ASSIGN_OR_RETURN(std::optional<bool> bias, json_field::get_bool(j, "attention_bias"));
   c.attention_bias = bias.value_or(false);
-  PP_ASSIGN_OR_RETURN(std::optional<bool> use_window,
-                      json_field::get_bool(j, "use_sliding_window"));
-  if (use_window.value_or(false)) {
-    PP_ASSIGN_OR_RETURN(std::optional<int64_t> window, json_field::get_int(j, "sliding_window"));
-    c.sliding_window = window.value_or(0);
-  }
-  return ok_status();
+  return read_qwen_sliding_window(j, c);
 }
 
 Status read_gguf(const GgufFile& f, ModelConfig& c) {
@@ -34,8 +28,7 @@ Status read_gguf(const GgufFile& f, ModelConfig& c) {
 
 void write_hf(const ModelConfig& c, nlohmann::json& j) {
   j["attention_bias"] = c.attention_bias;
-  j["use_sliding_window"] = c.sliding_window > 0;
-  j["sliding_window"] = c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nullptr;
+  write_qwen_sliding_window(c, j);
 }
 
 }  // namespace

@@ -1,8 +1,12 @@
 // The table of supported architectures and the lookups by Hugging Face class, model_type and
 // GGUF architecture name.
 #include <array>
+#include <optional>
+
+#include <nlohmann/json.hpp>
 
 #include "arch/arch.h"
+#include "json-field.h"
 #include "pp/assert.h"
 #include "pp/model/gguf.h"
 
@@ -43,6 +47,21 @@ const ArchSpec* find_arch_by_gguf_name(std::string_view gguf_name) {
 }
 
 bool gguf_has_qkv_bias(const GgufFile& f) { return f.find_tensor("blk.0.attn_q.bias") != nullptr; }
+
+Status read_qwen_sliding_window(const nlohmann::json& j, ModelConfig& c) {
+  PP_ASSIGN_OR_RETURN(std::optional<bool> use_window,
+                      json_field::get_bool(j, "use_sliding_window"));
+  if (use_window.value_or(false)) {
+    PP_ASSIGN_OR_RETURN(std::optional<int64_t> window, json_field::get_int(j, "sliding_window"));
+    c.sliding_window = window.value_or(0);
+  }
+  return ok_status();
+}
+
+void write_qwen_sliding_window(const ModelConfig& c, nlohmann::json& j) {
+  j["use_sliding_window"] = c.sliding_window > 0;
+  j["sliding_window"] = c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nullptr;
+}
 
 const char* arch_name(Arch arch) { return arch_spec(arch).hf_class; }
 
