@@ -60,25 +60,7 @@ Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
     }
   }
 
-  cpu::RopeFreqParams rp;
-  rp.rot_dim = c.head_dim;
-  rp.theta = c.rope.theta;
-  switch (c.rope.scaling) {
-    case RopeScaling::kNone:
-      rp.scaling = cpu::RopeScalingKind::kNone;
-      break;
-    case RopeScaling::kLinear:
-      rp.scaling = cpu::RopeScalingKind::kLinear;
-      break;
-    case RopeScaling::kLlama3:
-      rp.scaling = cpu::RopeScalingKind::kLlama3;
-      break;
-  }
-  rp.factor = c.rope.factor;
-  rp.low_freq_factor = c.rope.low_freq_factor;
-  rp.high_freq_factor = c.rope.high_freq_factor;
-  rp.original_max_position = c.rope.original_max_position;
-  m->inv_freq_ = cpu::rope_inv_freq(rp);
+  m->inv_freq_ = rope_inv_freq_for(c);
   return m;
 }
 

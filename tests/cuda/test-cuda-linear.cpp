@@ -30,8 +30,13 @@ TEST(CudaLinear, MatchesCpuReference) {
       auto db = pp::test::upload_bf16(b);
       DeviceBuffer<__nv_bfloat16> dy(static_cast<size_t>(s.m * s.n));
       dy.fill_bytes(0xff);
-      pp::kernels::cuda::LinearParams p{
-          dx.get(), dw.get(), with_bias ? db.get() : nullptr, dy.get(), s.m, s.n, s.k};
+      pp::kernels::cuda::LinearParams p{.x = dx.get(),
+                                        .w = dw.get(),
+                                        .bias = with_bias ? db.get() : nullptr,
+                                        .out = dy.get(),
+                                        .m = s.m,
+                                        .n = s.n,
+                                        .k = s.k};
       auto st = (*blas)->linear(p, nullptr);
       ASSERT_TRUE(st.ok()) << st.message();
       PP_CUDA_OK(cudaDeviceSynchronize());
@@ -42,6 +47,42 @@ TEST(CudaLinear, MatchesCpuReference) {
           << "m=" << s.m << " n=" << s.n << " k=" << s.k << " bias=" << with_bias;
     }
   }
+}
+
+// out_f32 (logits) and accumulate (the residual add fused into the GEMM): y = h + x W^T.
+TEST(CudaLinear, AccumulatesAndWritesF32) {
+  ASSERT_TRUE(pp::test::have_gpu()) << "no CUDA device";
+  auto blas = pp::kernels::cuda::Blas::create();
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  const int64_t m = 19, n = 520, k = 256;
+  auto x = pp::test::round_bf16(pp::test::random_floats(size_t(m * k), -1, 1));
+  auto w = pp::test::round_bf16(pp::test::random_floats(size_t(n * k), -1, 1));
+  auto h = pp::test::round_bf16(pp::test::random_floats(size_t(m * n), -4, 4));
+  auto dx = pp::test::upload_bf16(x);
+  auto dw = pp::test::upload_bf16(w);
+  auto dh = pp::test::upload_bf16(h);
+  DeviceBuffer<float> df(static_cast<size_t>(m * n));
+  std::vector<float> ref(static_cast<size_t>(m * n));
+  pp::kernels::cpu::matmul({x.data(), w.data(), nullptr, ref.data(), m, n, k});
+  ASSERT_TRUE(
+      (*blas)
+          ->linear({.x = dx.get(), .w = dw.get(), .out_f32 = df.get(), .m = m, .n = n, .k = k},
+                   nullptr)
+          .ok());
+  ASSERT_TRUE((*blas)
+                  ->linear({.x = dx.get(),
+                            .w = dw.get(),
+                            .out = dh.get(),
+                            .m = m,
+                            .n = n,
+                            .k = k,
+                            .accumulate = true},
+                           nullptr)
+                  .ok());
+  PP_CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(pp::test::first_mismatch(df.download(), ref, 1e-3, 1e-4), -1);
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] += h[i];
+  EXPECT_EQ(pp::test::first_mismatch(pp::test::download_f32(dh), ref, 3e-2, 1e-2), -1);
 }
 
 }  // namespace

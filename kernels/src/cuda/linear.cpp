@@ -28,31 +28,36 @@ Result<std::unique_ptr<Blas>> Blas::create(size_t workspace_bytes) {
   return b;
 }
 
-Blas::~Blas() {
-  for (int i = 0; i < n_plans_; ++i) {
-    cublasLtMatrixLayoutDestroy(plans_[size_t(i)].a);
-    cublasLtMatrixLayoutDestroy(plans_[size_t(i)].b);
-    cublasLtMatrixLayoutDestroy(plans_[size_t(i)].c);
-    cublasLtMatmulDescDestroy(plans_[size_t(i)].op);
+void Blas::clear_plans() {
+  for (auto& [key, pl] : plans_) {
+    cublasLtMatrixLayoutDestroy(pl->a);
+    cublasLtMatrixLayoutDestroy(pl->b);
+    cublasLtMatrixLayoutDestroy(pl->c);
+    cublasLtMatmulDescDestroy(pl->op);
   }
+  plans_.clear();
+}
+
+Blas::~Blas() {
+  clear_plans();
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(handle_);
 }
 
 Result<Blas::Plan*> Blas::plan_for(const LinearParams& p) {
-  const bool bias = p.bias != nullptr;
-  for (int i = 0; i < n_plans_; ++i) {
-    Plan& pl = plans_[size_t(i)];
-    if (pl.m == p.m && pl.n == p.n && pl.k == p.k && pl.bias == bias) return &pl;
-  }
-  if (n_plans_ == kMaxShapes) {
-    return make_error(StatusCode::kResourceExhausted, "more than {} linear shapes", kMaxShapes);
-  }
+  const bool bias = p.bias != nullptr, f32 = p.out_f32 != nullptr;
+  // m, n, k < 2^20 each (checked by linear), three flags.
+  const uint64_t key = (uint64_t(p.m) << 43) | (uint64_t(p.n) << 23) | (uint64_t(p.k) << 3) |
+                       (uint64_t(bias) << 2) | (uint64_t(f32) << 1) | uint64_t(p.accumulate);
+  if (auto it = plans_.find(key); it != plans_.end()) return it->second.get();
+  if (int(plans_.size()) >= kMaxShapes) clear_plans();
   Plan pl;
   pl.m = p.m;
   pl.n = p.n;
   pl.k = p.k;
   pl.bias = bias;
+  pl.f32 = f32;
+  pl.accumulate = p.accumulate;
   auto fail = [&](const char* what, cublasStatus_t s) {
     if (pl.a) cublasLtMatrixLayoutDestroy(pl.a);
     if (pl.b) cublasLtMatrixLayoutDestroy(pl.b);
@@ -81,7 +86,7 @@ Result<Blas::Plan*> Blas::plan_for(const LinearParams& p) {
       CUBLAS_STATUS_SUCCESS) {
     return fail("layout", s);
   }
-  if ((s = cublasLtMatrixLayoutCreate(&pl.c, CUDA_R_16BF, n, m, int64_t(n))) !=
+  if ((s = cublasLtMatrixLayoutCreate(&pl.c, f32 ? CUDA_R_32F : CUDA_R_16BF, n, m, int64_t(n))) !=
       CUBLAS_STATUS_SUCCESS) {
     return fail("layout", s);
   }
@@ -99,13 +104,17 @@ Result<Blas::Plan*> Blas::plan_for(const LinearParams& p) {
   if (s != CUBLAS_STATUS_SUCCESS) return fail("heuristic", s);
   if (found == 0) return fail("heuristic", CUBLAS_STATUS_NOT_SUPPORTED);
   pl.algo = result.algo;
-  plans_[size_t(n_plans_)] = pl;
-  return &plans_[size_t(n_plans_++)];
+  auto owned = std::make_unique<Plan>(pl);
+  Plan* raw = owned.get();
+  plans_.emplace(key, std::move(owned));
+  return raw;
 }
 
 Status Blas::linear(const LinearParams& p, cudaStream_t stream) {
   if (p.m == 0) return ok_status();
-  if (!p.x || !p.w || !p.out || p.m < 0 || p.n <= 0 || p.k <= 0) {
+  constexpr int64_t kMaxDim = int64_t(1) << 20;
+  if (!p.x || !p.w || (p.out == nullptr) == (p.out_f32 == nullptr) || p.m < 0 || p.n <= 0 ||
+      p.k <= 0 || p.m >= kMaxDim || p.n >= kMaxDim || p.k >= kMaxDim) {
     return invalid_argument("linear: bad sizes m={} n={} k={}", p.m, p.n, p.k);
   }
   PP_ASSIGN_OR_RETURN(Plan * pl, plan_for(p));
@@ -113,10 +122,11 @@ Status Blas::linear(const LinearParams& p, cudaStream_t stream) {
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
                                    sizeof(p.bias));
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  void* out = p.out ? static_cast<void*>(p.out) : static_cast<void*>(p.out_f32);
   const cublasStatus_t s =
-      cublasLtMatmul(handle_, pl->op, &alpha, p.w, pl->a, p.x, pl->b, &beta, p.out, pl->c, p.out,
-                     pl->c, &pl->algo, workspace_, workspace_bytes_, stream);
+      cublasLtMatmul(handle_, pl->op, &alpha, p.w, pl->a, p.x, pl->b, &beta, out, pl->c, out, pl->c,
+                     &pl->algo, workspace_, workspace_bytes_, stream);
   if (s != CUBLAS_STATUS_SUCCESS) return blas_error("matmul", s);
   return ok_status();
 }

@@ -12,6 +12,28 @@ namespace pp::model {
 
 namespace cpu = kernels::cpu;
 
+std::vector<float> rope_inv_freq_for(const ModelConfig& c) {
+  cpu::RopeFreqParams rp;
+  rp.rot_dim = c.head_dim;
+  rp.theta = c.rope.theta;
+  switch (c.rope.scaling) {
+    case RopeScaling::kNone:
+      rp.scaling = cpu::RopeScalingKind::kNone;
+      break;
+    case RopeScaling::kLinear:
+      rp.scaling = cpu::RopeScalingKind::kLinear;
+      break;
+    case RopeScaling::kLlama3:
+      rp.scaling = cpu::RopeScalingKind::kLlama3;
+      break;
+  }
+  rp.factor = c.rope.factor;
+  rp.low_freq_factor = c.rope.low_freq_factor;
+  rp.high_freq_factor = c.rope.high_freq_factor;
+  rp.original_max_position = c.rope.original_max_position;
+  return cpu::rope_inv_freq(rp);
+}
+
 void LayerWorkspace::reserve(const ModelConfig& c, int64_t n) {
   auto grow = [](std::vector<float>& v, int64_t size) {
     if (int64_t(v.size()) < size) v.resize(size_t(size));

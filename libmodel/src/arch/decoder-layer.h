@@ -21,6 +21,9 @@
 
 namespace pp::model {
 
+// The model's RoPE inverse frequencies [head_dim / 2] (both backends compute them on the host).
+std::vector<float> rope_inv_freq_for(const ModelConfig& c);
+
 // Per-forward metadata shared by every layer of a stage (built once per micro-batch).
 struct LayerContext {
   const int32_t* positions = nullptr;     // [n_tokens]

@@ -1,0 +1,34 @@
+// Device-side fills: deterministic random weights (random-weights.h) and the penalty update of
+// logit rows. Included only by kernels/ and GPU tests: it names CUDA types.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pp::kernels::cuda {
+
+// out[i] = random_weight_value(key, i, lo, hi) for i < n.
+cudaError_t fill_random(__nv_bfloat16* out, size_t n, uint64_t key, float lo, float hi,
+                        cudaStream_t stream);
+
+// One distinct (row, id) pair of a penalised row; see gpu::PenaltyEntry.
+struct PenaltyEntry {
+  int32_t row = 0, id = 0;
+  int32_t seen = 0;
+  int32_t output_count = 0;
+};
+struct PenaltyRow {
+  float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
+};
+
+// For each entry: l = logits[row * row_stride + id]; with `seen` the repetition penalty
+// (l > 0 ? l / r : l * r), then with output_count > 0: l -= frequency * count; l -= presence.
+// Entries must name distinct (row, id) pairs; ids outside [0, n_vocab) are skipped.
+cudaError_t apply_penalties(float* logits, int64_t row_stride, int64_t n_vocab,
+                            const PenaltyEntry* entries, int64_t n_entries, const PenaltyRow* rows,
+                            cudaStream_t stream);
+
+}  // namespace pp::kernels::cuda

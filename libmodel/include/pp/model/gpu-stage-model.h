@@ -1,0 +1,186 @@
+// GpuStageModel: the GPU twin of StageModel. Layers [layer_begin, layer_end) of a model on one
+// CUDA device, bf16 weights and activations with f32 accumulation, a bf16 paged KV pool, and at
+// the last stage the final norm, lm_head (f32 logits) and sampling on the device.
+//
+// Everything is queued on the model's compute stream; no call waits for the GPU except
+// SampleSlot::wait. A forward whose sequences all bring one new token (decode) replays a CUDA
+// graph captured for its batch-size and context-length bucket (padded rows compute garbage
+// that nobody reads and write no KV); prefill and mixed batches run eagerly. The caller owns the
+// activation buffers it passes in and out; the model copies them into and out of its own fixed
+// residual buffer, which is what lets one graph serve every micro-batch.
+//
+// Not thread-safe: one thread queues forwards (the stage's compute loop).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "pp/kernels/gpu.h"
+#include "pp/model/batch.h"
+#include "pp/model/config.h"
+#include "pp/model/weights.h"
+#include "pp/status.h"
+
+namespace pp::model {
+
+struct GpuStageOptions {
+  int device = 0;
+  int64_t max_tokens = 8192;   // most new tokens in one forward (the prefill chunk budget)
+  int64_t max_seqs = 256;      // most sequences in one forward
+  int64_t max_logit_rows = 0;  // most logit rows in one forward (0: max_seqs)
+  bool cuda_graphs = true;     // replay captured graphs for decode steps
+};
+
+// One logit row's sampling: the parameters of gpu::SampleRow, and its penalties.
+struct GpuSampleSpec {
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  uint64_t seed = 0;
+  uint64_t step = 0;
+  float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
+  std::span<const int32_t> prompt_ids;  // repetition covers the prompt
+  std::span<const int32_t> output_ids;
+};
+
+// Page-locked host copies of one sampling's results, and the event that says they are there.
+class SampleSlot {
+ public:
+  static Result<SampleSlot> create(int64_t max_rows);
+  // Blocks until the copy to the host has finished.
+  Status wait();
+  int64_t n_rows() const { return n_rows_; }
+  int32_t n_top() const { return n_top_; }
+  const int32_t* tokens() const { return host_.as<int32_t>(); }
+  const float* logprobs() const { return reinterpret_cast<const float*>(tokens() + max_rows_); }
+  const int32_t* top_ids() const { return tokens() + 2 * max_rows_; }  // [n_rows, n_top]
+  const float* top_logprobs() const {
+    return reinterpret_cast<const float*>(top_ids() + max_rows_ * kernels::gpu::kMaxTopLogprobs);
+  }
+
+ private:
+  friend class GpuStageModel;
+  kernels::gpu::HostBuffer host_;
+  kernels::gpu::Event ready_;
+  int64_t max_rows_ = 0, n_rows_ = 0;
+  int32_t n_top_ = 0;
+};
+
+class GpuStageModel {
+ public:
+  // Loads layers [layer_begin, layer_end) of `weights` onto options.device (bf16).
+  static Result<std::unique_ptr<GpuStageModel>> load(const ModelConfig& config,
+                                                     const WeightSource& weights,
+                                                     int64_t layer_begin, int64_t layer_end,
+                                                     const GpuStageOptions& options);
+  // The same layers with random_weights(config, seed)'s values, generated on the device.
+  static Result<std::unique_ptr<GpuStageModel>> random(const ModelConfig& config, uint64_t seed,
+                                                       int64_t layer_begin, int64_t layer_end,
+                                                       const GpuStageOptions& options);
+  ~GpuStageModel();
+  GpuStageModel(const GpuStageModel&) = delete;
+  GpuStageModel& operator=(const GpuStageModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const GpuStageOptions& options() const { return options_; }
+  int64_t layer_begin() const { return layer_begin_; }
+  int64_t layer_end() const { return layer_end_; }
+  int64_t n_layer() const { return layer_end_ - layer_begin_; }
+  bool has_embedding() const { return layer_begin_ == 0; }
+  bool has_lm_head() const { return layer_end_ == config_.n_layer; }
+  int64_t weight_bytes() const { return int64_t(weights_.bytes()); }
+  // Bytes the scratch buffers take (fixed at load).
+  int64_t scratch_bytes() const { return scratch_bytes_; }
+
+  // Bytes of KV (bf16) plus per-block attention workspace one block takes on this stage.
+  int64_t kv_bytes_per_block(int64_t block_size) const;
+  // (Re)allocates the KV pool; drops captured graphs and any cached KV.
+  Status allocate_kv(int64_t n_blocks, int64_t block_size);
+  int64_t kv_blocks() const { return n_blocks_; }
+  int64_t kv_block_size() const { return block_size_; }
+
+  kernels::gpu::Stream& stream() { return stream_; }
+
+  // Queues one micro-batch. `input`: [n_tokens, n_embd] bf16 on the device, from the previous
+  // stage (ignored at stage 0, which embeds the batch's token ids). `output`: where a stage
+  // without the lm_head leaves its [n_tokens, n_embd] residual stream. The last stage keeps
+  // f32 logits of the batch's logit rows for sample() (and logits()). Both buffers must stay
+  // untouched until the stream has passed this forward.
+  // Errors: a malformed batch, more tokens or sequences than the options allow, no KV pool.
+  Status forward(const Batch& batch, const kernels::gpu::Bf16* input, kernels::gpu::Bf16* output);
+  // Last stage: the f32 logits [n_logit_rows, n_vocab] of the last forward, on the device.
+  const float* logits() const { return logits_; }
+  // Last stage: queues penalties and sampling of the last forward's logit rows (rows[i] for
+  // logit row i) and the copy of the results into `slot` (wait on the slot before reading it).
+  Status sample(std::span<const GpuSampleSpec> rows, int32_t n_top, SampleSlot& slot);
+
+  // Forwards that replayed a graph, and graphs captured so far (for tests and the log).
+  int64_t graph_replays() const { return graph_replays_; }
+  int64_t graphs_captured() const { return int64_t(graphs_.size()); }
+
+ private:
+  struct Layer;
+  GpuStageModel();
+  Status init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
+              const GpuStageOptions& options);
+  Status alloc_weights();
+  Status alloc_scratch();
+  // Packs the batch's metadata into the next staging slot and queues its upload. With
+  // `pad_tokens` > n_tokens the batch is padded to that many one-token sequences.
+  Status upload_metadata(const Batch& batch, int64_t pad_tokens, int64_t table_width);
+  Status run(int64_t n_tokens, int64_t n_seq, int64_t max_q_len, int64_t max_kv_len,
+             int64_t table_width, int64_t n_logit_rows);
+
+  ModelConfig config_;
+  GpuStageOptions options_;
+  int64_t layer_begin_ = 0, layer_end_ = 0;
+  kernels::gpu::Stream stream_, copy_stream_;
+  std::unique_ptr<kernels::gpu::Blas> blas_;
+
+  // Weights: one allocation; each tensor a slice.
+  kernels::gpu::DeviceBuffer weights_;
+  kernels::gpu::Bf16* embed_ = nullptr;       // [n_vocab, n_embd] (stage 0)
+  kernels::gpu::Bf16* final_norm_ = nullptr;  // [n_embd] (last stage)
+  kernels::gpu::Bf16* lm_head_ = nullptr;     // [n_vocab, n_embd] (last stage; may be embed_)
+  bool head_tied_ = false;                    // the lm_head holds embed_tokens' values
+  std::vector<Layer> layers_;
+  std::vector<std::pair<std::string, kernels::gpu::Bf16*>> tensors_;  // name -> where it lives
+  kernels::gpu::DeviceBuffer inv_freq_;                               // [head_dim / 2] f32
+
+  // KV pool and the attention workspace.
+  kernels::gpu::DeviceBuffer kv_, attn_ws_;
+  int64_t n_blocks_ = 0, block_size_ = 0, max_table_width_ = 0;
+
+  // Scratch (max_tokens rows) and fixed metadata buffers.
+  kernels::gpu::DeviceBuffer scratch_, meta_;
+  int64_t scratch_bytes_ = 0;
+  kernels::gpu::Bf16 *h_ = nullptr, *x_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attn_ = nullptr,
+                     *gate_up_ = nullptr, *act_ = nullptr, *rows_ = nullptr;
+  float* logits_ = nullptr;
+  int32_t *d_ids_ = nullptr, *d_pos_ = nullptr, *d_seq_start_ = nullptr, *d_tables_ = nullptr,
+          *d_logit_rows_ = nullptr;
+  int64_t* d_slots_ = nullptr;
+  size_t meta_bytes_ = 0;
+  // Host staging for metadata uploads: a ring, each slot reusable once its event has fired.
+  static constexpr int kStaging = 4;
+  std::vector<kernels::gpu::HostBuffer> staging_;
+  std::vector<kernels::gpu::Event> staging_done_;
+  int staging_next_ = 0;
+
+  // Sampling: device rows, penalties, results.
+  kernels::gpu::DeviceBuffer sample_dev_;
+  kernels::gpu::HostBuffer sample_staging_;
+  kernels::gpu::Event sample_staging_done_, sampled_;
+  int64_t last_logit_rows_ = 0;
+
+  // Decode graphs by (padded batch size, context bucket).
+  std::map<std::pair<int64_t, int64_t>, kernels::gpu::Graph> graphs_;
+  int64_t graph_replays_ = 0;
+};
+
+}  // namespace pp::model

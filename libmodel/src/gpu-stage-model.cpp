@@ -1,0 +1,706 @@
+// GpuStageModel: weights laid out in one device allocation, the layer sequence over gpu.h's
+// ops, metadata uploads through a ring of pinned staging buffers, decode graphs, and sampling.
+//
+// One layer, with the residual adds fused into the output GEMMs (cuBLASLt beta = 1):
+//   x = rmsnorm(h) ; qkv = x Wqkv^T (+b) ; q, kv <- rope(norm(q, k)), v ; a = attention(q, kv)
+//   h += a Wo^T ; x = rmsnorm(h) ; gu = x Wgu^T ; act = silu(g) * u ; h += act Wd^T
+#include "pp/model/gpu-stage-model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+
+#include "arch/decoder-layer.h"
+#include "pp/assert.h"
+#include "pp/model/random-weights.h"
+
+namespace pp::model {
+
+namespace gpu = kernels::gpu;
+using gpu::Bf16;
+
+struct GpuStageModel::Layer {
+  Bf16 *attn_norm = nullptr, *wqkv = nullptr, *bqkv = nullptr, *q_norm = nullptr, *k_norm = nullptr,
+       *wo = nullptr, *ffn_norm = nullptr, *wgu = nullptr, *wdown = nullptr;
+};
+
+namespace {
+
+constexpr size_t kAlign = 256;  // bytes: every tensor and buffer slice starts on this boundary
+size_t align_up(size_t n, size_t a = kAlign) { return (n + a - 1) / a * a; }
+
+// One tensor to put on the device: its Hugging Face name and shape, and where it goes (an
+// offset in elements into the weight allocation until the allocation exists).
+struct Slot {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // elements
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+// The context buckets of decode graphs: powers of two from 512 keys.
+int64_t kv_bucket(int64_t kv_len) {
+  int64_t b = 512;
+  while (b < kv_len) b *= 2;
+  return b;
+}
+
+// Decode graphs' batch buckets (padded sequence counts).
+int64_t batch_bucket(int64_t n) {
+  static constexpr int64_t kBuckets[] = {1,   2,   4,   8,   12,  16,  24,  32,  48,
+                                         64,  80,  96,  112, 128, 160, 192, 224, 256,
+                                         320, 384, 448, 512, 640, 768, 896, 1024};
+  for (int64_t b : kBuckets) {
+    if (b >= n) return b;
+  }
+  return (n + 127) / 128 * 128;
+}
+
+// Byte offsets of the metadata of one forward in the staging buffer and on the device: a pure
+// function of the counts, so a graph's pointers stay valid for every batch of its bucket.
+struct MetaLayout {
+  size_t ids = 0, pos = 0, slots = 0, seq_start = 0, logit_rows = 0, tables = 0, bytes = 0;
+  MetaLayout(int64_t n_tokens, int64_t n_seq, int64_t n_logit_rows, int64_t width) {
+    size_t at = 0;
+    auto take = [&](size_t bytes) {
+      const size_t here = at;
+      at = align_up(at + bytes, 16);
+      return here;
+    };
+    ids = take(size_t(n_tokens) * 4);
+    pos = take(size_t(n_tokens) * 4);
+    slots = take(size_t(n_tokens) * 8);
+    seq_start = take(size_t(n_seq + 1) * 4);
+    logit_rows = take(size_t(std::max<int64_t>(n_logit_rows, 1)) * 4);
+    tables = take(size_t(n_seq) * size_t(width) * 4);
+    bytes = at;
+  }
+};
+
+}  // namespace
+
+// --- SampleSlot
+
+Result<SampleSlot> SampleSlot::create(int64_t max_rows) {
+  SampleSlot s;
+  s.max_rows_ = max_rows;
+  // tokens, logprobs, then top ids and top logprobs at kMaxTopLogprobs per row.
+  const size_t bytes = size_t(max_rows) * 4 * 2 + size_t(max_rows) * gpu::kMaxTopLogprobs * 4 * 2;
+  PP_ASSIGN_OR_RETURN(s.host_, gpu::HostBuffer::allocate(bytes));
+  PP_ASSIGN_OR_RETURN(s.ready_, gpu::Event::create());
+  return s;
+}
+
+Status SampleSlot::wait() { return ready_.synchronize(); }
+
+// --- loading
+
+GpuStageModel::GpuStageModel() = default;
+GpuStageModel::~GpuStageModel() {
+  // Let queued work finish before the buffers it uses go away.
+  if (stream_.native()) (void)stream_.synchronize();
+  if (copy_stream_.native()) (void)copy_stream_.synchronize();
+}
+
+Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
+                           const GpuStageOptions& options) {
+  PP_RETURN_IF_ERROR(config.validate());
+  if (layer_begin < 0 || layer_end > config.n_layer || layer_begin >= layer_end) {
+    return invalid_argument("bad layer range [{}, {}) for a model of {} layers", layer_begin,
+                            layer_end, config.n_layer);
+  }
+  if (config.head_dim != 64 && config.head_dim != 128 && config.head_dim != 256) {
+    return invalid_argument("head_dim {} is not supported on the GPU (64, 128 or 256)",
+                            config.head_dim);
+  }
+  if (config.n_embd % 8 != 0 || config.n_ff % 8 != 0) {
+    return invalid_argument(
+        "hidden size {} and intermediate size {} must be multiples of 8 on "
+        "the GPU",
+        config.n_embd, config.n_ff);
+  }
+  if (options.max_tokens < 1 || options.max_seqs < 1) {
+    return invalid_argument("max_tokens and max_seqs must be positive");
+  }
+  config_ = config;
+  options_ = options;
+  options_.max_seqs = std::min(options_.max_seqs, options_.max_tokens);
+  if (options_.max_logit_rows <= 0) options_.max_logit_rows = options_.max_seqs;
+  options_.max_logit_rows = std::min(options_.max_logit_rows, options_.max_tokens);
+  layer_begin_ = layer_begin;
+  layer_end_ = layer_end;
+  PP_RETURN_IF_ERROR(gpu::set_device(options.device));
+  PP_ASSIGN_OR_RETURN(stream_, gpu::Stream::create(true));
+  PP_ASSIGN_OR_RETURN(copy_stream_, gpu::Stream::create(false));
+  PP_ASSIGN_OR_RETURN(blas_, gpu::Blas::create());
+  const std::vector<float> inv = rope_inv_freq_for(config_);
+  PP_ASSIGN_OR_RETURN(inv_freq_, gpu::DeviceBuffer::allocate(inv.size() * sizeof(float)));
+  PP_RETURN_IF_ERROR(
+      gpu::copy_async(inv_freq_.data(), inv.data(), inv.size() * sizeof(float), stream_));
+  PP_RETURN_IF_ERROR(stream_.synchronize());
+  staging_.resize(kStaging);
+  staging_done_.resize(kStaging);
+  for (int i = 0; i < kStaging; ++i) {
+    PP_ASSIGN_OR_RETURN(staging_done_[size_t(i)], gpu::Event::create());
+  }
+  PP_ASSIGN_OR_RETURN(sample_staging_done_, gpu::Event::create());
+  PP_ASSIGN_OR_RETURN(sampled_, gpu::Event::create());
+  return ok_status();
+}
+
+// Lays out every tensor of this stage, allocates them in one buffer, and points the layers at
+// their slices. tensors_ lists (name, address) for the loaders.
+Status GpuStageModel::alloc_weights() {
+  const ModelConfig& c = config_;
+  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim,
+                V = c.n_vocab;
+  std::vector<Slot> slots;
+  size_t at = 0;
+  auto place = [&](size_t elems) {
+    const size_t here = at;
+    at = align_up((at + elems) * sizeof(Bf16)) / sizeof(Bf16);
+    return here;
+  };
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, size_t offset) {
+    slots.push_back({name, std::move(shape), offset});
+  };
+  size_t embed_off = 0, norm_off = 0, head_off = 0;
+  if (has_embedding()) {
+    embed_off = place(size_t(V * E));
+    add("model.embed_tokens.weight", {V, E}, embed_off);
+  }
+  struct Offsets {
+    size_t attn_norm, wqkv, bqkv, q_norm, k_norm, wo, ffn_norm, wgu, wdown;
+  };
+  std::vector<Offsets> offs;
+  for (int64_t il = layer_begin_; il < layer_end_; ++il) {
+    const std::string p = fmt::format("model.layers.{}.", il);
+    Offsets o{};
+    o.attn_norm = place(size_t(E));
+    add(p + "input_layernorm.weight", {E}, o.attn_norm);
+    o.wqkv = place(size_t((Q + 2 * KV) * E));
+    add(p + "self_attn.q_proj.weight", {Q, E}, o.wqkv);
+    add(p + "self_attn.k_proj.weight", {KV, E}, o.wqkv + size_t(Q * E));
+    add(p + "self_attn.v_proj.weight", {KV, E}, o.wqkv + size_t((Q + KV) * E));
+    if (c.attention_bias) {
+      o.bqkv = place(size_t(Q + 2 * KV));
+      add(p + "self_attn.q_proj.bias", {Q}, o.bqkv);
+      add(p + "self_attn.k_proj.bias", {KV}, o.bqkv + size_t(Q));
+      add(p + "self_attn.v_proj.bias", {KV}, o.bqkv + size_t(Q + KV));
+    }
+    if (c.qk_norm) {
+      o.q_norm = place(size_t(D));
+      o.k_norm = place(size_t(D));
+      add(p + "self_attn.q_norm.weight", {D}, o.q_norm);
+      add(p + "self_attn.k_norm.weight", {D}, o.k_norm);
+    }
+    o.wo = place(size_t(E * Q));
+    add(p + "self_attn.o_proj.weight", {E, Q}, o.wo);
+    o.ffn_norm = place(size_t(E));
+    add(p + "post_attention_layernorm.weight", {E}, o.ffn_norm);
+    o.wgu = place(size_t(2 * F * E));
+    add(p + "mlp.gate_proj.weight", {F, E}, o.wgu);
+    add(p + "mlp.up_proj.weight", {F, E}, o.wgu + size_t(F * E));
+    o.wdown = place(size_t(E * F));
+    add(p + "mlp.down_proj.weight", {E, F}, o.wdown);
+    offs.push_back(o);
+  }
+  bool head_is_embed = false;
+  if (has_lm_head()) {
+    norm_off = place(size_t(E));
+    add("model.norm.weight", {E}, norm_off);
+    // The head's own slice, unless it is this stage's embedding.
+    head_is_embed = head_tied_ && has_embedding();
+    if (!head_is_embed) {
+      head_off = place(size_t(V * E));
+      add(head_tied_ ? "model.embed_tokens.weight#head" : "lm_head.weight", {V, E}, head_off);
+    }
+  }
+  PP_ASSIGN_OR_RETURN(weights_, gpu::DeviceBuffer::allocate(at * sizeof(Bf16)));
+  Bf16* base = weights_.as<Bf16>();
+  auto ptr = [&](size_t off) { return base + off; };
+  if (has_embedding()) embed_ = ptr(embed_off);
+  for (const Offsets& o : offs) {
+    Layer l;
+    l.attn_norm = ptr(o.attn_norm);
+    l.wqkv = ptr(o.wqkv);
+    l.bqkv = c.attention_bias ? ptr(o.bqkv) : nullptr;
+    l.q_norm = c.qk_norm ? ptr(o.q_norm) : nullptr;
+    l.k_norm = c.qk_norm ? ptr(o.k_norm) : nullptr;
+    l.wo = ptr(o.wo);
+    l.ffn_norm = ptr(o.ffn_norm);
+    l.wgu = ptr(o.wgu);
+    l.wdown = ptr(o.wdown);
+    layers_.push_back(l);
+  }
+  if (has_lm_head()) {
+    final_norm_ = ptr(norm_off);
+    lm_head_ = head_is_embed ? embed_ : ptr(head_off);
+  }
+  tensors_.clear();
+  for (const Slot& s : slots) tensors_.emplace_back(s.name, ptr(s.offset));
+  return ok_status();
+}
+
+Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& config,
+                                                           const WeightSource& weights,
+                                                           int64_t layer_begin, int64_t layer_end,
+                                                           const GpuStageOptions& options) {
+  std::unique_ptr<GpuStageModel> m(new GpuStageModel());
+  PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
+  // As StageModel: tied embeddings read embed_tokens; so does a checkpoint without lm_head.weight.
+  const bool has_head = weights.find("lm_head.weight") != nullptr;
+  const bool has_embed = weights.find("model.embed_tokens.weight") != nullptr;
+  m->head_tied_ = (config.tie_word_embeddings && has_embed) || !has_head;
+  PP_RETURN_IF_ERROR(m->alloc_weights());
+  std::vector<float> host;
+  for (const auto& [name, dst] : m->tensors_) {
+    const std::string source =
+        name == "model.embed_tokens.weight#head" ? "model.embed_tokens.weight" : name;
+    const TensorInfo* t = weights.find(source);
+    if (!t) return not_found("tensor '{}' not found in '{}'", source, weights.describe());
+    host.resize(size_t(t->numel()));
+    PP_RETURN_IF_ERROR(weights.read_f32(source, host));
+    PP_RETURN_IF_ERROR(gpu::upload_bf16(dst, host.data(), host.size()));
+  }
+  PP_RETURN_IF_ERROR(m->alloc_scratch());
+  return m;
+}
+
+Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& config,
+                                                             uint64_t seed, int64_t layer_begin,
+                                                             int64_t layer_end,
+                                                             const GpuStageOptions& options) {
+  std::unique_ptr<GpuStageModel> m(new GpuStageModel());
+  PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
+  m->head_tied_ = config.tie_word_embeddings;
+  PP_RETURN_IF_ERROR(m->alloc_weights());
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> shapes, random_weights(config, seed));
+  for (const auto& [name, dst] : m->tensors_) {
+    const std::string source =
+        name == "model.embed_tokens.weight#head" ? "model.embed_tokens.weight" : name;
+    const TensorInfo* t = shapes->find(source);
+    PP_ASSERT(t != nullptr);
+    const RandomRange r = random_weight_range(t->name, t->shape);
+    PP_RETURN_IF_ERROR(gpu::fill_random(
+        dst, size_t(t->numel()), random_weight_key_for(seed, t->name), r.lo, r.hi, m->stream_));
+  }
+  PP_RETURN_IF_ERROR(m->stream_.synchronize());
+  PP_RETURN_IF_ERROR(m->alloc_scratch());
+  return m;
+}
+
+Status GpuStageModel::alloc_scratch() {
+  const ModelConfig& c = config_;
+  const int64_t T = options_.max_tokens, S = options_.max_seqs;
+  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at = align_up(at + bytes);
+    return here;
+  };
+  const size_t h = take(size_t(T * E) * 2), x = take(size_t(T * E) * 2),
+               qkv = take(size_t(T * (Q + 2 * KV)) * 2), q = take(size_t(T * Q) * 2),
+               attn = take(size_t(T * Q) * 2), gu = take(size_t(T * 2 * F) * 2),
+               act = take(size_t(T * F) * 2);
+  // Logit rows: the most a forward asks for, or a padded decode batch's.
+  const int64_t R = std::max(options_.max_logit_rows, std::min(T, batch_bucket(S)));
+  const size_t rows = has_lm_head() ? take(size_t(R * E) * 2) : 0;
+  const size_t logits = has_lm_head() ? take(size_t(R * c.n_vocab) * 4) : 0;
+  PP_ASSIGN_OR_RETURN(scratch_, gpu::DeviceBuffer::allocate(at));
+  scratch_bytes_ = int64_t(at);
+  char* base = scratch_.as<char>();
+  h_ = reinterpret_cast<Bf16*>(base + h);
+  x_ = reinterpret_cast<Bf16*>(base + x);
+  qkv_ = reinterpret_cast<Bf16*>(base + qkv);
+  q_ = reinterpret_cast<Bf16*>(base + q);
+  attn_ = reinterpret_cast<Bf16*>(base + attn);
+  gate_up_ = reinterpret_cast<Bf16*>(base + gu);
+  act_ = reinterpret_cast<Bf16*>(base + act);
+  if (has_lm_head()) {
+    rows_ = reinterpret_cast<Bf16*>(base + rows);
+    logits_ = reinterpret_cast<float*>(base + logits);
+    // Sampling: per-row params, penalty rows and entries, results.
+    PP_ASSIGN_OR_RETURN(sample_dev_, gpu::DeviceBuffer::allocate(size_t(S) * 1024));
+  }
+  return ok_status();
+}
+
+// --- KV
+
+int64_t GpuStageModel::kv_bytes_per_block(int64_t block_size) const {
+  return 2 * n_layer() * block_size * config_.kv_dim() * int64_t(sizeof(Bf16));
+}
+
+Status GpuStageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
+  if (n_blocks < 1 || block_size < 1) {
+    return invalid_argument("bad KV pool: {} blocks of {} tokens", n_blocks, block_size);
+  }
+  PP_RETURN_IF_ERROR(stream_.synchronize());
+  graphs_.clear();
+  kv_ = {};
+  attn_ws_ = {};
+  meta_ = {};
+  const int64_t per_layer = n_blocks * block_size * config_.kv_dim();  // elements of K (or V)
+  PP_ASSIGN_OR_RETURN(
+      kv_, gpu::DeviceBuffer::allocate(size_t(2 * n_layer() * per_layer) * sizeof(Bf16)));
+  n_blocks_ = n_blocks;
+  block_size_ = block_size;
+  const int64_t context = std::min(config_.max_context(), n_blocks * block_size);
+  max_table_width_ = (context + block_size - 1) / block_size + 1;
+
+  // The decode-path attention workspace for the largest decode-shaped batch.
+  const int64_t group = config_.n_head / config_.n_head_kv;
+  const int64_t ws_tokens =
+      std::min(options_.max_tokens, std::max(batch_bucket(options_.max_seqs),
+                                             options_.max_seqs * std::max<int64_t>(1, 16 / group)));
+  gpu::AttentionArgs a;
+  a.q = h_;
+  a.out = h_;
+  a.kv = {kv_.as<Bf16>(), kv_.as<Bf16>(),    n_blocks,
+          block_size,     config_.n_head_kv, config_.head_dim};
+  a.seq_start = a.q_pos = a.block_tables = reinterpret_cast<const int32_t*>(h_);
+  a.n_tokens = ws_tokens;
+  a.n_seq = ws_tokens;
+  a.n_head = config_.n_head;
+  a.max_blocks = max_table_width_;
+  a.max_q_len = 1;
+  a.max_kv_len = kv_bucket(context);
+  const size_t ws = gpu::attention_workspace_bytes(a);
+  if (ws > 0) {
+    PP_ASSIGN_OR_RETURN(attn_ws_, gpu::DeviceBuffer::allocate(ws));
+  }
+
+  // Metadata: room for the largest eager batch and the largest padded decode batch.
+  const int64_t max_seq_pad = batch_bucket(options_.max_seqs);
+  const MetaLayout eager(options_.max_tokens, options_.max_seqs, options_.max_logit_rows,
+                         max_table_width_);
+  const MetaLayout padded(max_seq_pad, max_seq_pad, max_seq_pad,
+                          kv_bucket(context) / block_size + 1);
+  meta_bytes_ = std::max(eager.bytes, padded.bytes);
+  PP_ASSIGN_OR_RETURN(meta_, gpu::DeviceBuffer::allocate(meta_bytes_));
+  for (int i = 0; i < kStaging; ++i) {
+    PP_ASSIGN_OR_RETURN(staging_[size_t(i)], gpu::HostBuffer::allocate(meta_bytes_));
+  }
+  return ok_status();
+}
+
+// --- forward
+
+Status GpuStageModel::upload_metadata(const Batch& batch, int64_t pad_tokens, int64_t table_width) {
+  const int64_t T = batch.n_tokens(), S = batch.n_seq(), R = batch.n_logit_rows();
+  const int64_t Tp = std::max(pad_tokens, T), Sp = S + (Tp - T);
+  const int64_t Rp = pad_tokens > T ? Tp : R;
+  const MetaLayout L(Tp, Sp, Rp, table_width);
+  PP_ASSERT(L.bytes <= meta_bytes_);
+
+  const int slot = staging_next_;
+  staging_next_ = (staging_next_ + 1) % kStaging;
+  PP_RETURN_IF_ERROR(staging_done_[size_t(slot)].synchronize());  // its last upload has run
+  char* host = staging_[size_t(slot)].as<char>();
+  auto* ids = reinterpret_cast<int32_t*>(host + L.ids);
+  auto* pos = reinterpret_cast<int32_t*>(host + L.pos);
+  auto* slots = reinterpret_cast<int64_t*>(host + L.slots);
+  auto* seq_start = reinterpret_cast<int32_t*>(host + L.seq_start);
+  auto* logit_rows = reinterpret_cast<int32_t*>(host + L.logit_rows);
+  auto* tables = reinterpret_cast<int32_t*>(host + L.tables);
+
+  const int64_t bs = block_size_;
+  if (!batch.token_ids.empty()) {
+    std::memcpy(ids, batch.token_ids.data(), size_t(T) * 4);
+  } else {
+    std::memset(ids, 0, size_t(T) * 4);
+  }
+  std::memcpy(pos, batch.positions.data(), size_t(T) * 4);
+  std::memcpy(seq_start, batch.seq_start.data(), size_t(S + 1) * 4);
+  for (int64_t s = 0; s < S; ++s) {
+    const int32_t* table = batch.block_table(s);
+    int32_t* row = tables + s * table_width;
+    const int64_t n = std::min<int64_t>(batch.max_blocks, table_width);
+    std::memcpy(row, table, size_t(n) * 4);
+    for (int64_t i = n; i < table_width; ++i) row[i] = 0;
+    for (int32_t t = batch.seq_start[size_t(s)]; t < batch.seq_start[size_t(s) + 1]; ++t) {
+      const int64_t p = batch.positions[size_t(t)];
+      slots[t] = int64_t(table[p / bs]) * bs + p % bs;
+    }
+  }
+  for (int64_t t = T; t < Tp; ++t) {  // padding: one-token sequences writing no KV
+    ids[t] = 0;
+    pos[t] = 0;
+    slots[t] = -1;
+  }
+  for (int64_t s = S; s < Sp; ++s) {
+    seq_start[s + 1] = int32_t(T + (s - S) + 1);
+    std::memset(tables + s * table_width, 0, size_t(table_width) * 4);
+  }
+  if (pad_tokens > T) {
+    for (int64_t r = 0; r < Rp; ++r) logit_rows[r] = int32_t(r);
+  } else if (R > 0) {
+    std::memcpy(logit_rows, batch.logit_rows.data(), size_t(R) * 4);
+  }
+
+  char* dev = meta_.as<char>();
+  PP_RETURN_IF_ERROR(gpu::copy_async(dev, host, L.bytes, stream_));
+  PP_RETURN_IF_ERROR(staging_done_[size_t(slot)].record(stream_));
+  d_ids_ = reinterpret_cast<int32_t*>(dev + L.ids);
+  d_pos_ = reinterpret_cast<int32_t*>(dev + L.pos);
+  d_slots_ = reinterpret_cast<int64_t*>(dev + L.slots);
+  d_seq_start_ = reinterpret_cast<int32_t*>(dev + L.seq_start);
+  d_logit_rows_ = reinterpret_cast<int32_t*>(dev + L.logit_rows);
+  d_tables_ = reinterpret_cast<int32_t*>(dev + L.tables);
+  return ok_status();
+}
+
+Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_kv_len,
+                          int64_t width, int64_t R) {
+  const ModelConfig& c = config_;
+  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
+  gpu::Stream& s = stream_;
+  if (has_embedding()) {
+    PP_RETURN_IF_ERROR(gpu::embedding(embed_, d_ids_, h_, c.n_vocab, E, T, s));
+  }
+  const int64_t per_layer = n_blocks_ * block_size_ * KV;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
+    Bf16* k_pool = kv_.as<Bf16>() + int64_t(2 * i) * per_layer;
+    const gpu::PagedKvView kv{k_pool,      k_pool + per_layer, n_blocks_,
+                              block_size_, c.n_head_kv,        c.head_dim};
+    PP_RETURN_IF_ERROR(gpu::rms_norm(h_, nullptr, l.attn_norm, x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(blas_->linear(
+        {.x = x_, .w = l.wqkv, .bias = l.bqkv, .out = qkv_, .m = T, .n = Q + 2 * KV, .k = E}, s));
+    gpu::RopeKvArgs r;
+    r.qkv = qkv_;
+    r.q_out = q_;
+    r.pos = d_pos_;
+    r.slots = d_slots_;
+    r.inv_freq = inv_freq_.as<float>();
+    r.q_norm = l.q_norm;
+    r.k_norm = l.k_norm;
+    r.norm_eps = c.rms_norm_eps;
+    r.kv = kv;
+    r.n_tokens = T;
+    r.n_head = c.n_head;
+    r.rot_dim = c.head_dim;
+    PP_RETURN_IF_ERROR(gpu::rope_kv_write(r, s));
+    gpu::AttentionArgs a;
+    a.q = q_;
+    a.out = attn_;
+    a.kv = kv;
+    a.seq_start = d_seq_start_;
+    a.q_pos = d_pos_;
+    a.block_tables = d_tables_;
+    a.n_tokens = T;
+    a.n_seq = S;
+    a.n_head = c.n_head;
+    a.max_blocks = width;
+    a.scale = 1.0f / std::sqrt(float(c.head_dim));
+    a.max_q_len = max_q_len;
+    a.max_kv_len = max_kv_len;
+    a.workspace = attn_ws_.data();
+    a.workspace_bytes = attn_ws_.bytes();
+    PP_RETURN_IF_ERROR(gpu::attention(a, s));
+    PP_RETURN_IF_ERROR(blas_->linear(
+        {.x = attn_, .w = l.wo, .out = h_, .m = T, .n = E, .k = Q, .accumulate = true}, s));
+    PP_RETURN_IF_ERROR(gpu::rms_norm(h_, nullptr, l.ffn_norm, x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(
+        blas_->linear({.x = x_, .w = l.wgu, .out = gate_up_, .m = T, .n = 2 * F, .k = E}, s));
+    PP_RETURN_IF_ERROR(gpu::swiglu(gate_up_, act_, T, F, s));
+    PP_RETURN_IF_ERROR(blas_->linear(
+        {.x = act_, .w = l.wdown, .out = h_, .m = T, .n = E, .k = F, .accumulate = true}, s));
+  }
+  if (has_lm_head() && R > 0) {
+    PP_RETURN_IF_ERROR(gpu::embedding(h_, d_logit_rows_, rows_, T, E, R, s));  // row gather
+    PP_RETURN_IF_ERROR(gpu::rms_norm(rows_, nullptr, final_norm_, rows_, R, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(blas_->linear(
+        {.x = rows_, .w = lm_head_, .out_f32 = logits_, .m = R, .n = c.n_vocab, .k = E}, s));
+  }
+  return ok_status();
+}
+
+Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* output) {
+  if (!kv_.data()) {
+    return make_error(StatusCode::kFailedPrecondition, "no KV cache: allocate_kv first");
+  }
+  const int64_t T = batch.n_tokens(), S = batch.n_seq(), E = config_.n_embd;
+  if (has_embedding() && int64_t(batch.token_ids.size()) != T) {
+    return invalid_argument("stage 0 needs token ids: got {} for {} tokens", batch.token_ids.size(),
+                            T);
+  }
+  PP_RETURN_IF_ERROR(batch.validate(block_size_, n_blocks_, has_embedding() ? config_.n_vocab : 0));
+  if (T > options_.max_tokens || S > options_.max_seqs ||
+      (has_lm_head() && batch.n_logit_rows() > options_.max_logit_rows)) {
+    return invalid_argument(
+        "batch of {} tokens in {} sequences with {} logit rows exceeds this "
+        "stage's limits ({} tokens, {} sequences, {} logit rows)",
+        T, S, batch.n_logit_rows(), options_.max_tokens, options_.max_seqs,
+        options_.max_logit_rows);
+  }
+  if (!has_embedding() && T > 0 && input == nullptr) {
+    return invalid_argument("a stage after the first needs its input activations");
+  }
+  if (!has_lm_head() && T > 0 && output == nullptr) {
+    return invalid_argument("a stage before the last needs an output buffer");
+  }
+  last_logit_rows_ = has_lm_head() ? batch.n_logit_rows() : 0;
+  if (T == 0) return ok_status();
+
+  int64_t max_q = 0, max_kv = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t a = batch.seq_start[size_t(s)], b = batch.seq_start[size_t(s) + 1];
+    max_q = std::max(max_q, b - a);
+    if (b > a) max_kv = std::max<int64_t>(max_kv, batch.positions[size_t(b - 1)] + 1);
+  }
+  const bool all_rows_sampled =
+      !has_lm_head() || batch.n_logit_rows() == T;  // decode: every row's logits (in order)
+  const int64_t Tb = batch_bucket(T);
+  const bool graph = options_.cuda_graphs && max_q == 1 && all_rows_sampled &&
+                     Tb <= batch_bucket(options_.max_seqs) && Tb <= options_.max_tokens;
+
+  if (!has_embedding()) {
+    PP_RETURN_IF_ERROR(gpu::copy_async(h_, input, size_t(T * E) * sizeof(Bf16), stream_));
+  }
+  if (graph) {
+    const int64_t kvb = kv_bucket(max_kv);
+    const int64_t width = kvb / block_size_ + 1;
+    PP_RETURN_IF_ERROR(upload_metadata(batch, Tb, width));
+    auto key = std::make_pair(Tb, kvb);
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      PP_RETURN_IF_ERROR(gpu::Graph::begin_capture(stream_));
+      Status s = run(Tb, Tb, 1, kvb, width, has_lm_head() ? Tb : 0);
+      auto g = gpu::Graph::end_capture(stream_);
+      PP_RETURN_IF_ERROR(s.with_context("while capturing a decode graph"));
+      if (!g.ok()) return g.status().with_context("while capturing a decode graph");
+      it = graphs_.emplace(key, std::move(*g)).first;
+    }
+    PP_RETURN_IF_ERROR(it->second.launch(stream_));
+    ++graph_replays_;
+  } else {
+    const int64_t width = std::max<int64_t>(batch.max_blocks, 1);
+    if (width > max_table_width_) {
+      return invalid_argument("block tables of {} entries exceed the pool's context ({})", width,
+                              max_table_width_);
+    }
+    PP_RETURN_IF_ERROR(upload_metadata(batch, 0, width));
+    PP_RETURN_IF_ERROR(run(T, S, max_q, max_kv, width, last_logit_rows_));
+  }
+  if (!has_lm_head()) {
+    PP_RETURN_IF_ERROR(gpu::copy_async(output, h_, size_t(T * E) * sizeof(Bf16), stream_));
+  }
+  return ok_status();
+}
+
+// --- sampling
+
+Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top, SampleSlot& slot) {
+  if (!has_lm_head()) {
+    return make_error(StatusCode::kFailedPrecondition, "only the last stage samples");
+  }
+  const int64_t R = int64_t(rows.size());
+  if (R != last_logit_rows_) {
+    return invalid_argument("{} sampling rows for {} logit rows", R, last_logit_rows_);
+  }
+  if (R > slot.max_rows_ || n_top < 0 || n_top > gpu::kMaxTopLogprobs) {
+    return invalid_argument("cannot sample {} rows with {} top logprobs into this slot", R, n_top);
+  }
+  slot.n_rows_ = R;
+  slot.n_top_ = n_top;
+  if (R == 0) return slot.ready_.record(stream_);
+
+  // Host staging: the rows' parameters, then penalty rows and entries (distinct ids per row).
+  std::vector<gpu::SampleRow> params(static_cast<size_t>(R));
+  std::vector<gpu::PenaltyRow> pen_rows(static_cast<size_t>(R));
+  std::vector<gpu::PenaltyEntry> entries;
+  std::unordered_map<int32_t, size_t> seen;
+  for (int64_t r = 0; r < R; ++r) {
+    const GpuSampleSpec& g = rows[size_t(r)];
+    params[size_t(r)] = {g.temperature, g.top_k, g.top_p, g.min_p, g.seed, g.step};
+    pen_rows[size_t(r)] = {g.repetition, g.presence, g.frequency};
+    const bool rep = g.repetition != 1.0f, add = g.presence != 0.0f || g.frequency != 0.0f;
+    if (!rep && !add) continue;
+    seen.clear();
+    auto entry = [&](int32_t id) -> gpu::PenaltyEntry& {
+      auto [it, fresh] = seen.try_emplace(id, entries.size());
+      if (fresh) entries.push_back({int32_t(r), id, 0, 0});
+      return entries[it->second];
+    };
+    for (int32_t id : g.prompt_ids) {
+      if (rep) entry(id).seen = 1;
+    }
+    for (int32_t id : g.output_ids) {
+      gpu::PenaltyEntry& e = entry(id);
+      if (rep) e.seen = 1;
+      if (add) ++e.output_count;
+    }
+  }
+  const size_t params_bytes = align_up(params.size() * sizeof(gpu::SampleRow), 16);
+  const size_t pen_bytes = align_up(pen_rows.size() * sizeof(gpu::PenaltyRow), 16);
+  const size_t entry_bytes = entries.size() * sizeof(gpu::PenaltyEntry);
+  const size_t total = params_bytes + pen_bytes + entry_bytes;
+  if (sample_staging_.bytes() < total) {
+    PP_RETURN_IF_ERROR(stream_.synchronize());
+    PP_ASSIGN_OR_RETURN(sample_staging_, gpu::HostBuffer::allocate(total * 2));
+  }
+  const int64_t M = slot.max_rows_;
+  const size_t need = align_up(total, 16) + size_t(M) * 8 * (1 + gpu::kMaxTopLogprobs);
+  if (sample_dev_.bytes() < need) {
+    PP_RETURN_IF_ERROR(stream_.synchronize());
+    PP_ASSIGN_OR_RETURN(sample_dev_, gpu::DeviceBuffer::allocate(need * 2));
+  }
+  PP_RETURN_IF_ERROR(sample_staging_done_.synchronize());
+  char* host = sample_staging_.as<char>();
+  std::memcpy(host, params.data(), params.size() * sizeof(gpu::SampleRow));
+  std::memcpy(host + params_bytes, pen_rows.data(), pen_rows.size() * sizeof(gpu::PenaltyRow));
+  if (!entries.empty()) std::memcpy(host + params_bytes + pen_bytes, entries.data(), entry_bytes);
+  char* dev = sample_dev_.as<char>();
+  PP_RETURN_IF_ERROR(gpu::copy_async(dev, host, total, stream_));
+  PP_RETURN_IF_ERROR(sample_staging_done_.record(stream_));
+
+  const int64_t V = config_.n_vocab;
+  if (!entries.empty()) {
+    PP_RETURN_IF_ERROR(gpu::apply_penalties(
+        logits_, V, V, reinterpret_cast<const gpu::PenaltyEntry*>(dev + params_bytes + pen_bytes),
+        int64_t(entries.size()), reinterpret_cast<const gpu::PenaltyRow*>(dev + params_bytes),
+        stream_));
+  }
+  // Results on the device: tokens, logprobs, top ids, top logprobs (the slot's host layout).
+  char* res = dev + align_up(total, 16);
+  auto* tokens = reinterpret_cast<int32_t*>(res);
+  auto* logprobs = reinterpret_cast<float*>(tokens + M);
+  auto* top_ids = tokens + 2 * M;
+  auto* top_lp = reinterpret_cast<float*>(top_ids + M * gpu::kMaxTopLogprobs);
+  gpu::SampleArgs a;
+  a.logits = logits_;
+  a.n_rows = R;
+  a.n_vocab = V;
+  a.row_stride = V;
+  a.rows = reinterpret_cast<const gpu::SampleRow*>(dev);
+  a.n_top_logprobs = n_top;
+  a.tokens = tokens;
+  a.logprobs = logprobs;
+  a.top_ids = n_top > 0 ? top_ids : nullptr;
+  a.top_logprobs = n_top > 0 ? top_lp : nullptr;
+  PP_RETURN_IF_ERROR(gpu::sample(a, stream_));
+  // The copy to the host runs on the copy stream behind an event; compute moves on.
+  PP_RETURN_IF_ERROR(sampled_.record(stream_));
+  PP_RETURN_IF_ERROR(sampled_.wait_on(copy_stream_));
+  char* out = slot.host_.as<char>();
+  PP_RETURN_IF_ERROR(gpu::copy_async(out, tokens, size_t(R) * 4, copy_stream_));
+  PP_RETURN_IF_ERROR(gpu::copy_async(out + M * 4, logprobs, size_t(R) * 4, copy_stream_));
+  if (n_top > 0) {
+    // Rows of n_top entries, packed; the slot's accessors index [n_rows, n_top].
+    PP_RETURN_IF_ERROR(
+        gpu::copy_async(out + 2 * M * 4, top_ids, size_t(R * n_top) * 4, copy_stream_));
+    PP_RETURN_IF_ERROR(gpu::copy_async(out + 2 * M * 4 + M * gpu::kMaxTopLogprobs * 4, top_lp,
+                                       size_t(R * n_top) * 4, copy_stream_));
+  }
+  return slot.ready_.record(copy_stream_);
+}
+
+}  // namespace pp::model
