@@ -24,8 +24,9 @@ trap cleanup EXIT
 # 1. Partition the model into two stages.
 "$build/tools/pp-partition" split "$model" --pp 2 -o "$work/partition" --db "$work/runs.db" >&2
 # 2. Serve it: pp-serve starts one pp-stage process per stage; port 0 picks a free port.
+# PP_DEVICE=cuda runs the two stages on two GPUs (NCCL between them) instead of the CPU.
 "$build/tools/pp-serve" --model "$work/partition" --port 0 --served-model-name smollm2 \
-  --db "$work/runs.db" 2>"$work/serve.log" &
+  --device "${PP_DEVICE:-cpu}" --db "$work/runs.db" 2>"$work/serve.log" &
 server_pid=$!
 port=""
 for _ in $(seq 1 600); do

@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git python3 python3-pip python3-venv
       libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libsqlite3-dev libgtest-dev
       libzmq3-dev cppzmq-dev libcpp-httplib-dev libpcre2-dev libopenblas-dev clang-format
-      iproute2 unzip)
+      iproute2 unzip
+      clang libclang-rt-dev libomp-dev)  # the fuzz and sanitizer builds (clang, libFuzzer, OpenMP)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

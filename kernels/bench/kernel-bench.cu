@@ -281,7 +281,13 @@ int main() {
       bf16* x = random_bf16(size_t(m * k));
       bf16* w = random_bf16(size_t(n * k));
       bf16* y = alloc<bf16>(size_t(m * n));
-      ck::LinearParams lp{x, w, nullptr, y, m, n, k};
+      ck::LinearParams lp;
+      lp.x = x;
+      lp.w = w;
+      lp.out = y;
+      lp.m = m;
+      lp.n = n;
+      lp.k = k;
       const double ms = time_ms(
           [&] {
             auto st = (*blas)->linear(lp, nullptr);

@@ -174,6 +174,15 @@ Result<ModelConfig> config_from_hf_dir(const std::filesystem::path& dir) {
   return c;
 }
 
+Result<ModelConfig> config_from_path(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return config_from_hf_dir(path);
+  PP_ASSIGN_OR_RETURN(nlohmann::json j, read_json_file(path));
+  Result<ModelConfig> c = config_from_hf_json(j);
+  if (!c.ok()) return c.status().with_context(fmt::format("'{}'", path.string()));
+  return c;
+}
+
 nlohmann::json config_to_hf_json(const ModelConfig& c) {
   const ArchSpec& spec = arch_spec(c.arch);
   nlohmann::json j;

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <unordered_map>
 
+#include <spdlog/spdlog.h>
+
 #include "arch/decoder-layer.h"
 #include "pp/assert.h"
 #include "pp/model/random-weights.h"
@@ -105,6 +107,32 @@ GpuStageModel::~GpuStageModel() {
   // Let queued work finish before the buffers it uses go away.
   if (stream_.native()) (void)stream_.synchronize();
   if (copy_stream_.native()) (void)copy_stream_.synchronize();
+  if (prof_.on && (profile_collect().ok()) && prof_.n_forward > 0) {
+    spdlog::warn(
+        "layers [{}, {}): {} forwards, {:.3f} ms each on average; {} samplings, {:.3f} ms "
+        "each; {} graph replays (PP_GPU_PROFILE)",
+        layer_begin_, layer_end_, prof_.n_forward, prof_.forward_ms / double(prof_.n_forward),
+        prof_.n_sample, prof_.n_sample ? prof_.sample_ms / double(prof_.n_sample) : 0.0,
+        graph_replays_);
+  }
+}
+
+Status GpuStageModel::profile_collect() {
+  if (prof_.pending_forward) {
+    PP_RETURN_IF_ERROR(prof_.f1.synchronize());
+    PP_ASSIGN_OR_RETURN(float ms, prof_.f1.elapsed_since(prof_.f0));
+    prof_.forward_ms += ms;
+    ++prof_.n_forward;
+    prof_.pending_forward = false;
+  }
+  if (prof_.pending_sample) {
+    PP_RETURN_IF_ERROR(prof_.s1.synchronize());
+    PP_ASSIGN_OR_RETURN(float ms, prof_.s1.elapsed_since(prof_.s0));
+    prof_.sample_ms += ms;
+    ++prof_.n_sample;
+    prof_.pending_sample = false;
+  }
+  return ok_status();
 }
 
 Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
@@ -148,8 +176,19 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
   for (int i = 0; i < kStaging; ++i) {
     PP_ASSIGN_OR_RETURN(staging_done_[size_t(i)], gpu::Event::create());
   }
-  PP_ASSIGN_OR_RETURN(sample_staging_done_, gpu::Event::create());
+  sample_staging_.resize(kStaging);
+  sample_staging_done_.resize(kStaging);
+  for (int i = 0; i < kStaging; ++i) {
+    PP_ASSIGN_OR_RETURN(sample_staging_done_[size_t(i)], gpu::Event::create());
+  }
   PP_ASSIGN_OR_RETURN(sampled_, gpu::Event::create());
+  if (const char* e = std::getenv("PP_GPU_PROFILE"); e && *e && std::string(e) != "0") {
+    prof_.on = true;
+    PP_ASSIGN_OR_RETURN(prof_.f0, gpu::Event::create(true));
+    PP_ASSIGN_OR_RETURN(prof_.f1, gpu::Event::create(true));
+    PP_ASSIGN_OR_RETURN(prof_.s0, gpu::Event::create(true));
+    PP_ASSIGN_OR_RETURN(prof_.s1, gpu::Event::create(true));
+  }
   return ok_status();
 }
 
@@ -355,27 +394,11 @@ Status GpuStageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
   const int64_t context = std::min(config_.max_context(), n_blocks * block_size);
   max_table_width_ = (context + block_size - 1) / block_size + 1;
 
-  // The decode-path attention workspace for the largest decode-shaped batch.
-  const int64_t group = config_.n_head / config_.n_head_kv;
-  const int64_t ws_tokens =
-      std::min(options_.max_tokens, std::max(batch_bucket(options_.max_seqs),
-                                             options_.max_seqs * std::max<int64_t>(1, 16 / group)));
-  gpu::AttentionArgs a;
-  a.q = h_;
-  a.out = h_;
-  a.kv = {kv_.as<Bf16>(), kv_.as<Bf16>(),    n_blocks,
-          block_size,     config_.n_head_kv, config_.head_dim};
-  a.seq_start = a.q_pos = a.block_tables = reinterpret_cast<const int32_t*>(h_);
-  a.n_tokens = ws_tokens;
-  a.n_seq = ws_tokens;
-  a.n_head = config_.n_head;
-  a.max_blocks = max_table_width_;
-  a.max_q_len = 1;
-  a.max_kv_len = kv_bucket(context);
-  const size_t ws = gpu::attention_workspace_bytes(a);
-  if (ws > 0) {
-    PP_ASSIGN_OR_RETURN(attn_ws_, gpu::DeviceBuffer::allocate(ws));
-  }
+  // The decode-path attention workspace: sized for a full decode batch at 4096 keys now, grown
+  // by forward() when a batch needs more.
+  PP_RETURN_IF_ERROR(ensure_workspace(batch_bucket(options_.max_seqs),
+                                      batch_bucket(options_.max_seqs), 1,
+                                      std::min<int64_t>(context, 4096)));
 
   // Metadata: room for the largest eager batch and the largest padded decode batch.
   const int64_t max_seq_pad = batch_bucket(options_.max_seqs);
@@ -392,6 +415,30 @@ Status GpuStageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
 }
 
 // --- forward
+
+Status GpuStageModel::ensure_workspace(int64_t n_tokens, int64_t n_seq, int64_t max_q_len,
+                                       int64_t max_kv_len) {
+  gpu::AttentionArgs a;
+  a.q = h_;
+  a.out = h_;
+  a.kv = {kv_.as<Bf16>(), kv_.as<Bf16>(),    n_blocks_,
+          block_size_,    config_.n_head_kv, config_.head_dim};
+  a.seq_start = a.q_pos = a.block_tables = reinterpret_cast<const int32_t*>(h_);
+  a.n_tokens = n_tokens;
+  a.n_seq = n_seq;
+  a.n_head = config_.n_head;
+  a.max_blocks = max_table_width_;
+  a.max_q_len = max_q_len;
+  a.max_kv_len = max_kv_len;
+  const size_t need = gpu::attention_workspace_bytes(a);
+  if (need <= attn_ws_.bytes()) return ok_status();
+  // Graphs captured with the old workspace must not outlive it.
+  PP_RETURN_IF_ERROR(stream_.synchronize());
+  graphs_.clear();
+  attn_ws_ = {};
+  PP_ASSIGN_OR_RETURN(attn_ws_, gpu::DeviceBuffer::allocate(need + need / 4));
+  return ok_status();
+}
 
 Status GpuStageModel::upload_metadata(const Batch& batch, int64_t pad_tokens, int64_t table_width) {
   const int64_t T = batch.n_tokens(), S = batch.n_seq(), R = batch.n_logit_rows();
@@ -562,6 +609,15 @@ Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* outpu
   const bool graph = options_.cuda_graphs && max_q == 1 && all_rows_sampled &&
                      Tb <= batch_bucket(options_.max_seqs) && Tb <= options_.max_tokens;
 
+  if (graph) {
+    PP_RETURN_IF_ERROR(ensure_workspace(Tb, Tb, 1, kv_bucket(max_kv)));
+  } else {
+    PP_RETURN_IF_ERROR(ensure_workspace(T, S, max_q, max_kv));
+  }
+  if (prof_.on) {
+    PP_RETURN_IF_ERROR(profile_collect());
+    PP_RETURN_IF_ERROR(prof_.f0.record(stream_));
+  }
   if (!has_embedding()) {
     PP_RETURN_IF_ERROR(gpu::copy_async(h_, input, size_t(T * E) * sizeof(Bf16), stream_));
   }
@@ -593,6 +649,10 @@ Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* outpu
   if (!has_lm_head()) {
     PP_RETURN_IF_ERROR(gpu::copy_async(output, h_, size_t(T * E) * sizeof(Bf16), stream_));
   }
+  if (prof_.on) {
+    PP_RETURN_IF_ERROR(prof_.f1.record(stream_));
+    prof_.pending_forward = true;
+  }
   return ok_status();
 }
 
@@ -614,10 +674,14 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   if (R == 0) return slot.ready_.record(stream_);
 
   // Host staging: the rows' parameters, then penalty rows and entries (distinct ids per row).
-  std::vector<gpu::SampleRow> params(static_cast<size_t>(R));
-  std::vector<gpu::PenaltyRow> pen_rows(static_cast<size_t>(R));
-  std::vector<gpu::PenaltyEntry> entries;
-  std::unordered_map<int32_t, size_t> seen;
+  // (Members reused from step to step: no allocation once they have grown.)
+  std::vector<gpu::SampleRow>& params = sample_params_;
+  std::vector<gpu::PenaltyRow>& pen_rows = sample_pen_rows_;
+  std::vector<gpu::PenaltyEntry>& entries = sample_entries_;
+  std::unordered_map<int32_t, size_t>& seen = sample_seen_;
+  params.resize(size_t(R));
+  pen_rows.resize(size_t(R));
+  entries.clear();
   for (int64_t r = 0; r < R; ++r) {
     const GpuSampleSpec& g = rows[size_t(r)];
     params[size_t(r)] = {g.temperature, g.top_k, g.top_p, g.min_p, g.seed, g.step};
@@ -643,9 +707,14 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   const size_t pen_bytes = align_up(pen_rows.size() * sizeof(gpu::PenaltyRow), 16);
   const size_t entry_bytes = entries.size() * sizeof(gpu::PenaltyEntry);
   const size_t total = params_bytes + pen_bytes + entry_bytes;
-  if (sample_staging_.bytes() < total) {
-    PP_RETURN_IF_ERROR(stream_.synchronize());
-    PP_ASSIGN_OR_RETURN(sample_staging_, gpu::HostBuffer::allocate(total * 2));
+  // The next staging buffer of the ring, once its last upload has run (normally long ago).
+  const int stage_slot = sample_staging_next_;
+  sample_staging_next_ = (sample_staging_next_ + 1) % kStaging;
+  gpu::HostBuffer& staging = sample_staging_[size_t(stage_slot)];
+  gpu::Event& staged = sample_staging_done_[size_t(stage_slot)];
+  PP_RETURN_IF_ERROR(staged.synchronize());
+  if (staging.bytes() < total) {
+    PP_ASSIGN_OR_RETURN(staging, gpu::HostBuffer::allocate(std::max<size_t>(total * 2, 4096)));
   }
   const int64_t M = slot.max_rows_;
   const size_t need = align_up(total, 16) + size_t(M) * 8 * (1 + gpu::kMaxTopLogprobs);
@@ -653,16 +722,16 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
     PP_RETURN_IF_ERROR(stream_.synchronize());
     PP_ASSIGN_OR_RETURN(sample_dev_, gpu::DeviceBuffer::allocate(need * 2));
   }
-  PP_RETURN_IF_ERROR(sample_staging_done_.synchronize());
-  char* host = sample_staging_.as<char>();
+  char* host = staging.as<char>();
   std::memcpy(host, params.data(), params.size() * sizeof(gpu::SampleRow));
   std::memcpy(host + params_bytes, pen_rows.data(), pen_rows.size() * sizeof(gpu::PenaltyRow));
   if (!entries.empty()) std::memcpy(host + params_bytes + pen_bytes, entries.data(), entry_bytes);
   char* dev = sample_dev_.as<char>();
   PP_RETURN_IF_ERROR(gpu::copy_async(dev, host, total, stream_));
-  PP_RETURN_IF_ERROR(sample_staging_done_.record(stream_));
+  PP_RETURN_IF_ERROR(staged.record(stream_));
 
   const int64_t V = config_.n_vocab;
+  if (prof_.on) PP_RETURN_IF_ERROR(prof_.s0.record(stream_));
   if (!entries.empty()) {
     PP_RETURN_IF_ERROR(gpu::apply_penalties(
         logits_, V, V, reinterpret_cast<const gpu::PenaltyEntry*>(dev + params_bytes + pen_bytes),
@@ -687,6 +756,10 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   a.top_ids = n_top > 0 ? top_ids : nullptr;
   a.top_logprobs = n_top > 0 ? top_lp : nullptr;
   PP_RETURN_IF_ERROR(gpu::sample(a, stream_));
+  if (prof_.on) {
+    PP_RETURN_IF_ERROR(prof_.s1.record(stream_));
+    prof_.pending_sample = true;
+  }
   // The copy to the host runs on the copy stream behind an event; compute moves on.
   PP_RETURN_IF_ERROR(sampled_.record(stream_));
   PP_RETURN_IF_ERROR(sampled_.wait_on(copy_stream_));

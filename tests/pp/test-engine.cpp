@@ -277,6 +277,7 @@ TEST(Engine, AKilledStageFailsTheEngineCleanly) {
   TempDir dir;
   auto o = engine_options(model, 3, 1);
   o.db_path = dir.path() / "runs.db";
+  o.stage_restarts = 0;  // no restart: the engine fails (test-engine-faults.cpp: restarts)
   auto engine = Engine::start(o);
   ASSERT_TRUE(engine.ok()) << engine.status().message();
   pipeline::EventQueue q;

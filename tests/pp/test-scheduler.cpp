@@ -534,8 +534,8 @@ TEST(Scheduler, SubmitRefusesWhatCanNeverRun) {
   EXPECT_NE(big.message().find("request 3"), std::string::npos) << big.message();
   p.max_tokens = 100;
   EXPECT_EQ(s.submit(4, random_prompt(30), p).code(), StatusCode::kOutOfRange);  // > context
-  p.max_tokens = 0;  // until the context is full: 128 tokens > pool
-  EXPECT_EQ(s.submit(5, random_prompt(3), p).code(), StatusCode::kResourceExhausted);
+  p.max_tokens = 0;  // until the context or the pool is full: a 41-token prompt alone > pool
+  EXPECT_EQ(s.submit(5, random_prompt(41), p).code(), StatusCode::kResourceExhausted);
   p.max_tokens = 4;
   EXPECT_EQ(s.submit(6, random_prompt(128), p).code(), StatusCode::kOutOfRange);
   EXPECT_EQ(s.submit(7, {1, 2, 100}, p).code(), StatusCode::kOutOfRange);  // id >= n_vocab

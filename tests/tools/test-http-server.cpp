@@ -497,7 +497,8 @@ TEST_F(HttpServerLifecycleTest, ShutdownTimeoutCancelsWhatIsLeft) {
 }
 
 TEST_F(HttpServerLifecycleTest, LostStageGivesErrorFrameThenDoneAndHealth503) {
-  ASSERT_TRUE(start({}));
+  // No restart allowed: the engine fails (test-serve-faults.cpp: a restarted stage).
+  ASSERT_TRUE(start({"--stage-restarts", "0"}));
   std::string body;
   int status = 0;
   std::thread t = stream(R"({"prompt": "die", "max_tokens": 500, "ignore_eos": true,
@@ -521,6 +522,9 @@ TEST_F(HttpServerLifecycleTest, LostStageGivesErrorFrameThenDoneAndHealth503) {
   json err = json::parse(frames[frames.size() - 2]);
   ASSERT_TRUE(err.contains("error")) << frames[frames.size() - 2];
   EXPECT_TRUE(err["error"]["message"].is_string());
+  ASSERT_GE(frames.size(), 3u);
+  json last = json::parse(frames[frames.size() - 3]);
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "abort") << frames[frames.size() - 3];
   httplib::Client c("127.0.0.1", server_.port());
   auto h = c.Get("/health");
   ASSERT_TRUE(h);

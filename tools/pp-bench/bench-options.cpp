@@ -83,6 +83,19 @@ void add_offline_options(CLI::App* app, OfflineArgs& a, bool model_option) {
   app->add_option("--threads-per-stage", a.threads_per_stage,
                   "compute threads per stage (default: all cores)");
   app->add_option("--trace", a.trace, "write a Chrome trace of every micro-batch to FILE");
+  app->add_option("--device", a.device, "run the stages on cpu or cuda (default cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app->add_option("--gpus", a.gpus, "cuda: the GPUs, stage k on the (k mod n)-th (default: all)")
+      ->delimiter(',');
+  app->add_option("--mem-fraction", a.mem_fraction,
+                  "cuda: share of each GPU's memory for weights, buffers and KV (default 0.85)")
+      ->check(CLI::Range(0.01, 1.0));
+  app->add_flag("--disable-cuda-graph", a.disable_cuda_graph,
+                "cuda: run decode steps eagerly instead of replaying CUDA graphs");
+  app->add_option("--random-weights", a.random_weights,
+                  "--model is a config.json (or its folder): random weights from this seed");
+  app->add_option("--layers", a.layers,
+                  "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
 }
 
 Result<double> parse_rate(const std::string& text) {
@@ -155,6 +168,12 @@ pipeline::EngineOptions engine_options(const OfflineArgs& o) {
   e.kv_blocks = o.kv_blocks;
   e.threads_per_stage = o.threads_per_stage;
   e.trace_path = o.trace;
+  e.device = o.device;
+  e.gpus = o.gpus;
+  e.mem_fraction = o.mem_fraction;
+  e.cuda_graphs = !o.disable_cuda_graph;
+  e.random_weights = o.random_weights;
+  e.layer_split = o.layers;
   return e;
 }
 
@@ -239,6 +258,14 @@ nlohmann::json offline_params(const OfflineArgs& o) {
   j["kv_blocks"] = o.kv_blocks;
   j["threads_per_stage"] = o.threads_per_stage;
   if (!o.trace.empty()) j["trace"] = o.trace;
+  j["device"] = o.device;
+  if (o.device != "cpu") {
+    j["gpus"] = o.gpus;
+    j["mem_fraction"] = o.mem_fraction;
+    j["cuda_graphs"] = !o.disable_cuda_graph;
+  }
+  if (o.random_weights) j["random_weights"] = *o.random_weights;
+  if (!o.layers.empty()) j["layers"] = o.layers;
   return j;
 }
 

@@ -62,6 +62,12 @@ struct OfflineArgs {
   int64_t kv_blocks = 0;
   int32_t threads_per_stage = 0;
   std::string trace;
+  std::string device = "cpu";
+  std::vector<int> gpus;
+  double mem_fraction = 0.85;
+  bool disable_cuda_graph = false;
+  std::optional<uint64_t> random_weights;
+  std::string layers;  // manual split, inclusive ranges "0-19,20-35"
 };
 
 void add_common_options(CLI::App* app, CommonArgs& a);

@@ -8,7 +8,9 @@
 //            [--no-chat-template] [--system TEXT]
 //            [--pp N] [--async-depth D] [--max-running-requests R] [--kv-blocks B |
 //            --kv-memory BYTES] [--threads-per-stage T] [--listen tcp://HOST:PORT
-//            --expect-stages N] [--trace FILE] [--db PATH]
+//            --expect-stages N] [--stage-restarts N] [--stage-timeout SECONDS] [--trace FILE]
+//            [--device cpu|cuda] [--gpus 0,1] [--mem-fraction F] [--disable-cuda-graph]
+//            [--random-weights SEED] [--layers RANGES] [--db PATH]
 // Without --prompt it is the HTTP server (serve.cpp): the OpenAI-compatible and SGLang-native API
 // over the pipeline, on --host/--port, until SIGTERM drains it.
 // Exit codes: 0 ok, 1 a failure while working, 2 bad usage or bad input.
@@ -66,7 +68,17 @@ struct ServeOptions {
   std::optional<int32_t> expect_stages;
   std::string trace;
   std::string db;
-  bool use_pipeline() const { return pp.has_value() || expect_stages.has_value(); }
+  int32_t stage_restarts = 3;
+  double stage_timeout_s = 5.0;
+  std::string device = "cpu";  // cpu or cuda
+  std::vector<int> gpus;
+  double mem_fraction = 0.85;
+  bool disable_cuda_graph = false;
+  std::optional<uint64_t> random_weights;
+  std::string layers;
+  bool use_pipeline() const {
+    return pp.has_value() || expect_stages.has_value() || device != "cpu" || random_weights;
+  }
 };
 
 Result<std::unique_ptr<Tokenizer>> load_tokenizer(const ModelSource& src) {
@@ -187,6 +199,8 @@ Result<pipeline::EngineOptions> engine_options(const ServeOptions& o, const char
                    endpoint.c_str());
     };
   }
+  e.stage_restarts = o.stage_restarts;
+  e.stage_timeout = std::chrono::milliseconds(int64_t(o.stage_timeout_s * 1000.0));
   e.trace_path = o.trace;
   e.db_path = std::filesystem::path(o.db);  // empty: the default run store
   e.config_json = fmt::format(
@@ -195,6 +209,13 @@ Result<pipeline::EngineOptions> engine_options(const ServeOptions& o, const char
       o.model, e.n_stages, o.async_depth, o.max_running_requests, o.max_batch_tokens, o.kv_blocks,
       o.kv_memory, o.listen, mode);
   e.seed = o.seed;
+  e.device = o.device;
+  e.gpus = o.gpus;
+  e.mem_fraction = o.mem_fraction;
+  e.cuda_graphs = !o.disable_cuda_graph;
+  e.random_weights = o.random_weights;
+  e.layer_split = o.layers;
+  if (o.random_weights) e.load_tokenizer = true;
   return e;
 }
 
@@ -204,7 +225,10 @@ Status run_pipeline_one_shot(const ServeOptions& o) {
   if (o.prompt->empty()) return invalid_argument("empty prompt");
   PP_ASSIGN_OR_RETURN(EngineOptions e, engine_options(o, "one-shot"));
 
-  PP_ASSIGN_OR_RETURN(std::string chat_template, chat_template_of(o.model));
+  std::string chat_template;  // a random-weights model (a config alone) has none
+  if (!o.random_weights) {
+    PP_ASSIGN_OR_RETURN(chat_template, chat_template_of(o.model));
+  }
   const auto t0 = std::chrono::steady_clock::now();
   PP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::start(e));
   const double start_s =
@@ -315,6 +339,30 @@ int main(int argc, char** argv) {
                  "wait for N remote pp-stage processes to connect to --listen instead of "
                  "starting local ones")
       ->check(CLI::Range(1, 1024));
+  app.add_option("--stage-restarts", o.stage_restarts,
+                 "times a lost local stage is restarted, all stages together, before requests "
+                 "fail (default 3)")
+      ->check(CLI::Range(0, 1 << 20));
+  app.add_option("--stage-timeout", o.stage_timeout_s,
+                 "seconds of heartbeat silence after which a stage is lost, and that a lost "
+                 "remote stage has to rejoin (default 5)")
+      ->check(CLI::Range(0.1, 86400.0));
+  app.add_option("--device", o.device, "run the stages on cpu or cuda (default cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--gpus", o.gpus,
+                 "cuda: the GPUs to use, stage k on the (k mod n)-th (default: every visible one)")
+      ->delimiter(',');
+  app.add_option("--mem-fraction", o.mem_fraction,
+                 "cuda: share of each GPU's memory for weights, buffers and the KV cache "
+                 "(default 0.85)")
+      ->check(CLI::Range(0.01, 1.0));
+  app.add_flag("--disable-cuda-graph", o.disable_cuda_graph,
+               "cuda: run decode steps eagerly instead of replaying CUDA graphs");
+  app.add_option("--random-weights", o.random_weights,
+                 "--model is a config.json (or its folder): random weights from this seed, made "
+                 "on each stage");
+  app.add_option("--layers", o.layers,
+                 "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
   app.add_option("--trace", o.trace,
                  "write a Chrome trace of every micro-batch on every stage to FILE at the end");
   serve::HttpOptions http;

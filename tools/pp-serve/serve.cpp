@@ -85,7 +85,10 @@ void add_http_options(CLI::App& app, HttpOptions* o) {
 
 Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e) {
   install_signal_handlers();
-  PP_ASSIGN_OR_RETURN(std::string chat_template, chat_template_of(e.model_path));
+  std::string chat_template;  // a random-weights model (a config alone) has none
+  if (!e.random_weights) {
+    PP_ASSIGN_OR_RETURN(chat_template, chat_template_of(e.model_path));
+  }
   server::ServerOptions so;
   so.host = http.host;
   so.port = http.port;
@@ -112,13 +115,14 @@ Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e) {
                so.host.c_str(), s.port(), so.served_model_name.c_str(), engine->stages().size());
   std::fflush(stderr);
 
-  // Serve until a signal. An engine that fails stays failed (restarting stages is future
-  // work): the server keeps answering, /health and new requests with 503, so that a supervisor
-  // sees it and restarts the service; the exit status then reports the failure.
+  // Serve until a signal. A lost stage is recovered by the engine (/health says 503 meanwhile).
+  // An engine that fails (no stage restart left) stays failed: the server keeps answering,
+  // /health and new requests with 503, so that a supervisor sees it and restarts the service;
+  // the exit status then reports the failure.
   Status failure;
   while (g_signal.load() == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (Status h = engine->health(); !h.ok() && failure.ok()) {
+    if (Status h = engine->health(); !h.ok() && failure.ok() && !engine->recovering()) {
       failure = h;
       spdlog::error("the engine failed: {}", h.message());
     }

@@ -1,6 +1,7 @@
 // pp-stage: one pipeline stage worker. Joins the coordinator, loads the layers it is assigned,
 // runs micro-batches until the coordinator shuts it down or goes away.
-//   pp-stage --coordinator ENDPOINT --stage K [--device cpu] [--threads T]
+//   pp-stage --coordinator ENDPOINT --stage K [--device cpu|cuda:N] [--mem-fraction F] [--threads
+//   T]
 //            [--data-address ADDR] [--kv-memory BYTES] [--timeout SECONDS]
 // pp-serve starts local stages itself; for several hosts run one on each (by hand, mpirun, srun).
 // Exit codes: 0 shut down by the coordinator, 1 a failure (coordinator lost included), 2 bad
@@ -37,7 +38,11 @@ int main(int argc, char** argv) {
                  "the coordinator's endpoint: tcp://HOST:PORT or ipc:///PATH")
       ->required();
   app.add_option("--stage", o.stage, "the stage to run, 0-based (default: whichever is free)");
-  app.add_option("--device", o.device, "device: cpu (cuda:N needs a CUDA build)");
+  app.add_option("--device", o.device, "device: cpu, cuda or cuda:N (default cpu)");
+  app.add_option("--mem-fraction", o.mem_fraction,
+                 "GPU: share of the device's memory for weights, buffers and the KV cache "
+                 "(default: as the coordinator says, 0.85)")
+      ->check(CLI::Range(0.01, 1.0));
   app.add_option("--threads", o.threads, "compute threads (default: as the coordinator says)");
   app.add_option("--data-address", o.data_address,
                  "address to receive activations on (tcp; default: the one facing the "

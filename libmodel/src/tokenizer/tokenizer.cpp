@@ -73,8 +73,12 @@ std::vector<AddedTokenMatcher::Match> AddedTokenMatcher::find_all(std::string_vi
 
 namespace {
 
+// The per-word BPE cache is cleared when full. Every distinct word a client sends stays in it
+// until then, so its bound is a bound on pp-serve's memory: 2^14 entries of at most 256 bytes
+// (and as many ids) is at most about 25 MiB, a few MiB for natural text (Hugging Face's
+// tokenizers keep 10,000 words). 2^18 let random text grow the server by hundreds of MiB.
 constexpr size_t kMaxCachedWordBytes = 256;
-constexpr size_t kMaxCacheEntries = 1 << 18;
+constexpr size_t kMaxCacheEntries = 1 << 14;
 
 // Reads a post-processor's single-sequence template into the ids before and after the text.
 Status read_post_processor(const nlohmann::json& j, const tok::Vocab& vocab,

@@ -12,6 +12,8 @@
 #include <spdlog/spdlog.h>
 
 #include "pp/assert.h"
+#include "pp/kernels/device.h"
+#include "pp/kernels/gpu.h"
 #include "pp/model/model-source.h"
 #include "pp/partition/partition-reader.h"
 
@@ -103,7 +105,33 @@ Status Coordinator::resolve_model() {
   const fs::path path = fs::absolute(options_.model_path, ec);
   model_path_ = path.string();
   std::shared_ptr<const model::Tokenizer> tokenizer = options_.tokenizer;
-  if (fs::is_directory(path, ec) && fs::exists(path / partition::kManifestName, ec)) {
+  // A split given as text is parsed once the config (its layer count) is known.
+  auto parse_split = [&]() -> Status {
+    if (options_.layer_split.empty() || !options_.layers.empty()) return ok_status();
+    if (options_.n_stages == 0) options_.n_stages = 1;
+    PP_ASSIGN_OR_RETURN(
+        options_.layers,
+        partition::parse_layer_ranges(options_.layer_split, config_.n_layer, options_.n_stages));
+    return ok_status();
+  };
+  if (options_.random_weights) {
+    // A config alone: random weights on every stage; a tokenizer.json beside it is used.
+    PP_ASSIGN_OR_RETURN(config_, model::config_from_path(path));
+    PP_RETURN_IF_ERROR(parse_split());
+    if (options_.n_stages == 0) options_.n_stages = 1;
+    partition::PlanOptions po;
+    po.n_stages = options_.n_stages;
+    po.strategy = options_.layers.empty() ? options_.strategy : partition::Strategy::kManual;
+    po.layers = options_.layers;
+    po.dtype = model::DType::kBF16;
+    PP_ASSIGN_OR_RETURN(partition::Plan plan, partition::make_plan(config_, po));
+    for (const partition::StagePlan& sp : plan.stages) layers_.push_back(sp.layers);
+    const fs::path tok =
+        (fs::is_directory(path, ec) ? path : path.parent_path()) / "tokenizer.json";
+    if (!tokenizer && options_.load_tokenizer && fs::exists(tok, ec)) {
+      PP_ASSIGN_OR_RETURN(tokenizer, model::Tokenizer::from_hf_file(tok));
+    }
+  } else if (fs::is_directory(path, ec) && fs::exists(path / partition::kManifestName, ec)) {
     PP_ASSIGN_OR_RETURN(partition::PartitionManifest m, partition::open_partition(path));
     is_partition_ = true;
     if (options_.n_stages == 0) options_.n_stages = m.n_stages();
@@ -123,6 +151,7 @@ Status Coordinator::resolve_model() {
   } else {
     PP_ASSIGN_OR_RETURN(model::ModelSource src, model::open_model(path));
     config_ = src.config;
+    PP_RETURN_IF_ERROR(parse_split());
     if (options_.n_stages == 0) options_.n_stages = 1;
     partition::PlanOptions po;
     po.n_stages = options_.n_stages;
@@ -152,6 +181,95 @@ int32_t Coordinator::stage_of_peer(const tp::PeerId& peer) const {
     if (!stages_[k].peer.empty() && stages_[k].peer == peer) return int32_t(k);
   }
   return -1;
+}
+
+StageLaunch Coordinator::local_launch(int32_t stage) const {
+  StageLaunch launch;
+  launch.binary = options_.stage_binary.empty() ? default_stage_binary() : options_.stage_binary;
+  launch.coordinator = local_connect_endpoint(endpoint_);
+  launch.stage = stage;
+  launch.threads = options_.threads_per_stage;
+  launch.log_level = options_.stage_log_level;
+  launch.extra_args = options_.stage_args;
+  if (options_.device == "cuda") {
+    std::vector<int> gpus = options_.gpus;
+    if (gpus.empty()) {
+      for (const kernels::DeviceInfo& d : kernels::cuda_devices()) gpus.push_back(d.index);
+    }
+    if (!gpus.empty()) {
+      launch.extra_args.push_back("--device");
+      launch.extra_args.push_back(fmt::format("cuda:{}", gpus[size_t(stage) % gpus.size()]));
+    }
+  }
+  return launch;
+}
+
+// GPU stages: NCCL link ids between neighbours (made once, here: this process hosts each
+// link's rendezvous until both ends join), and each device's memory share split among the
+// stages on it.
+Status Coordinator::gpu_links(int32_t k, tp::Assign& a) {
+  auto on_gpu = [&](int32_t i) { return stages_[size_t(i)].hello.device.rfind("cuda", 0) == 0; };
+  auto place = [&](int32_t i) {
+    return stages_[size_t(i)].hello.host + "/" + stages_[size_t(i)].hello.device;
+  };
+  int32_t sharing = 0;
+  for (int32_t i = 0; i < options_.n_stages; ++i) sharing += place(i) == place(k);
+  a.mem_fraction = float(options_.mem_fraction / std::max(sharing, 1));
+  if (!on_gpu(k)) return ok_status();
+  if (nccl_ids_.empty()) {
+    for (int32_t i = 0; i + 1 < options_.n_stages; ++i) {
+      if (!on_gpu(i) || !on_gpu(i + 1)) {
+        return invalid_argument(
+            "stage {} runs on {} and stage {} on {}: a pipeline runs on GPUs "
+            "or on CPUs, not both",
+            i, stages_[size_t(i)].hello.device, i + 1, stages_[size_t(i + 1)].hello.device);
+      }
+      if (place(i) == place(i + 1)) {
+        return invalid_argument(
+            "stages {} and {} both run on {}: NCCL cannot link two stages on "
+            "one GPU (give each stage its own GPU)",
+            i, i + 1, place(i));
+      }
+      PP_ASSIGN_OR_RETURN(kernels::gpu::NcclId id, kernels::gpu::NcclComm::unique_id());
+      nccl_ids_.emplace_back(reinterpret_cast<const char*>(id.data()), id.size());
+    }
+  }
+  if (k > 0) a.nccl_id_from_previous = nccl_ids_[size_t(k - 1)];
+  if (k + 1 < options_.n_stages) a.nccl_id_to_next = nccl_ids_[size_t(k)];
+  return ok_status();
+}
+
+std::string Coordinator::next_endpoint(int32_t stage) const {
+  return stage + 1 < options_.n_stages ? stages_[size_t(stage + 1)].hello.data_endpoint : "";
+}
+
+Status Coordinator::send_assign(int32_t k) {
+  tp::Assign a;
+  a.stage = k;
+  a.n_stages = options_.n_stages;
+  a.model_path = model_path_;
+  a.layer_begin = layers_[size_t(k)].begin;
+  a.layer_end = layers_[size_t(k)].end;
+  a.next_data_endpoint = next_endpoint(k);
+  a.kv_block_size = options_.kv_block_size;
+  a.threads = options_.threads_per_stage;
+  a.max_batch_tokens = options_.max_batch_tokens;
+  a.max_running = options_.max_running_requests;
+  a.cuda_graphs = options_.cuda_graphs;
+  a.random_weights = options_.random_weights.has_value();
+  a.random_seed = options_.random_weights.value_or(0);
+  PP_RETURN_IF_ERROR(gpu_links(k, a));
+  PP_RETURN_IF_ERROR(server_->send(stages_[size_t(k)].peer, a));
+  stages_[size_t(k)].assigned = true;
+  told_next_[size_t(k)] = a.next_data_endpoint;
+  return ok_status();
+}
+
+void Coordinator::publish_stage_pids() {
+  std::lock_guard lock(mu_);
+  stats_.stage_pids.clear();
+  for (const Stage& s : stages_) stats_.stage_pids.push_back(s.peer.empty() ? 0 : s.hello.pid);
+  stats_.n_stage_restarts = n_restarts_;
 }
 
 void Coordinator::send_heartbeats() {
@@ -306,18 +424,10 @@ Status Coordinator::bring_up() {
 
   // Local stages.
   stages_.assign(size_t(P), Stage{});
+  told_next_.assign(size_t(P), std::string());
   if (options_.launch_local_stages) {
-    const fs::path binary =
-        options_.stage_binary.empty() ? default_stage_binary() : options_.stage_binary;
     for (int32_t k = 0; k < P; ++k) {
-      StageLaunch launch;
-      launch.binary = binary;
-      launch.coordinator = local_connect_endpoint(endpoint_);
-      launch.stage = k;
-      launch.threads = options_.threads_per_stage;
-      launch.log_level = options_.stage_log_level;
-      launch.extra_args = options_.stage_args;
-      PP_ASSIGN_OR_RETURN(StageProcess p, StageProcess::spawn(launch));
+      PP_ASSIGN_OR_RETURN(StageProcess p, StageProcess::spawn(local_launch(k)));
       processes_.push_back(std::move(p));
     }
   }
@@ -349,18 +459,7 @@ Status Coordinator::bring_up() {
     const bool all_joined =
         std::all_of(stages_.begin(), stages_.end(), [](const Stage& s) { return !s.peer.empty(); });
     if (all_joined && !assigned) {
-      for (int32_t k = 0; k < P; ++k) {
-        tp::Assign a;
-        a.stage = k;
-        a.n_stages = P;
-        a.model_path = model_path_;
-        a.layer_begin = layers_[size_t(k)].begin;
-        a.layer_end = layers_[size_t(k)].end;
-        a.next_data_endpoint = k + 1 < P ? stages_[size_t(k + 1)].hello.data_endpoint : "";
-        a.kv_block_size = options_.kv_block_size;
-        a.threads = options_.threads_per_stage;
-        PP_RETURN_IF_ERROR(server_->send(stages_[size_t(k)].peer, a));
-      }
+      for (int32_t k = 0; k < P; ++k) PP_RETURN_IF_ERROR(send_assign(k));
       assigned = true;
     }
     const bool all_loaded = std::all_of(stages_.begin(), stages_.end(),
@@ -410,6 +509,7 @@ Status Coordinator::bring_up() {
   scheduler_ = std::make_unique<Scheduler>(so, tokenizer_.get());
   in_flight_.assign(size_t(so.n_groups), PlanSpan{});
   busy_.assign(size_t(P), Busy{});
+  publish_stage_pids();
   trace_ = TraceRecorder(P);
   spdlog::info("pipeline ready: {} stages, {} groups, {} KV blocks of {} tokens", P, so.n_groups,
                n_blocks_, options_.kv_block_size);
@@ -442,23 +542,10 @@ Result<uint64_t> Coordinator::submit(std::vector<int32_t> prompt_ids, model::Sam
   if (!params.stop.empty() && !tokenizer_) {
     return invalid_argument("stop strings need a tokenizer, and this model has none");
   }
-  if (n >= ctx) {
-    return make_error(StatusCode::kOutOfRange,
-                      "prompt of {} tokens leaves no room in the context of {} tokens", n, ctx);
-  }
-  if (params.max_tokens > 0 && n + params.max_tokens > ctx) {
-    return make_error(StatusCode::kOutOfRange,
-                      "prompt of {} tokens plus max_tokens {} exceeds the context of {} tokens", n,
-                      params.max_tokens, ctx);
-  }
-  const int64_t limit = params.max_tokens > 0 ? params.max_tokens : ctx - n;
-  const int64_t bs = options_.kv_block_size;
-  const int64_t need = (n + limit - 1 + bs - 1) / bs;
-  if (need > n_blocks_) {
-    return make_error(StatusCode::kResourceExhausted,
-                      "{} tokens of context need {} KV blocks but the pool has only {}",
-                      n + limit - 1, need, n_blocks_);
-  }
+  // Prompt + max_tokens against the context and the whole KV pool (known since AllocateKv): a
+  // request that could never fit is refused here, never queued to wait forever.
+  PP_RETURN_IF_ERROR(
+      resolve_max_tokens(n, params.max_tokens, ctx, n_blocks_, options_.kv_block_size).status());
   const uint64_t id = next_id_.fetch_add(1);
   const double arrival = std::chrono::duration<double>(Clock::now() - start_time_).count();
   tp::Waker waker;
@@ -512,7 +599,15 @@ Status Coordinator::health() const {
   std::lock_guard lock(mu_);
   if (!failure_.ok()) return failure_;
   if (closed_ || stopping_) return make_error(StatusCode::kUnavailable, "the engine has stopped");
+  if (!recovering_.empty()) {
+    return make_error(StatusCode::kUnavailable, "recovering: {}", recovering_);
+  }
   return ok_status();
+}
+
+bool Coordinator::recovering() const {
+  std::lock_guard lock(mu_);
+  return failure_.ok() && !closed_ && !recovering_.empty();
 }
 
 std::vector<tp::StageTiming> Coordinator::timings() const {
@@ -566,6 +661,7 @@ Status Coordinator::issue_plans() {
     int32_t n_tokens = 0;
     for (const tp::PlanEntry& e : plan_.entries) n_tokens += e.n_new;
     in_flight_[size_t(g)] = PlanSpan{plan_.seq, g, n_tokens, trace_now_us(), 0};
+    next_seq_ = plan_.seq + 1;
     PP_RETURN_IF_ERROR(send_plan(plan_));
   }
   return ok_status();
@@ -574,14 +670,13 @@ Status Coordinator::issue_plans() {
 Status Coordinator::handle_message(const tp::Incoming& in) {
   const int32_t k = stage_of_peer(in.peer);
   if (in.event == tp::PeerEvent::kDisconnected) {
-    if (k < 0) return ok_status();
-    record_event("stage_lost", k, "connection dropped");
-    return make_error(StatusCode::kUnavailable,
-                      "lost stage {} (pid {} on '{}'): connection dropped", k,
-                      stages_[size_t(k)].hello.pid, stages_[size_t(k)].hello.host);
+    if (k >= 0) note_lost(k, "connection dropped");
+    return ok_status();
   }
   const tp::Message& m = in.message;
   if (const auto* t = std::get_if<tp::Tokens>(&m)) {
+    // From a stage lost meanwhile, or of a plan a recovery forgot: stale.
+    if (k < 0 || t->seq < live_seq_) return ok_status();
     if (t->group >= 0 && size_t(t->group) < in_flight_.size()) {
       PlanSpan& span = in_flight_[size_t(t->group)];
       if (span.seq == t->seq) {
@@ -592,6 +687,7 @@ Status Coordinator::handle_message(const tp::Incoming& in) {
     return scheduler_->apply_tokens(*t).with_context("tokens from the last stage");
   }
   if (const auto* t = std::get_if<tp::StageTiming>(&m)) {
+    if (k < 0 || t->seq < live_seq_) return ok_status();
     if (t->stage >= 0 && size_t(t->stage) < busy_.size()) {
       Busy& b = busy_[size_t(t->stage)];
       if (b.n == 0) b.first_us = t->start_us;
@@ -607,9 +703,9 @@ Status Coordinator::handle_message(const tp::Incoming& in) {
     return ok_status();
   }
   if (const auto* e = std::get_if<tp::StageError>(&m)) {
-    record_event("stage_error", e->stage, e->message);
-    return make_error(StatusCode::kInternal, "stage {} failed on plan {}: {}", e->stage, e->seq,
-                      e->message);
+    // The stage stops after an error: it is lost (and restarted while restarts are left).
+    if (k >= 0) note_lost(k, fmt::format("failed on plan {}: {}", e->seq, e->message));
+    return ok_status();
   }
   if (const auto* h = std::get_if<tp::Hello>(&m)) {
     if (k < 0) {
@@ -635,20 +731,13 @@ void Coordinator::dispatch_events() {
 
 Status Coordinator::check_stages() {
   for (StageProcess& p : processes_) {
-    if (auto exit = p.poll()) {
-      record_event("stage_lost", p.stage(), *exit);
-      return make_error(StatusCode::kUnavailable, "stage {} (pid {}) {}", p.stage(), p.pid(),
-                        *exit);
-    }
+    if (auto exit = p.poll()) note_lost(p.stage(), fmt::format("pid {} {}", p.pid(), *exit));
   }
   for (const tp::PeerId& peer : server_->silent_peers(options_.stage_timeout)) {
     const int32_t k = stage_of_peer(peer);
-    if (k < 0) continue;
-    record_event("stage_lost", k, "no heartbeat");
-    return make_error(StatusCode::kUnavailable,
-                      "lost stage {} (pid {} on '{}'): no heartbeat for {} ms", k,
-                      stages_[size_t(k)].hello.pid, stages_[size_t(k)].hello.host,
-                      options_.stage_timeout.count());
+    if (k >= 0) {
+      note_lost(k, fmt::format("no heartbeat for {} ms", options_.stage_timeout.count()));
+    }
   }
   send_heartbeats();
   return ok_status();
@@ -703,6 +792,8 @@ void Coordinator::fail(Status s) {
     std::lock_guard lock(mu_);
     if (failure_.ok()) failure_ = s;
     closed_ = true;
+    recovering_.clear();
+    stats_.recovering = false;
   }
   abort_all(s);
 }
@@ -727,6 +818,12 @@ void Coordinator::loop() {
       }
     }
     if (failed) return;
+    if (!lost_.empty()) {
+      if (Status s = recover(); !s.ok()) {
+        fail(s);
+        return;
+      }
+    }
     {
       std::lock_guard lock(mu_);
       if (stopping_) break;

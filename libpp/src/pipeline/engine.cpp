@@ -38,11 +38,13 @@ Result<uint64_t> Engine::submit(std::vector<int32_t> prompt_ids, model::Sampling
 void Engine::cancel(uint64_t id) { coordinator_->cancel(id); }
 EngineStats Engine::stats() const { return coordinator_->stats(); }
 Status Engine::health() const { return coordinator_->health(); }
+bool Engine::recovering() const { return coordinator_->recovering(); }
 Status Engine::shutdown() { return coordinator_->stop(); }
 const model::ModelConfig& Engine::model_config() const { return coordinator_->config(); }
 const model::Tokenizer* Engine::tokenizer() const { return coordinator_->tokenizer(); }
 const std::vector<StageInfo>& Engine::stages() const { return coordinator_->stage_infos(); }
 int64_t Engine::kv_blocks() const { return coordinator_->kv_blocks(); }
+int32_t Engine::kv_block_size() const { return coordinator_->kv_block_size(); }
 int32_t Engine::n_groups() const { return coordinator_->n_groups(); }
 const std::string& Engine::endpoint() const { return coordinator_->endpoint(); }
 std::vector<transport::StageTiming> Engine::timings() const { return coordinator_->timings(); }

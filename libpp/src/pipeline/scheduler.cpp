@@ -53,6 +53,42 @@ transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_
   return w;
 }
 
+Result<int64_t> resolve_max_tokens(int64_t n_prompt, int64_t max_tokens, int64_t max_context,
+                                   int64_t n_blocks, int32_t block_size) {
+  PP_ASSERT(block_size > 0);
+  if (n_prompt < 1) return invalid_argument("empty prompt");
+  if (max_tokens < 0) return invalid_argument("max_tokens must be >= 0, got {}", max_tokens);
+  const int64_t ctx = max_context, pool = n_blocks * int64_t(block_size);
+  if (n_prompt >= ctx) {
+    return make_error(StatusCode::kOutOfRange,
+                      "prompt of {} tokens leaves no room in the context of {} tokens", n_prompt,
+                      ctx);
+  }
+  if (max_tokens > 0 && n_prompt + max_tokens > ctx) {
+    return make_error(StatusCode::kOutOfRange,
+                      "prompt of {} tokens plus max_tokens {} exceeds the context of {} tokens",
+                      n_prompt, max_tokens, ctx);
+  }
+  const auto blocks_for = [&](int64_t n) { return (n + block_size - 1) / block_size; };
+  if (n_prompt > pool) {
+    return make_error(StatusCode::kResourceExhausted,
+                      "prompt of {} tokens needs {} KV blocks of {} tokens but the whole KV pool "
+                      "has only {} ({} tokens)",
+                      n_prompt, blocks_for(n_prompt), block_size, n_blocks, pool);
+  }
+  // Unlimited: what the context and the pool leave (the last token needs no KV, hence + 1).
+  const int64_t limit = max_tokens > 0 ? max_tokens : std::min(ctx, pool + 1) - n_prompt;
+  const int64_t n_kv = n_prompt + limit - 1;
+  if (n_kv > pool) {
+    return make_error(StatusCode::kResourceExhausted,
+                      "prompt of {} tokens plus max_tokens {} needs {} KV blocks of {} tokens but "
+                      "the whole KV pool has only {} ({} tokens); lower max_tokens to at most {}",
+                      n_prompt, max_tokens, blocks_for(n_kv), block_size, n_blocks, pool,
+                      pool + 1 - n_prompt);
+  }
+  return limit;
+}
+
 Scheduler::Scheduler(SchedulerOptions options, const model::Tokenizer* tokenizer)
     : options_(std::move(options)),
       tokenizer_(tokenizer),
@@ -88,28 +124,10 @@ Status Scheduler::submit(uint64_t id, std::vector<int32_t> prompt_ids, model::Sa
   if (!params.stop.empty() && !tokenizer_) {
     return invalid_argument("request {}: stop strings need a tokenizer", id);
   }
-  const int64_t n_prompt = int64_t(prompt_ids.size()), ctx = options_.max_context;
-  if (n_prompt >= ctx) {
-    return make_error(StatusCode::kOutOfRange,
-                      "request {}: prompt of {} tokens leaves no room in the context of {} tokens",
-                      id, n_prompt, ctx);
-  }
-  if (params.max_tokens > 0 && n_prompt + params.max_tokens > ctx) {
-    return make_error(StatusCode::kOutOfRange,
-                      "request {}: prompt of {} tokens plus max_tokens {} exceeds the context of "
-                      "{} tokens",
-                      id, n_prompt, params.max_tokens, ctx);
-  }
-  const int64_t limit = params.max_tokens > 0 ? params.max_tokens : ctx - n_prompt;
-  // The last generated token is never fed back, so it needs no KV.
-  const int64_t n_kv = n_prompt + limit - 1;
-  const int32_t need = blocks_.blocks_for(n_kv);
-  if (need > blocks_.n_blocks()) {
-    return make_error(StatusCode::kResourceExhausted,
-                      "request {}: its {} tokens of context need {} KV blocks but the pool has "
-                      "only {}",
-                      id, n_kv, need, blocks_.n_blocks());
-  }
+  Result<int64_t> limit =
+      resolve_max_tokens(int64_t(prompt_ids.size()), params.max_tokens, options_.max_context,
+                         blocks_.n_blocks(), blocks_.block_size());
+  if (!limit.ok()) return limit.status().with_context(fmt::format("request {}", id));
 
   auto r = std::make_unique<Request>();
   r->id = id;
@@ -117,7 +135,7 @@ Status Scheduler::submit(uint64_t id, std::vector<int32_t> prompt_ids, model::Sa
   if (!params.seed) params.seed = next_seed();
   r->stop_checker = StopChecker(params.stop);
   r->params = std::move(params);
-  r->max_tokens = limit;
+  r->max_tokens = *limit;
   r->arrival_s = arrival_s;
   r->arrival_index = next_arrival_++;
   if (tokenizer_) {

@@ -23,10 +23,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include "gpu-stage.h"
 #include "pp/assert.h"
 #include "pp/kernels/cpu.h"
+#include "pp/kernels/device.h"
 #include "pp/model/batch.h"
+#include "pp/model/gpu-stage-model.h"
 #include "pp/model/model-source.h"
+#include "pp/model/random-weights.h"
 #include "pp/model/stage-model.h"
 #include "pp/partition/partition-reader.h"
 #include "pp/pipeline/trace.h"
@@ -133,12 +137,13 @@ class VectorRing {
  public:
   explicit VectorRing(size_t n) : buffers_(n), in_use_(n, false) {}
 
-  // The next slot in ring order, once it is free; empty when `stop` is set meanwhile.
-  std::optional<size_t> acquire(const std::atomic<bool>& stop) {
+  // The next slot in ring order, once it is free; empty when `stop` (or `reset`) is set
+  // meanwhile.
+  std::optional<size_t> acquire(const std::atomic<bool>& stop, const std::atomic<bool>* reset) {
     std::unique_lock lock(mu_);
     const size_t i = next_;
     while (in_use_[i]) {
-      if (stop.load()) return std::nullopt;
+      if (stop.load() || (reset && reset->load())) return std::nullopt;
       cv_.wait_for(lock, milliseconds(50));
     }
     in_use_[i] = true;
@@ -177,6 +182,22 @@ bool has_penalties(const tp::WireSampling& s) {
   return s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f || s.repetition_penalty != 1.0f;
 }
 
+// "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N.
+Result<int> parse_device(const std::string& d) {
+  if (d == "cpu") return -1;
+  if (d == "cuda") return 0;
+  if (d.rfind("cuda:", 0) == 0 && d.size() > 5 &&
+      d.find_first_not_of("0123456789", 5) == std::string::npos && d.size() < 10) {
+    return std::stoi(d.substr(5));
+  }
+  return invalid_argument("bad device '{}': expected cpu, cuda or cuda:N", d);
+}
+
+// A plan given up because the pipeline is being reset (see reset_): not an error.
+Status abandoned(uint64_t seq) {
+  return make_error(StatusCode::kCancelled, "plan {} abandoned: the pipeline is being reset", seq);
+}
+
 class StageWorker {
  public:
   explicit StageWorker(const StageWorkerOptions& options) : options_(options) {}
@@ -206,8 +227,12 @@ class StageWorker {
   // --- compute thread
   Status compute();
   Status load(const tp::Assign& a);
+  Status reassign(const tp::Assign& a);
   Status run_plan(const tp::Plan& plan, int64_t arrived_us);
   Status sample(const tp::Plan& plan, const std::vector<float>& logits, tp::Tokens* out);
+  Status load_gpu(const tp::Assign& a, const model::ModelConfig& config,
+                  const model::WeightSource* weights, int64_t layer_begin, int64_t layer_end);
+  Status run_plan_gpu(const tp::Plan& plan, int64_t arrived_us);
 
   StageWorkerOptions options_;
   int32_t stage_ = -1;
@@ -220,13 +245,21 @@ class StageWorker {
   Status failure_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> shutdown_received_{false};
+  // Set by the I/O thread when an Assign or AllocateKv arrives (the coordinator resets the
+  // pipeline after losing a stage): the plans not yet run are dropped from the inbox, and the
+  // one waiting for activations gives up. Cleared when the compute thread allocates again.
+  std::atomic<bool> reset_{false};
   bool error_reported_ = false;  // compute thread only
   tp::Waker io_waker_;
   std::optional<tp::ControlClient> client_;  // the I/O thread's once it runs
   std::thread io_thread_;
 
   // --- compute state (declared before the channel: its pending sends release these rings)
-  std::unique_ptr<model::StageModel> model_;
+  std::unique_ptr<model::StageModel> model_;  // the CPU backend
+  std::unique_ptr<GpuStage> gpu_;             // or the GPU one
+  int gpu_device_ = -1;
+  std::vector<model::GpuSampleSpec> gpu_specs_;
+  std::vector<GpuSampledRow> gpu_rows_;
   bool first_ = false, last_ = false;
   int64_t n_embd_ = 0, n_vocab_ = 0, block_size_ = 16;
   model::Batch batch_;
@@ -255,6 +288,14 @@ void StageWorker::fail(Status s) {
   }
   stop_ = true;
   inbox_cv_.notify_all();
+}
+
+kernels::DeviceInfo cpu_device_info() {
+  kernels::DeviceInfo d;
+  d.name = cpu_model_name();
+  d.total_bytes = host_total_memory();
+  d.free_bytes = host_available_memory();
+  return d;
 }
 
 Result<Inbound> StageWorker::next_inbound() {
@@ -309,8 +350,16 @@ void StageWorker::io_loop() {
       tp::Message& m = **got;
       if (std::holds_alternative<tp::Heartbeat>(m)) continue;
       const bool shutdown = std::holds_alternative<tp::Shutdown>(m);
+      const bool reset =
+          std::holds_alternative<tp::Assign>(m) || std::holds_alternative<tp::AllocateKv>(m);
       {
         std::lock_guard lock(mu_);
+        if (reset) {
+          // Plans issued before a reset will never get their activations: forget them.
+          std::erase_if(
+              inbox_, [](const Inbound& i) { return std::holds_alternative<tp::Plan>(i.message); });
+          reset_ = true;
+        }
         inbox_.push_back({std::move(m), trace_now_us()});
       }
       inbox_cv_.notify_all();
@@ -351,26 +400,49 @@ Status StageWorker::load(const tp::Assign& a) {
 
   const std::filesystem::path path = a.model_path;
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec) &&
-      std::filesystem::exists(path / partition::kManifestName, ec)) {
-    PP_ASSIGN_OR_RETURN(partition::StageShard shard, partition::open_stage(path, a.stage));
-    if (shard.n_stages != a.n_stages) {
+  model::ModelConfig config;
+  int64_t layer_begin = a.layer_begin, layer_end = a.layer_end;
+  std::optional<partition::StageShard> shard;
+  std::optional<model::ModelSource> src;
+  std::unique_ptr<model::WeightSource> random;
+  const model::WeightSource* weights = nullptr;  // null: random weights made on the GPU
+  if (a.random_weights) {
+    PP_ASSIGN_OR_RETURN(config, model::config_from_path(path));
+    if (gpu_device_ < 0) {
+      PP_ASSIGN_OR_RETURN(random, model::random_weights(config, a.random_seed));
+      weights = random.get();
+    }
+  } else if (std::filesystem::is_directory(path, ec) &&
+             std::filesystem::exists(path / partition::kManifestName, ec)) {
+    PP_ASSIGN_OR_RETURN(shard, partition::open_stage(path, a.stage));
+    if (shard->n_stages != a.n_stages) {
       return invalid_argument("partition '{}' has {} stages, the coordinator runs {}",
-                              path.string(), shard.n_stages, a.n_stages);
+                              path.string(), shard->n_stages, a.n_stages);
     }
     if (a.layer_end > 0 &&
-        (shard.layers.begin != a.layer_begin || shard.layers.end != a.layer_end)) {
+        (shard->layers.begin != a.layer_begin || shard->layers.end != a.layer_end)) {
       return invalid_argument("partition '{}' stage {} holds layers [{}, {}), assigned [{}, {})",
-                              path.string(), a.stage, shard.layers.begin, shard.layers.end,
+                              path.string(), a.stage, shard->layers.begin, shard->layers.end,
                               a.layer_begin, a.layer_end);
     }
-    PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(shard.config, *shard.weights,
-                                                        shard.layers.begin, shard.layers.end));
+    config = shard->config;
+    weights = shard->weights.get();
+    layer_begin = shard->layers.begin;
+    layer_end = shard->layers.end;
   } else {
-    PP_ASSIGN_OR_RETURN(model::ModelSource src, model::open_model(path));
-    PP_ASSIGN_OR_RETURN(
-        model_, model::StageModel::load(src.config, *src.weights, a.layer_begin, a.layer_end));
+    PP_ASSIGN_OR_RETURN(src, model::open_model(path));
+    config = src->config;
+    weights = src->weights.get();
   }
+  if (gpu_device_ >= 0) {
+    if (layer_end <= layer_begin || (layer_begin == 0) != (a.stage == 0) ||
+        (layer_end == config.n_layer) != (a.stage == a.n_stages - 1)) {
+      return invalid_argument("stage {} of {} was assigned layers [{}, {}) of {}", a.stage,
+                              a.n_stages, layer_begin, layer_end, config.n_layer);
+    }
+    return load_gpu(a, config, weights, layer_begin, layer_end);
+  }
+  PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(config, *weights, layer_begin, layer_end));
   first_ = model_->has_embedding();
   last_ = model_->has_lm_head();
   if (first_ != (a.stage == 0) || last_ != (a.stage == a.n_stages - 1)) {
@@ -401,6 +473,101 @@ Status StageWorker::load(const tp::Assign& a) {
                stage_, model_->layer_begin(), model_->layer_end(), path.string(),
                loaded.load_seconds, loaded.kv_blocks_capacity);
   post(loaded);
+  return ok_status();
+}
+
+Status StageWorker::load_gpu(const tp::Assign& a, const model::ModelConfig& config,
+                             const model::WeightSource* weights, int64_t layer_begin,
+                             int64_t layer_end) {
+  const Clock::time_point t0 = Clock::now();
+  model::GpuStageOptions o;
+  o.device = gpu_device_;
+  o.max_tokens = std::max(a.max_batch_tokens, 1);
+  o.max_seqs = std::max(a.max_running, 1);
+  o.cuda_graphs = a.cuda_graphs;
+  std::unique_ptr<model::GpuStageModel> m;
+  if (weights) {
+    PP_ASSIGN_OR_RETURN(m, model::GpuStageModel::load(config, *weights, layer_begin, layer_end, o));
+  } else {
+    PP_ASSIGN_OR_RETURN(
+        m, model::GpuStageModel::random(config, a.random_seed, layer_begin, layer_end, o));
+  }
+  first_ = m->has_embedding();
+  last_ = m->has_lm_head();
+  n_embd_ = config.n_embd;
+  n_vocab_ = config.n_vocab;
+  block_size_ = a.kv_block_size;
+  const int64_t weight_bytes = m->weight_bytes();
+  if ((!first_ && a.nccl_id_from_previous.empty()) || (!last_ && a.nccl_id_to_next.empty())) {
+    return invalid_argument(
+        "stage {} of {} on cuda:{} was given no NCCL link to its neighbours "
+        "(every stage of a GPU pipeline must run on a GPU)",
+        a.stage, a.n_stages, gpu_device_);
+  }
+  GpuStageLinks links{a.nccl_id_from_previous, a.nccl_id_to_next};
+  PP_ASSIGN_OR_RETURN(gpu_, GpuStage::create(std::move(m), a.stage, a.n_stages, links,
+                                             [this](tp::Message msg) { post(std::move(msg)); }));
+  const double fraction = options_.mem_fraction > 0 ? options_.mem_fraction : a.mem_fraction;
+  tp::Loaded loaded;
+  loaded.stage = stage_;
+  loaded.kv_bytes_per_block = gpu_->model().kv_bytes_per_block(block_size_);
+  PP_ASSIGN_OR_RETURN(loaded.kv_blocks_capacity, gpu_->kv_capacity(block_size_, fraction));
+  loaded.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  spdlog::info(
+      "stage {}: loaded layers [{}, {}) of '{}' on cuda:{} in {:.2f} s ({:.2f} GiB of "
+      "weights); room for {} KV blocks at --mem-fraction {:.2f}",
+      stage_, layer_begin, layer_end, a.model_path, gpu_device_, loaded.load_seconds,
+      double(weight_bytes) / double(1 << 30), loaded.kv_blocks_capacity, fraction);
+  post(loaded);
+  return ok_status();
+}
+
+// The GPU path of run_plan, once the batch is built: sampling specs for the last stage, then
+// everything is queued (GpuStage posts the tokens and the timing when the GPU is done).
+Status StageWorker::run_plan_gpu(const tp::Plan& plan, int64_t arrived_us) {
+  gpu_specs_.clear();
+  gpu_rows_.clear();
+  for (const tp::PlanEntry* e : sampled_) {
+    const tp::WireSampling& w = e->sampling;
+    model::GpuSampleSpec spec;
+    spec.temperature = w.temperature;
+    spec.top_k = std::max(w.top_k, 0);
+    spec.top_p = w.top_p;
+    spec.min_p = w.min_p;
+    spec.seed = w.seed;
+    spec.step = e->sample_step;
+    if (has_penalties(w)) {
+      Mirror& m = mirrors_[e->request_id];
+      m.penalty_output = e->penalty_output_ids;
+      spec.repetition = w.repetition_penalty;
+      spec.presence = w.presence_penalty;
+      spec.frequency = w.frequency_penalty;
+      spec.prompt_ids = m.penalty_prompt;
+      spec.output_ids = m.penalty_output;
+    }
+    gpu_specs_.push_back(spec);
+    gpu_rows_.push_back({e->request_id, w.top_logprobs});
+  }
+  return gpu_->run(plan, batch_, gpu_specs_, gpu_rows_, arrived_us)
+      .with_context(fmt::format("stage {}: plan {}", stage_, plan.seq));
+}
+
+// A later Assign (the coordinator recovering from a lost stage): the same stage keeps its
+// layers; only where its activations go may have changed (a restarted next stage listens
+// elsewhere). Dropping the old sender also frees the send buffers held by its dead link.
+Status StageWorker::reassign(const tp::Assign& a) {
+  if (a.stage != stage_) {
+    return invalid_argument("stage {} was reassigned as stage {}", stage_, a.stage);
+  }
+  if (gpu_) {
+    return unimplemented("stage {} on cuda:{} cannot re-form its NCCL links after a lost stage",
+                         stage_, gpu_device_);
+  }
+  if (last_ || (sender_ && sender_->endpoint() == a.next_data_endpoint)) return ok_status();
+  sender_.reset();
+  PP_ASSIGN_OR_RETURN(auto sender, tp::ActivationSender::connect(a.next_data_endpoint));
+  sender_.emplace(std::move(sender));
+  spdlog::info("stage {}: now sending to '{}'", stage_, a.next_data_endpoint);
   return ok_status();
 }
 
@@ -455,7 +622,8 @@ Status StageWorker::sample(const tp::Plan& plan, const std::vector<float>& logit
 }
 
 Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
-  if (!model_ || !model_->kv()) {
+  const bool have_kv = gpu_ ? gpu_->model().kv_blocks() > 0 : (model_ && model_->kv());
+  if (!have_kv) {
     return make_error(StatusCode::kFailedPrecondition,
                       "stage {}: plan {} arrived before the KV pool was allocated", stage_,
                       plan.seq);
@@ -481,17 +649,19 @@ Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
     }
     if (want_logits) sampled_.push_back(&e);
   }
-  const model::KvCache& kv = *model_->kv();
-  PP_RETURN_IF_ERROR(batch_.validate(kv.block_size(), kv.n_blocks(), first_ ? n_vocab_ : 0)
+  const int64_t kv_block_size = gpu_ ? gpu_->model().kv_block_size() : model_->kv()->block_size();
+  const int64_t kv_blocks = gpu_ ? gpu_->model().kv_blocks() : model_->kv()->n_blocks();
+  PP_RETURN_IF_ERROR(batch_.validate(kv_block_size, kv_blocks, first_ ? n_vocab_ : 0)
                          .with_context(fmt::format("stage {}: plan {}", stage_, plan.seq)));
+  if (gpu_) return run_plan_gpu(plan, arrived_us);
   const int32_t n_tokens = int32_t(batch_.n_tokens());
 
   // The activations of this plan from the previous stage.
   std::optional<size_t> in_slot;
   std::span<const float> input;
   if (!first_) {
-    in_slot = recv_ring_.acquire(stop_);
-    if (!in_slot) return failure();
+    in_slot = recv_ring_.acquire(stop_, &reset_);
+    if (!in_slot) return reset_.load() ? abandoned(plan.seq) : failure();
     std::vector<float>& buf = recv_ring_.at(*in_slot);
     buf.resize(size_t(n_tokens) * size_t(n_embd_));
     for (;;) {
@@ -508,6 +678,10 @@ Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
                            stage_, plan.seq, h.n_tokens, h.n_embd, n_tokens, n_embd_);
         }
         break;
+      }
+      if (reset_.load()) {
+        recv_ring_.release(*in_slot);
+        return abandoned(plan.seq);
       }
       if (stopped() || shutdown_received_.load()) {
         recv_ring_.release(*in_slot);
@@ -539,10 +713,10 @@ Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
     return ok_status();
   }
 
-  std::optional<size_t> out_slot = send_ring_.acquire(stop_);
+  std::optional<size_t> out_slot = send_ring_.acquire(stop_, &reset_);
   if (!out_slot) {
     if (in_slot) recv_ring_.release(*in_slot);
-    return failure();
+    return reset_.load() ? abandoned(plan.seq) : failure();
   }
   std::vector<float>& out = send_ring_.at(*out_slot);
   Status s = model_->forward(batch_, input, out);
@@ -587,8 +761,14 @@ Status StageWorker::compute() {
       spdlog::info("stage {}: shutting down ({})", stage_, std::get<tp::Shutdown>(m).reason);
       return ok_status();
     }
+    if (auto* a = std::get_if<tp::Assign>(&m)) {
+      PP_RETURN_IF_ERROR(reassign(*a));
+      continue;
+    }
     if (auto* a = std::get_if<tp::AllocateKv>(&m)) {
-      PP_RETURN_IF_ERROR(model_->allocate_kv(a->n_blocks, a->block_size)
+      reset_ = false;
+      PP_RETURN_IF_ERROR((gpu_ ? gpu_->allocate_kv(a->n_blocks, a->block_size)
+                               : model_->allocate_kv(a->n_blocks, a->block_size))
                              .with_context(fmt::format("stage {}", stage_)));
       block_size_ = a->block_size;
       mirrors_.clear();
@@ -597,6 +777,7 @@ Status StageWorker::compute() {
     }
     if (auto* plan = std::get_if<tp::Plan>(&m)) {
       Status s = run_plan(*plan, next.arrived_us);
+      if (!s.ok() && s.code() == StatusCode::kCancelled && reset_.load()) continue;  // abandoned
       if (!s.ok()) {
         // Told to shut down while waiting for activations that will never come: a clean end.
         if (s.code() == StatusCode::kCancelled && shutdown_received_.load()) return ok_status();
@@ -614,9 +795,13 @@ Status StageWorker::compute() {
 }
 
 Status StageWorker::run() {
-  if (options_.device != "cpu") {
-    return unimplemented("device '{}' is not supported: this stage worker runs on the cpu",
-                         options_.device);
+  PP_ASSIGN_OR_RETURN(gpu_device_, parse_device(options_.device));
+  kernels::DeviceInfo device = cpu_device_info();
+  if (gpu_device_ >= 0) {
+    if (!kernels::built_with_cuda()) {
+      return unimplemented("device '{}': this pp-stage was built without CUDA", options_.device);
+    }
+    PP_ASSIGN_OR_RETURN(device, kernels::cuda_device(gpu_device_));
   }
   if (options_.threads > 0) cpu::set_num_threads(options_.threads);
   stage_ = options_.stage;
@@ -636,15 +821,25 @@ Status StageWorker::run() {
   hello.stage = options_.stage;
   hello.host = host_name();
   hello.pid = int32_t(::getpid());
-  hello.device = "cpu";
-  hello.device_name = cpu_model_name();
-  hello.device_total_bytes = host_total_memory();
-  hello.device_free_bytes = host_available_memory();
+  hello.device = gpu_device_ >= 0 ? fmt::format("cuda:{}", gpu_device_) : "cpu";
+  hello.device_name = device.name;
+  hello.device_total_bytes = device.total_bytes;
+  hello.device_free_bytes = device.free_bytes;
   hello.data_endpoint = data_endpoint_;
   post(hello);
   io_thread_ = std::thread([this] { io_loop(); });
 
   Status s = compute();
+  if (gpu_) {
+    // The last tokens and timings go out before the control socket closes. A link whose
+    // neighbour is gone can hold a receive forever: then leave the GPU state to the exit.
+    if (!gpu_->drain_for(milliseconds(3000))) {
+      spdlog::warn("stage {}: GPU work still queued at exit; not waiting for it", stage_);
+      (void)gpu_.release();
+    } else {
+      gpu_.reset();
+    }
+  }
   if (!s.ok() && !error_reported_ && s.code() != StatusCode::kCancelled &&
       s.code() != StatusCode::kUnavailable) {
     // A failure of this stage: tell the coordinator (if compute did not already).

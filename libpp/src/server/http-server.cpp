@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "generation.h"
+#include "pp/pipeline/scheduler.h"
 #include "pp/server/openai-protocol.h"
 #include "pp/server/openai-responses.h"
 #include "pp/server/sglang-protocol.h"
@@ -115,7 +116,8 @@ void HttpServer::Impl::declare_metrics() {
   m.declare("pp_requests_finished_total", MetricType::kCounter,
             "Finished requests by finish reason (stop, length, abort).");
   m.declare("pp_requests_rejected_total", MetricType::kCounter,
-            "Requests refused before reaching the engine (queue_full, draining, unhealthy).");
+            "Requests refused before reaching the engine (queue_full, draining, unhealthy, "
+            "never_fits).");
   m.declare("pp_prompt_tokens_total", MetricType::kCounter, "Prompt tokens prefilled.");
   m.declare("pp_generation_tokens_total", MetricType::kCounter, "Tokens generated.");
   m.declare("pp_http_requests_total", MetricType::kCounter, "HTTP responses by status code.");
@@ -253,7 +255,9 @@ void HttpServer::Impl::routes() {
     if (draining.load()) {
       send_json(res, 503, {{"status", "draining"}});
     } else if (!h.ok()) {
-      send_json(res, 503, {{"status", "unavailable"}, {"reason", h.message()}});
+      send_json(res, 503,
+                {{"status", engine->recovering() ? "recovering" : "unavailable"},
+                 {"reason", h.message()}});
     } else {
       send_json(res, 200, {{"status", "ok"}});
     }
@@ -293,7 +297,8 @@ void HttpServer::Impl::handle_generation(ApiKind kind, const httplib::Request& r
     shared->metrics.add("pp_requests_rejected_total", {{"reason", "draining"}});
     return send_unavailable(res, "the server is shutting down");
   }
-  if (Status h = engine->health(); !h.ok()) {
+  // While the engine recovers from a lost stage, requests are taken: they wait for it.
+  if (Status h = engine->health(); !h.ok() && !engine->recovering()) {
     shared->metrics.add("pp_requests_rejected_total", {{"reason", "unhealthy"}});
     return send_unavailable(res, "the engine is unavailable: " + h.message());
   }
@@ -313,7 +318,50 @@ void HttpServer::Impl::handle_generation(ApiKind kind, const httplib::Request& r
   if (auto* e = std::get_if<ApiError>(&tokenized)) return send_error(res, *e);
   std::vector<std::vector<int32_t>>& prompts = std::get<0>(tokenized);
 
+  // Each prompt's sampling parameters, and whether it could ever fit: a request that can never
+  // fit the KV pool gets a 400 before it takes room in the queue (not a 503 to retry forever).
+  // The engine checks again at submit.
+  const int64_t pool_blocks = engine->kv_blocks();
+  const int32_t block_size = engine->kv_block_size();
+  const int64_t pool_room = pool_blocks * block_size + 1;  // + the last token, which needs no KV
+  std::vector<model::SamplingParams> params(prompts.size(), r.params);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const int64_t n = int64_t(prompts[i].size());
+    model::SamplingParams& p = params[i];
+    // A default max_tokens shrinks to what the context and the KV pool leave (a given one was
+    // checked against the context).
+    const int64_t room = std::min(limits.max_context, pool_room) - n;
+    if (!r.max_tokens_given && p.max_tokens > 0 && room > 0) {
+      p.max_tokens = std::min<int64_t>(p.max_tokens, room);
+    }
+    const Status fit =
+        pipeline::resolve_max_tokens(n, p.max_tokens, limits.max_context, pool_blocks, block_size)
+            .status();
+    if (fit.ok()) continue;
+    ApiError e = api_error_from_status(fit);
+    if (fit.code() == StatusCode::kResourceExhausted) {
+      // Named as for the context, so that clients that shorten prompts on this code do so.
+      if (n >= pool_room) {  // the prompt alone
+        e.param = kind == ApiKind::kChat ? "messages" : "prompt";
+      } else {
+        e.param = kind == ApiKind::kGenerate ? "sampling_params.max_new_tokens" : "max_tokens";
+      }
+      e.code = "context_length_exceeded";
+      shared->metrics.add("pp_requests_rejected_total", {{"reason", "never_fits"}});
+    }
+    return send_error(res, e);
+  }
+
   const int64_t total = int64_t(prompts.size()) * r.n;
+  const int64_t cap = int64_t(o.max_running_requests) + int64_t(o.max_queued_requests);
+  if (total > cap) {
+    // More generations than the server ever holds at once: a 503 would be retried forever.
+    return send_error(
+        res, bad_request(fmt::format("{} prompts x n {} = {} generations, more than this server "
+                                     "holds at once ({} running or queued)",
+                                     prompts.size(), r.n, total, cap),
+                         "n"));
+  }
   if (!reserve(total)) {
     shared->metrics.add("pp_requests_rejected_total", {{"reason", "queue_full"}});
     return send_unavailable(res, fmt::format("the server is at capacity ({} requests running or "
@@ -322,16 +370,11 @@ void HttpServer::Impl::handle_generation(ApiKind kind, const httplib::Request& r
   }
   auto gen = std::make_shared<Generation>(shared, engine);
   int64_t submitted = 0;
-  for (std::vector<int32_t>& ids : prompts) {
-    model::SamplingParams p = r.params;
-    // A default max_tokens shrinks to what the context leaves (a given one was checked).
-    if (!r.max_tokens_given && p.max_tokens > 0) {
-      p.max_tokens = std::min<int64_t>(p.max_tokens, limits.max_context - int64_t(ids.size()));
-    }
+  for (size_t i = 0; i < prompts.size(); ++i) {
     for (int32_t j = 0; j < r.n; ++j) {
-      model::SamplingParams pj = p;
+      model::SamplingParams pj = params[i];
       if (r.params.seed) pj.seed = *r.params.seed + uint64_t(j);
-      Status s = gen->submit(ids, pj);
+      Status s = gen->submit(prompts[i], pj);
       if (!s.ok()) {
         shared->n_live.fetch_sub(total - submitted);
         shared->cv.notify_all();
@@ -432,7 +475,21 @@ void HttpServer::Impl::respond_stream(ApiKind kind, const ApiRequest& r,
       const pipeline::RequestEvent& e = ce.event.event;
       const bool final = e.kind == pipeline::EventKind::kFinal;
       if (final && !ce.event.error.ok()) {
-        // The engine failed midway: an error frame, then the end of the stream.
+        // The engine failed midway (a stage lost, no restart left): the choice ends with
+        // finish_reason "abort", an error frame says why, then the end of the stream.
+        switch (st->kind) {
+          case ApiKind::kCompletion:
+            out += sse_data(completion_chunk(st->meta, c.index, "", nullptr, &c));
+            break;
+          case ApiKind::kChat:
+            out += sse_data(chat_chunk(st->meta, c.index, "", std::nullopt, nullptr, &c));
+            break;
+          case ApiKind::kGenerate:
+            out += sse_data(generate_object(
+                c, st->many ? fmt::format("{}-{}", st->meta.id, c.index) : st->meta.id,
+                st->logprobs, st->top_logprobs, seconds_since(g.arrival()), true, st->many));
+            break;
+        }
         out += sse_data(api_error_from_status(ce.event.error).to_json());
         out += kSseDone;
         g.cancel();

@@ -5,7 +5,10 @@
 // and the payload, n_tokens * n_embd little-endian f32. With a `done` callback the payload frame
 // wraps the caller's buffer (zero-copy; ZeroMQ calls the free function, which calls done, once its
 // I/O thread has written the bytes); without one the payload is copied into the message.
+#include <algorithm>
 #include <cstring>
+
+#include <spdlog/spdlog.h>
 
 #include "pp/transport/activation.h"
 #include "zmq-util.h"
@@ -171,21 +174,33 @@ Waker ActivationReceiver::waker() const { return Waker(impl_->wake); }
 Result<std::optional<ActivationHeader>> ActivationReceiver::receive(
     uint64_t expected_seq, std::span<float> out, std::chrono::milliseconds timeout) {
   using R = std::optional<ActivationHeader>;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   try {
     zmq::message_t head;
-    if (!impl_->sock.recv(head, zmq::recv_flags::dontwait)) {
-      PP_ASSIGN_OR_RETURN(auto ready,
-                          detail::poll_channel(impl_->sock, nullptr, *impl_->wake, timeout));
-      if (ready.woken || !ready.socket) return R();
-      if (!impl_->sock.recv(head, zmq::recv_flags::dontwait)) return R();
+    ActivationHeader h;
+    for (;;) {
+      if (!impl_->sock.recv(head, zmq::recv_flags::dontwait)) {
+        const auto left = std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       deadline - std::chrono::steady_clock::now()),
+                                   std::chrono::milliseconds(0));
+        PP_ASSIGN_OR_RETURN(auto ready,
+                            detail::poll_channel(impl_->sock, nullptr, *impl_->wake, left));
+        if (ready.woken || !ready.socket) return R();
+        if (!impl_->sock.recv(head, zmq::recv_flags::dontwait)) return R();
+      }
+      auto parsed = parse_header(head);
+      if (!parsed.ok()) {
+        impl_->drain_rest(head.more());
+        return parsed.status();
+      }
+      h = *parsed;
+      if (!head.more()) return data_loss("activation of seq {} has no payload", h.seq);
+      // An older seq belongs to a plan that a recovery forgot (the sender ran it before the
+      // pipeline was reset): it is stale, never a reordering. Drop it and wait on.
+      if (h.seq >= expected_seq) break;
+      impl_->drain_rest(true);
+      spdlog::info("dropped a stale activation of seq {} (expecting seq {})", h.seq, expected_seq);
     }
-    auto parsed = parse_header(head);
-    if (!parsed.ok()) {
-      impl_->drain_rest(head.more());
-      return parsed.status();
-    }
-    const ActivationHeader h = *parsed;
-    if (!head.more()) return data_loss("activation of seq {} has no payload", h.seq);
     if (h.seq != expected_seq) {
       impl_->drain_rest(true);
       return data_loss("activation of seq {} (group {}) arrived, expected seq {}", h.seq, h.group,

@@ -52,7 +52,14 @@ void fields(Io& io, M& m) {
   io(m.next_data_endpoint, "next_data_endpoint");
   io(m.kv_block_size, "kv_block_size");
   io(m.threads, "threads");
-  io(m.nccl_unique_id, "nccl_unique_id");
+  io(m.nccl_id_from_previous, "nccl_id_from_previous");
+  io(m.nccl_id_to_next, "nccl_id_to_next");
+  io(m.max_batch_tokens, "max_batch_tokens");
+  io(m.max_running, "max_running");
+  io(m.mem_fraction, "mem_fraction");
+  io(m.cuda_graphs, "cuda_graphs");
+  io(m.random_weights, "random_weights");
+  io(m.random_seed, "random_seed");
 }
 
 template <class Io, class M>

@@ -78,6 +78,8 @@ struct ModelConfig {
 Result<ModelConfig> config_from_hf_json(const nlohmann::json& j);
 // Reads DIR/config.json and, when present, DIR/generation_config.json (for eos ids).
 Result<ModelConfig> config_from_hf_dir(const std::filesystem::path& dir);
+// A config.json file, or a folder holding config.json (and maybe generation_config.json).
+Result<ModelConfig> config_from_path(const std::filesystem::path& path);
 // Writes the normalized config back in the older Hugging Face form (what pp-partition stores).
 nlohmann::json config_to_hf_json(const ModelConfig& c);
 

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -96,6 +97,8 @@ class GpuStageModel {
   int64_t weight_bytes() const { return int64_t(weights_.bytes()); }
   // Bytes the scratch buffers take (fixed at load).
   int64_t scratch_bytes() const { return scratch_bytes_; }
+  // Bytes of the attention workspace and metadata buffers now (they grow with the KV pool).
+  int64_t workspace_bytes() const { return int64_t(attn_ws_.bytes() + meta_.bytes()); }
 
   // Bytes of KV (bf16) plus per-block attention workspace one block takes on this stage.
   int64_t kv_bytes_per_block(int64_t block_size) const;
@@ -130,6 +133,8 @@ class GpuStageModel {
               const GpuStageOptions& options);
   Status alloc_weights();
   Status alloc_scratch();
+  // Grows the attention workspace to what a batch of this shape needs (dropping graphs).
+  Status ensure_workspace(int64_t n_tokens, int64_t n_seq, int64_t max_q_len, int64_t max_kv_len);
   // Packs the batch's metadata into the next staging slot and queues its upload. With
   // `pad_tokens` > n_tokens the batch is padded to that many one-token sequences.
   Status upload_metadata(const Batch& batch, int64_t pad_tokens, int64_t table_width);
@@ -174,9 +179,26 @@ class GpuStageModel {
 
   // Sampling: device rows, penalties, results.
   kernels::gpu::DeviceBuffer sample_dev_;
-  kernels::gpu::HostBuffer sample_staging_;
-  kernels::gpu::Event sample_staging_done_, sampled_;
+  std::vector<kernels::gpu::HostBuffer> sample_staging_;  // a ring, as staging_
+  std::vector<kernels::gpu::Event> sample_staging_done_;
+  int sample_staging_next_ = 0;
+  kernels::gpu::Event sampled_;
+  std::vector<kernels::gpu::SampleRow> sample_params_;
+  std::vector<kernels::gpu::PenaltyRow> sample_pen_rows_;
+  std::vector<kernels::gpu::PenaltyEntry> sample_entries_;
+  std::unordered_map<int32_t, size_t> sample_seen_;
   int64_t last_logit_rows_ = 0;
+
+  // PP_GPU_PROFILE=1: GPU time of each forward and each sampling, from event pairs read one
+  // step later, logged when the model is destroyed.
+  struct Profile {
+    bool on = false, pending_forward = false, pending_sample = false;
+    kernels::gpu::Event f0, f1, s0, s1;
+    double forward_ms = 0, sample_ms = 0;
+    int64_t n_forward = 0, n_sample = 0;
+  };
+  Profile prof_;
+  Status profile_collect();
 
   // Decode graphs by (padded batch size, context bucket).
   std::map<std::pair<int64_t, int64_t>, kernels::gpu::Graph> graphs_;

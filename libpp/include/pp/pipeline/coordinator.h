@@ -15,9 +15,20 @@
 //      only to the last stage;
 //   3. hand the scheduler's events to the requests' sinks;
 //   4. heartbeats to every stage; a stage silent for stage_timeout, or whose connection or
-//      process is gone, fails the engine.
+//      process is gone, or that reported an error, is lost: recover() (coordinator-recovery.cpp).
 // Groups: M = P + async depth. Plans carry increasing seq numbers; every stage runs them in
 // that order, which is what pairs the stages' sends and receives.
+//
+// Recovery from lost stages, on the coordinator thread (new plans wait; commands are still
+// taken): the scheduler forgets every plan in flight and requeues every running request for
+// recompute (Scheduler::preempt_all); plans below live_seq_ are stale from then on, and their
+// tokens, timings and activations are ignored (stages drop stale activations by seq). A lost
+// local stage is killed (a hung one too) and spawned again for the same index, while restarts
+// are left; a lost remote stage must send Hello again within stage_timeout. New stages get an
+// Assign; survivors whose next stage now listens elsewhere get an Assign again (they keep their
+// layers and only reconnect). Then every stage gets AllocateKv (all KV is dropped; a stage
+// drops the plans it has not run and gives up the one waiting for activations), and the loop
+// goes on once every stage is Ready. A stage lost meanwhile starts that round again.
 #pragma once
 
 #include <atomic>
@@ -63,6 +74,7 @@ class Coordinator {
 
   EngineStats stats() const;
   Status health() const;
+  bool recovering() const;
   std::vector<transport::StageTiming> timings() const;
 
   // Fixed once start() has succeeded.
@@ -70,6 +82,7 @@ class Coordinator {
   const model::Tokenizer* tokenizer() const { return tokenizer_.get(); }
   const std::vector<StageInfo>& stage_infos() const { return stage_infos_; }
   int64_t kv_blocks() const { return n_blocks_; }
+  int32_t kv_block_size() const { return options_.kv_block_size; }
   int32_t n_groups() const { return options_.n_stages + options_.async_depth; }
   const std::string& endpoint() const { return endpoint_; }
 
@@ -91,7 +104,12 @@ class Coordinator {
     transport::PeerId peer;
     transport::Hello hello;
     std::optional<transport::Loaded> loaded;
+    bool assigned = false;  // sent an Assign since it joined
     bool ready = false;
+  };
+  struct Lost {
+    int32_t stage;
+    std::string why;
   };
 
   // --- coordinator thread
@@ -114,8 +132,21 @@ class Coordinator {
   void publish_stats();
   void record_event(const std::string& kind, std::optional<int> stage, const std::string& msg);
   int32_t stage_of_peer(const transport::PeerId& peer) const;
+  StageLaunch local_launch(int32_t stage) const;
+  Status send_assign(int32_t stage);
+  Status gpu_links(int32_t stage, transport::Assign& a);
+  std::string next_endpoint(int32_t stage) const;
+  void publish_stage_pids();
+
+  // --- recovery (coordinator-recovery.cpp)
+  void note_lost(int32_t stage, std::string why);
+  Status take_losses();
+  Status lose_stage(int32_t stage, const std::string& why);
+  Status recover();
+  void handle_recovery_message(const transport::Incoming& in, bool allocated);
 
   EngineOptions options_;
+  std::vector<std::string> nccl_ids_;  // link k: stage k -> k+1 (GPU pipelines)
   std::thread thread_;
   std::atomic<bool> started_{false};
   std::atomic<uint64_t> next_id_{1};
@@ -147,6 +178,11 @@ class Coordinator {
   transport::Plan plan_;
   std::chrono::steady_clock::time_point next_heartbeat_;
   int64_t preemptions_recorded_ = 0;
+  std::vector<Lost> lost_;              // stages found lost, not yet handled
+  std::vector<std::string> told_next_;  // per stage: next_data_endpoint of its last Assign
+  int32_t n_restarts_ = 0;              // local stages restarted in this run
+  uint64_t next_seq_ = 0;               // one past the seq of the last plan issued
+  uint64_t live_seq_ = 0;               // plans below this were forgotten by a recovery
   struct Busy {
     int64_t first_us = 0, last_us = 0, compute_us = 0, n = 0;
   };
@@ -155,8 +191,9 @@ class Coordinator {
   // Shared with other threads (under mu_).
   mutable std::mutex mu_;
   std::deque<Command> commands_;
-  bool stopping_ = false;  // stop() called
-  bool closed_ = false;    // no more commands accepted
+  bool stopping_ = false;   // stop() called
+  bool closed_ = false;     // no more commands accepted
+  std::string recovering_;  // while recovering: why (the stages lost)
   Status failure_;
   EngineStats stats_;
   std::vector<transport::StageTiming> timings_;

@@ -14,10 +14,18 @@
 // Sinks are called on the coordinator thread, in order per request, and must not block (push to
 // a queue, write to a non-blocking connection); a slow sink slows every request.
 //
-// Failure: when a stage is lost (its process exits, its connection drops, it stops sending
-// heartbeats) or reports an error, the engine fails: every live request gets a final event with
-// finish_reason kAbort and the error, later submits are refused with kUnavailable, and health()
-// says why. (Recovering by restarting the stage and recomputing is future work.)
+// Stage faults: a stage is lost when its process exits, its connection drops (a hung process
+// stops answering the transport's heartbeats and is dropped within about a second), it is silent
+// for stage_timeout, or it reports an error. The engine then recovers (health() says
+// kUnavailable and recovering() true meanwhile; submits are still accepted and wait): every plan
+// in flight is forgotten (late messages of those plans are ignored), every running request is
+// requeued for recompute from its prompt and the tokens generated so far (streams pause; no
+// token is repeated or lost, and sampling with (seed, step) continues identically), a local
+// stage is killed and started again (stage_restarts in all per run), a remote one must rejoin
+// within stage_timeout, and every stage allocates its KV pool afresh. Only when no restart is
+// left, or a remote stage does not rejoin in time, does the engine fail: every live request gets
+// a final event with finish_reason kAbort and the error, later submits are refused with
+// kUnavailable, and health() says why.
 #pragma once
 
 #include <chrono>
@@ -52,6 +60,17 @@ struct EngineOptions {
   int32_t n_stages = 1;    // P; 0 with a partition folder: its number of stages
   partition::Strategy strategy = partition::Strategy::kEven;  // for a model (not a partition)
   std::vector<partition::LayerRange> layers;  // explicit layer ranges (kManual), one per stage
+  std::string layer_split;  // or as text, inclusive ranges "0-19,20-35" (parse_layer_ranges)
+
+  // --- the device
+  // "cpu", or "cuda": stage k on GPU gpus[k % gpus.size()] (gpus empty: every visible GPU).
+  std::string device = "cpu";
+  std::vector<int> gpus;
+  double mem_fraction = 0.85;  // GPU: share of each device for weights, buffers and KV
+  bool cuda_graphs = true;     // GPU: replay CUDA graphs for decode steps
+  // model_path names a config (config.json or its folder); weights are random from this seed,
+  // made on each stage (a real-size model without a download).
+  std::optional<uint64_t> random_weights;
 
   // --- scheduling
   int32_t async_depth = 1;  // D: M = P + D micro-batch groups in flight at most
@@ -72,7 +91,10 @@ struct EngineOptions {
   std::string stage_log_level = "warn";
   std::vector<std::string> stage_args;                 // extra arguments for local stages
   std::chrono::milliseconds register_timeout{120000};  // all stages ready within this
-  std::chrono::milliseconds stage_timeout{5000};       // heartbeat silence: the stage is lost
+  // Heartbeat silence after which a stage is lost; also how long a lost remote stage has to
+  // rejoin.
+  std::chrono::milliseconds stage_timeout{5000};
+  int32_t stage_restarts = 3;  // restarts of lost local stages allowed per run, all together
   // Called (on the coordinator thread) once the control socket is bound, with the endpoint the
   // stages connect to; pp-serve prints it when it waits for remote stages.
   std::function<void(const std::string& endpoint)> on_listening;
@@ -132,8 +154,12 @@ struct StageInfo {
 
 struct EngineStats {
   SchedulerStats scheduler;
-  std::vector<StageBusy> stages;  // compute time per stage since start (index = stage)
-  int64_t n_submitted = 0;        // requests accepted by submit()
+  std::vector<StageBusy> stages;    // compute time per stage since start (index = stage)
+  int64_t n_submitted = 0;          // requests accepted by submit()
+  std::vector<int32_t> stage_pids;  // the stages' processes now (index = stage; 0 while lost)
+  int32_t n_stage_restarts = 0;     // local stages restarted since start
+  int32_t n_recoveries = 0;         // recoveries from lost stages since start (begun)
+  bool recovering = false;          // recovering from a lost stage now
   double uptime_s = 0;
 };
 
@@ -156,8 +182,12 @@ class Engine {
   void cancel(uint64_t id);
 
   EngineStats stats() const;
-  // Ok while the engine runs; the reason once it has failed or was shut down.
+  // Ok while the engine runs; the reason while it recovers from a lost stage, or once it has
+  // failed or was shut down.
   Status health() const;
+  // True while the engine recovers from a lost stage (health() is then not ok, but requests are
+  // still accepted: they wait).
+  bool recovering() const;
   // Stops the stages (aborting live requests), waits for local stage processes to exit, writes
   // the trace and ends the serving run. Idempotent. Returns the engine's failure, if it failed.
   Status shutdown();
@@ -166,6 +196,7 @@ class Engine {
   const model::Tokenizer* tokenizer() const;
   const std::vector<StageInfo>& stages() const;
   int64_t kv_blocks() const;
+  int32_t kv_block_size() const;  // tokens per KV block
   int32_t n_groups() const;
   const std::string& endpoint() const;  // where the stages connected
   // Every StageTiming received so far (with keep_timings or a trace path; else empty).

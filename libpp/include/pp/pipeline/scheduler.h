@@ -114,6 +114,17 @@ struct SchedulerStats {
 // The sampling parameters as the last stage needs them.
 transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_t seed);
 
+// Admission's size check, shared by Scheduler::submit and the engine's submit (which answers
+// the caller at once): the generation limit of a request of n_prompt tokens asking for
+// max_tokens (0: until the context or the KV pool is full) in a pool of n_blocks blocks of
+// block_size tokens. The last generated token is never fed back, so a request needs KV for
+// n_prompt + limit - 1 tokens. Errors: kInvalidArgument (an empty prompt, a negative
+// max_tokens), kOutOfRange (the prompt fills the context, or prompt +
+// max_tokens exceeds it), kResourceExhausted (prompt + max_tokens, or the prompt alone, needs
+// more blocks than the whole pool: it could never run, so it must not wait).
+Result<int64_t> resolve_max_tokens(int64_t n_prompt, int64_t max_tokens, int64_t max_context,
+                                   int64_t n_blocks, int32_t block_size);
+
 class Scheduler {
  public:
   // Options must be valid (a bug otherwise: call validate() first). `tokenizer` may be null:
@@ -127,8 +138,8 @@ class Scheduler {
   // kInvalidArgument (empty prompt, bad sampling parameters, stop strings without a tokenizer),
   // kOutOfRange (a prompt id outside the vocabulary; prompt + max_tokens beyond max_context, or
   // a prompt that fills it), kResourceExhausted (its whole context needs more KV blocks than the
-  // pool has: it could never run). An absent params.seed is resolved here. max_tokens 0 means
-  // until the context is full.
+  // pool has: it could never run; see resolve_max_tokens). An absent params.seed is resolved
+  // here. max_tokens 0 means until the context or the KV pool is full.
   Status submit(uint64_t id, std::vector<int32_t> prompt_ids, model::SamplingParams params,
                 double arrival_s = 0.0);
 

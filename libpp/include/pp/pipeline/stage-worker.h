@@ -37,8 +37,11 @@ namespace pp::pipeline {
 struct StageWorkerOptions {
   std::string coordinator;     // "ipc:///path" or "tcp://HOST:PORT"
   int32_t stage = -1;          // the stage to be (-1: whichever the coordinator assigns)
-  std::string device = "cpu";  // "cpu" (this build runs stages on the CPU only)
-  int32_t threads = 0;         // compute threads; 0: what the coordinator says, else all cores
+  std::string device = "cpu";  // "cpu", "cuda" (cuda:0) or "cuda:N" (a build with CUDA)
+  // GPU: the share of the device's memory for weights, buffers and KV (SGLang's
+  // --mem-fraction-static); 0: what the coordinator says.
+  double mem_fraction = 0;
+  int32_t threads = 0;  // compute threads; 0: what the coordinator says, else all cores
   // Where to receive activations. With a tcp:// coordinator: the address to bind (empty: the
   // local address that routes to the coordinator). With ipc://: unused (a socket file next to
   // the coordinator's).

@@ -18,10 +18,14 @@
 // blocks; the connection's thread drains the queue with a short timeout, so a client that went
 // away is noticed at the next write and its requests are cancelled on every stage.
 //
-// Admission: requests the engine holds (running or queued) are counted here; once a new one
-// would exceed max_running_requests + max_queued_requests it is refused at once with 503 and
-// Retry-After. Draining (begin_drain, on SIGTERM) refuses every new request with 503 while the
-// ones in progress finish.
+// Admission: a request that can never run is refused with 400 before it takes a place: one
+// whose prompt + max_tokens (or prompt alone) needs more KV blocks than the whole pool (code
+// context_length_exceeded; a default max_tokens first shrinks to what the context and the pool
+// leave), or with more generations (prompts x n) than max_running_requests +
+// max_queued_requests. Requests the engine holds (running or queued) are counted here; once a
+// new one would exceed max_running_requests + max_queued_requests it is refused at once with
+// 503 and Retry-After. Draining (begin_drain, on SIGTERM) refuses every new request with 503 while
+// the ones in progress finish.
 #pragma once
 
 #include <chrono>

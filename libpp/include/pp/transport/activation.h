@@ -3,7 +3,7 @@
 //
 // ActivationChannel is the interface a stage worker uses: send() to the next stage, receive()
 // from the previous one. Every stage processes plans in issue order, so a receive names the seq
-// it expects and anything else arriving is an error, never silently reordered. Today's
+// it expects: a later one is an error, never silently reordered; an earlier one is stale. Today's
 // implementation is HostActivationChannel (CPU backend, ZeroMQ); the NCCL one (GPU backend) slots
 // in behind the same interface.
 //
@@ -58,9 +58,11 @@ class ActivationChannel {
                       SendDone done = {}) = 0;
 
   // Receives the activations of micro-batch `expected_seq` into `out` (its first n_tokens*n_embd
-  // floats), waiting at most `timeout`; empty on timeout or wake. kDataLoss when another seq
+  // floats), waiting at most `timeout`; empty on timeout or wake. kDataLoss when a later seq
   // arrives or the frame is malformed (the message is consumed either way); kOutOfRange when
-  // `out` is too small; kFailedPrecondition on a channel without a previous stage.
+  // `out` is too small; kFailedPrecondition on a channel without a previous stage. An earlier
+  // seq is stale (a plan the coordinator forgot when it recovered from a lost stage): it is
+  // dropped and the receive waits on.
   virtual Result<std::optional<ActivationHeader>> receive(uint64_t expected_seq,
                                                           std::span<float> out,
                                                           std::chrono::milliseconds timeout) = 0;

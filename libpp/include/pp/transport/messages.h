@@ -16,7 +16,7 @@
 namespace pp::transport {
 
 inline constexpr uint32_t kWireMagic = 0x31505050;  // "PPP1" little-endian
-inline constexpr uint16_t kWireVersion = 1;
+inline constexpr uint16_t kWireVersion = 2;
 
 // stage -> coordinator, first message on connect.
 struct Hello {
@@ -41,7 +41,17 @@ struct Assign {
   std::string next_data_endpoint;  // where to send activations (empty for the last stage)
   int64_t kv_block_size = 16;
   int32_t threads = 0;
-  std::string nccl_unique_id;  // 128 bytes when the GPU transport is used, else empty
+  // GPU stages: the NCCL link ids (128 bytes each; empty where the link is not NCCL), and what
+  // sizes the device buffers and the KV pool.
+  std::string nccl_id_from_previous;
+  std::string nccl_id_to_next;
+  int32_t max_batch_tokens = 512;  // tokens of one micro-batch at most
+  int32_t max_running = 256;       // sequences of one micro-batch at most
+  float mem_fraction = 0.85f;      // share of the device's memory for weights, buffers and KV
+  bool cuda_graphs = true;         // replay CUDA graphs for decode steps
+  // model_path is a config (config.json or its folder), the weights random from this seed.
+  bool random_weights = false;
+  uint64_t random_seed = 0;
 
   friend bool operator==(const Assign&, const Assign&) = default;
 };
