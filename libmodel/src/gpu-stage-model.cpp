@@ -182,6 +182,7 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
     PP_ASSIGN_OR_RETURN(sample_staging_done_[size_t(i)], gpu::Event::create());
   }
   PP_ASSIGN_OR_RETURN(sampled_, gpu::Event::create());
+  PP_ASSIGN_OR_RETURN(copied_, gpu::Event::create());
   if (const char* e = std::getenv("PP_GPU_PROFILE"); e && *e && std::string(e) != "0") {
     prof_.on = true;
     PP_ASSIGN_OR_RETURN(prof_.f0, gpu::Event::create(true));
@@ -720,6 +721,7 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   const size_t need = align_up(total, 16) + size_t(M) * 8 * (1 + gpu::kMaxTopLogprobs);
   if (sample_dev_.bytes() < need) {
     PP_RETURN_IF_ERROR(stream_.synchronize());
+    PP_RETURN_IF_ERROR(copy_stream_.synchronize());
     PP_ASSIGN_OR_RETURN(sample_dev_, gpu::DeviceBuffer::allocate(need * 2));
   }
   char* host = staging.as<char>();
@@ -727,6 +729,9 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   std::memcpy(host + params_bytes, pen_rows.data(), pen_rows.size() * sizeof(gpu::PenaltyRow));
   if (!entries.empty()) std::memcpy(host + params_bytes + pen_bytes, entries.data(), entry_bytes);
   char* dev = sample_dev_.as<char>();
+  // The last sampling's results must be on their way to the host before this one's parameters
+  // and results overwrite the device buffer (a wait on the GPU, not on the host).
+  PP_RETURN_IF_ERROR(copied_.wait_on(stream_));
   PP_RETURN_IF_ERROR(gpu::copy_async(dev, host, total, stream_));
   PP_RETURN_IF_ERROR(staged.record(stream_));
 
@@ -773,6 +778,7 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
     PP_RETURN_IF_ERROR(gpu::copy_async(out + 2 * M * 4 + M * gpu::kMaxTopLogprobs * 4, top_lp,
                                        size_t(R * n_top) * 4, copy_stream_));
   }
+  PP_RETURN_IF_ERROR(copied_.record(copy_stream_));
   return slot.ready_.record(copy_stream_);
 }
 

@@ -182,7 +182,8 @@ class GpuStageModel {
   std::vector<kernels::gpu::HostBuffer> sample_staging_;  // a ring, as staging_
   std::vector<kernels::gpu::Event> sample_staging_done_;
   int sample_staging_next_ = 0;
-  kernels::gpu::Event sampled_;
+  kernels::gpu::Event sampled_;  // compute: sampled; the copy stream waits on it
+  kernels::gpu::Event copied_;   // copy stream: the results read out of sample_dev_
   std::vector<kernels::gpu::SampleRow> sample_params_;
   std::vector<kernels::gpu::PenaltyRow> sample_pen_rows_;
   std::vector<kernels::gpu::PenaltyEntry> sample_entries_;
