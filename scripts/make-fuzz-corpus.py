@@ -297,10 +297,11 @@ def wvec(fmt, xs):
 
 def make_wire(out):
     t = "wire"
-    hello = (struct.pack("<i", 1) + wstr("host-a") + struct.pack("<i", 4242) + wstr("cpu")
+    hello = (struct.pack("<ii", 1, 0) + wstr("host-a") + struct.pack("<i", 4242) + wstr("cpu")
              + wstr("x86") + struct.pack("<qq", 1 << 34, 1 << 33) + wstr("tcp://10.0.0.1:5000"))
     write(out, t, "hello", frame(1, hello))
-    assign = (struct.pack("<ii", 1, 2) + wstr("/models/p") + struct.pack("<qq", 2, 4)
+    assign = (struct.pack("<ii", 1, 2) + struct.pack("<I", 1) + wstr("cuda:1") + struct.pack("<i", 0)
+              + wstr("/models/p") + struct.pack("<qq", 2, 4)
               + wstr("tcp://b:1") + struct.pack("<qi", 16, 2) + wstr("") + wstr("n" * 128)
               + struct.pack("<iif??Q", 512, 256, 0.85, True, False, 0))
     write(out, t, "assign", frame(2, assign))

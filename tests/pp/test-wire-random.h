@@ -21,11 +21,11 @@ class RandomMessages {
     using namespace transport;
     switch (type_index) {
       case 0:
-        return Hello{i32(), str(), i32(), str(), str(), i64(), i64(), str()};
+        return Hello{i32(), i32(), str(), i32(), str(), str(), i64(), i64(), str()};
       case 1:
-        return Assign{i32(), i32(),           str(),           i64(),    i64(), str(),
-                      i64(), i32(),           str(140),        str(140), i32(), i32(),
-                      f32(), bool(u64() & 1), bool(u64() & 1), u64()};
+        return Assign{i32(), i32(), vec_str(4), i32(),           str(),           i64(),
+                      i64(), str(), i64(),      i32(),           str(140),        str(140),
+                      i32(), i32(), f32(),      bool(u64() & 1), bool(u64() & 1), u64()};
       case 2:
         return Loaded{i32(), i64(), i64(), f64()};
       case 3:
@@ -105,6 +105,11 @@ class RandomMessages {
     std::string s(len(max), '\0');
     for (auto& c : s) c = static_cast<char>(g_());
     return s;
+  }
+  std::vector<std::string> vec_str(size_t max) {
+    std::vector<std::string> v(len(max));
+    for (auto& x : v) x = str();
+    return v;
   }
   std::vector<int32_t> vec_i32(size_t max) {
     std::vector<int32_t> v(len(max));

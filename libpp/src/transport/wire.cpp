@@ -32,6 +32,7 @@ template <class Io, class M>
 requires Is<M, Hello>
 void fields(Io& io, M& m) {
   io(m.stage, "stage");
+  io(m.rank, "rank");
   io(m.host, "host");
   io(m.pid, "pid");
   io(m.device, "device");
@@ -46,6 +47,8 @@ requires Is<M, Assign>
 void fields(Io& io, M& m) {
   io(m.stage, "stage");
   io(m.n_stages, "n_stages");
+  io(m.devices, "devices");
+  io(m.rank, "rank");
   io(m.model_path, "model_path");
   io(m.layer_begin, "layer_begin");
   io(m.layer_end, "layer_end");
@@ -196,6 +199,10 @@ class Sizer {
   void operator()(const std::vector<T>& v, const char*) {
     n_ += 4 + v.size() * sizeof(T);
   }
+  void operator()(const std::vector<std::string>& v, const char*) {
+    n_ += 4;
+    for (const std::string& e : v) (*this)(e, "");
+  }
   template <class T>
   void operator()(const std::vector<T>& v, const char*) {
     n_ += 4;
@@ -229,6 +236,10 @@ class Writer {
     put_count(v.size());
     if (!v.empty()) std::memcpy(p_, v.data(), v.size() * sizeof(T));
     p_ += v.size() * sizeof(T);
+  }
+  void operator()(const std::vector<std::string>& v, const char*) {
+    put_count(v.size());
+    for (const std::string& e : v) (*this)(e, "");
   }
   template <class T>
   void operator()(const std::vector<T>& v, const char*) {
@@ -298,6 +309,12 @@ class Reader {
     v.resize(n);
     if (n) std::memcpy(v.data(), body_.data() + pos_, size_t(n) * sizeof(T));
     pos_ += size_t(n) * sizeof(T);
+  }
+  void operator()(std::vector<std::string>& v, const char* name) {
+    uint32_t n = 0;
+    if (!get_count(n, 4, name)) return;  // each string: its length at least
+    v.resize(n);
+    for (uint32_t i = 0; i < n && !failed(); ++i) (*this)(v[i], name);
   }
   template <class T>
   void operator()(std::vector<T>& v, const char* name) {

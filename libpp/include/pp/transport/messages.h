@@ -16,14 +16,18 @@
 namespace pp::transport {
 
 inline constexpr uint32_t kWireMagic = 0x31505050;  // "PPP1" little-endian
-inline constexpr uint16_t kWireVersion = 2;
+inline constexpr uint16_t kWireVersion = 3;
+
+// A stage is a group of devices, one worker process per device; a worker's index in its group is
+// its rank (the group's size is 1 until tensor parallelism lands).
 
 // stage -> coordinator, first message on connect.
 struct Hello {
   int32_t stage = -1;  // which stage this worker wants to be (-1: any)
+  int32_t rank = -1;   // which rank of that stage's group (-1: any)
   std::string host;    // hostname
   int32_t pid = 0;
-  std::string device;       // "cpu", "cuda:0"
+  std::string device;       // this worker's device: "cpu", "cuda:0"
   std::string device_name;  // "NVIDIA H200", CPU model
   int64_t device_total_bytes = 0;
   int64_t device_free_bytes = 0;
@@ -36,6 +40,10 @@ struct Hello {
 struct Assign {
   int32_t stage = 0;
   int32_t n_stages = 0;
+  // The stage's device group, one entry per rank ("cpu", "cuda:N"; rank r's worker runs on
+  // devices[r]), and the rank of the worker this Assign goes to.
+  std::vector<std::string> devices;
+  int32_t rank = 0;
   std::string model_path;  // a partition folder or a model (folder or .gguf)
   int64_t layer_begin = 0, layer_end = 0;
   std::string next_data_endpoint;  // where to send activations (empty for the last stage)
