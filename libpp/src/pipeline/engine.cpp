@@ -1,7 +1,7 @@
 // Engine: the thread-safe face of the coordinator (see engine.h); EventQueue.
 #include "pp/pipeline/engine.h"
 
-#include "pp/pipeline/coordinator.h"
+#include "coordinator.h"
 
 namespace pp::pipeline {
 

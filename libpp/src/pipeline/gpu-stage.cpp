@@ -6,12 +6,18 @@
 #include <algorithm>
 #include <cstring>
 
+#include "pp/assert.h"
+#include "pp/kernels/device.h"
 #include "pp/pipeline/trace.h"
 
 namespace pp::pipeline {
 
+Result<std::unique_ptr<StageBackend>> make_gpu_stage(const StageSpec& spec, const StageEnv& env) {
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<GpuStage> g, GpuStage::create(spec, env));
+  return std::unique_ptr<StageBackend>(std::move(g));
+}
+
 namespace gpu = kernels::gpu;
-namespace tp = transport;
 
 struct GpuStage::Pending {
   uint64_t seq = 0;
@@ -35,17 +41,40 @@ Result<std::unique_ptr<gpu::NcclComm>> join_link(const std::string& id, int rank
 
 }  // namespace
 
-Result<std::unique_ptr<GpuStage>> GpuStage::create(std::unique_ptr<model::GpuStageModel> model,
-                                                   int32_t stage, int32_t n_stages,
-                                                   const GpuStageLinks& links, Post post) {
+Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const StageEnv& env) {
+  PP_ASSIGN_OR_RETURN(const int device, parse_device(spec.device()));
+  if (device < 0) return invalid_argument("the GPU backend got device '{}'", spec.device());
+  if (!kernels::built_with_cuda()) {
+    return unimplemented("device '{}': this pp-stage was built without CUDA", spec.device());
+  }
   std::unique_ptr<GpuStage> g(new GpuStage());
-  g->model_ = std::move(model);
-  g->stage_ = stage;
-  g->n_stages_ = n_stages;
-  g->first_ = g->model_->has_embedding();
-  g->last_ = g->model_->has_lm_head();
-  g->post_ = std::move(post);
-  PP_RETURN_IF_ERROR(gpu::set_device(g->model_->options().device));
+  g->spec_ = spec;
+  g->first_ = spec.first();
+  g->last_ = spec.last();
+  g->post_ = env.post;
+  PP_ASSIGN_OR_RETURN(g->device_info_, kernels::cuda_device(device));
+  if ((!g->first_ && spec.links.nccl_id_from_previous.empty()) ||
+      (!g->last_ && spec.links.nccl_id_to_next.empty())) {
+    return invalid_argument(
+        "stage {} of {} on {} was given no NCCL link to its neighbours "
+        "(every stage of a GPU pipeline must run on a GPU)",
+        spec.stage, spec.n_stages, spec.device());
+  }
+  model::GpuStageOptions o;
+  o.device = device;
+  o.max_tokens = std::max(spec.max_batch_tokens, 1);
+  o.max_seqs = std::max(spec.max_running, 1);
+  o.cuda_graphs = spec.cuda_graphs;
+  const partition::StageWeights& w = spec.weights;
+  if (w.weights) {
+    PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,
+                                                              w.layers.end, o));
+  } else {
+    PP_ASSERT_MSG(w.random_seed.has_value(), "a stage spec without weights or a random seed");
+    PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::random(w.config, *w.random_seed,
+                                                                w.layers.begin, w.layers.end, o));
+  }
+  PP_RETURN_IF_ERROR(gpu::set_device(device));
   PP_ASSIGN_OR_RETURN(g->recv_stream_, gpu::Stream::create(true));
   PP_ASSIGN_OR_RETURN(g->send_stream_, gpu::Stream::create(true));
   const model::ModelConfig& c = g->model_->config();
@@ -63,11 +92,11 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(std::unique_ptr<model::GpuSta
   // circle.
   if (!g->first_) {
     PP_RETURN_IF_ERROR(make_ring(g->recv_));
-    PP_ASSIGN_OR_RETURN(g->from_previous_, join_link(links.nccl_id_from_previous, 1));
+    PP_ASSIGN_OR_RETURN(g->from_previous_, join_link(spec.links.nccl_id_from_previous, 1));
   }
   if (!g->last_) {
     PP_RETURN_IF_ERROR(make_ring(g->send_));
-    PP_ASSIGN_OR_RETURN(g->to_next_, join_link(links.nccl_id_to_next, 0));
+    PP_ASSIGN_OR_RETURN(g->to_next_, join_link(spec.links.nccl_id_to_next, 0));
   }
   if (g->last_) {
     for (int i = 0; i < kSampleSlots; ++i) {
@@ -85,8 +114,12 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(std::unique_ptr<model::GpuSta
   return g;
 }
 
+std::string GpuStage::describe() const {
+  return fmt::format("{} ({})", spec_.device(), device_info_.name);
+}
+
 GpuStage::~GpuStage() {
-  (void)drain();
+  (void)drain_all();
   {
     std::lock_guard lock(mu_);
     stop_ = true;
@@ -98,7 +131,8 @@ GpuStage::~GpuStage() {
   (void)send_stream_.synchronize();
 }
 
-Result<int64_t> GpuStage::kv_capacity(int64_t block_size, double mem_fraction) const {
+Result<int64_t> GpuStage::kv_capacity(int64_t block_size) const {
+  const double mem_fraction = spec_.mem_fraction;
   PP_ASSIGN_OR_RETURN(gpu::MemInfo mem, gpu::mem_info());
   const int64_t per_block = model_->kv_bytes_per_block(block_size);
   int64_t rings = 0;
@@ -112,14 +146,35 @@ Result<int64_t> GpuStage::kv_capacity(int64_t block_size, double mem_fraction) c
 }
 
 Status GpuStage::allocate_kv(int64_t n_blocks, int64_t block_size) {
-  PP_RETURN_IF_ERROR(drain());
+  PP_RETURN_IF_ERROR(drain_all());
   return model_->allocate_kv(n_blocks, block_size);
 }
 
-Status GpuStage::run(const tp::Plan& plan, const model::Batch& batch,
-                     std::span<const model::GpuSampleSpec> specs,
-                     std::span<const GpuSampledRow> rows, int64_t arrived_us) {
+Status GpuStage::run(const transport::Plan& plan, const model::Batch& batch,
+                     std::span<const SampleRow> sampled, int64_t arrived_us) {
   PP_RETURN_IF_ERROR(failure());
+  // The sampled rows' specs (last stage), in logit-row order.
+  specs_.clear();
+  rows_.clear();
+  for (const SampleRow& r : sampled) {
+    const transport::WireSampling& w = r.sampling;
+    model::GpuSampleSpec spec;
+    spec.temperature = w.temperature;
+    spec.top_k = std::max(w.top_k, 0);
+    spec.top_p = w.top_p;
+    spec.min_p = w.min_p;
+    spec.seed = w.seed;
+    spec.step = r.step;
+    spec.repetition = w.repetition_penalty;
+    spec.presence = w.presence_penalty;
+    spec.frequency = w.frequency_penalty;
+    spec.prompt_ids = r.prompt_ids;
+    spec.output_ids = r.output_ids;
+    specs_.push_back(spec);
+    rows_.push_back({r.request_id, w.top_logprobs});
+  }
+  const std::span<const model::GpuSampleSpec> specs = specs_;
+  const std::span<const GpuSampledRow> rows = rows_;
   gpu::Stream& compute = model_->stream();
   const int64_t T = batch.n_tokens();
   const size_t bytes = size_t(T * model_->config().n_embd) * sizeof(gpu::Bf16);
@@ -199,15 +254,28 @@ Status GpuStage::run(const tp::Plan& plan, const model::Batch& batch,
   return ok_status();
 }
 
-Status GpuStage::drain() {
+Status GpuStage::drain_all() {
   std::unique_lock lock(mu_);
   cv_.wait(lock, [&] { return pending_.empty() || !failure_.ok() || stop_; });
   return failure_;
 }
 
-bool GpuStage::drain_for(std::chrono::milliseconds timeout) {
+bool GpuStage::drain(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   return cv_.wait_for(lock, timeout, [&] { return pending_.empty() || !failure_.ok() || stop_; });
+}
+
+void GpuStage::abort() {
+  // A link whose neighbour is gone can hold a receive forever: post nothing more; the caller
+  // leaves this object (streams, the completion thread waiting on them) to the process's exit.
+  std::lock_guard lock(mu_);
+  aborted_ = true;
+}
+
+Status GpuStage::relink(const StageLinks&) {
+  // Issue 22: the coordinator would abort the NCCL communicators and hand out new link ids.
+  return unimplemented("stage {} on {} cannot re-form its NCCL links after a lost stage",
+                       spec_.stage, spec_.device());
 }
 
 Status GpuStage::failure() {
@@ -231,7 +299,7 @@ void GpuStage::completion_loop() {
       p = pending_.front().get();
     }
     Status s = p->end.synchronize();
-    tp::Tokens tokens;
+    transport::Tokens tokens;
     if (s.ok() && p->sample_slot >= 0) {
       model::SampleSlot& slot = sample_slots_[size_t(p->sample_slot)];
       s = slot.wait();
@@ -240,7 +308,7 @@ void GpuStage::completion_loop() {
         tokens.group = p->group;
         tokens.tokens.resize(p->rows.size());
         for (size_t i = 0; i < p->rows.size(); ++i) {
-          tp::SampledToken& t = tokens.tokens[i];
+          transport::SampledToken& t = tokens.tokens[i];
           t.request_id = p->rows[i].request_id;
           t.token = slot.tokens()[i];
           const int32_t want = p->rows[i].top_logprobs;
@@ -255,9 +323,9 @@ void GpuStage::completion_loop() {
       }
     }
     if (s.ok()) s = p->sent.synchronize();
-    tp::StageTiming timing;
+    transport::StageTiming timing;
     if (s.ok()) {
-      timing.stage = stage_;
+      timing.stage = spec_.stage;
       timing.seq = p->seq;
       timing.group = p->group;
       timing.n_tokens = p->n_tokens;
@@ -271,12 +339,17 @@ void GpuStage::completion_loop() {
         timing.sent_us = *sent;
       }
     }
-    if (s.ok() && p->sample_slot >= 0) post_(std::move(tokens));
-    if (s.ok()) post_(timing);
+    bool aborted = false;
+    {
+      std::lock_guard lock(mu_);
+      aborted = aborted_;
+    }
+    if (s.ok() && !aborted && p->sample_slot >= 0) post_(std::move(tokens));
+    if (s.ok() && !aborted) post_(timing);
     {
       std::lock_guard lock(mu_);
       if (!s.ok() && failure_.ok()) {
-        failure_ = s.with_context(fmt::format("stage {}: plan {}", stage_, p->seq));
+        failure_ = s.with_context(fmt::format("stage {}: plan {}", spec_.stage, p->seq));
       }
       if (p->sample_slot >= 0) sample_busy_[size_t(p->sample_slot)] = false;
       free_pending_.push_back(std::move(pending_.front()));

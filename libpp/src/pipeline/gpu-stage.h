@@ -1,5 +1,6 @@
-// GpuStage: the GPU half of a stage worker. It owns the stage's GpuStageModel, its streams and
-// NCCL links, and turns each plan into queued GPU work without waiting for the GPU:
+// GpuStage: the GPU stage backend (stage-backend.h). It loads the stage's GpuStageModel on its
+// device, owns its streams and NCCL links, and turns each plan into queued GPU work without
+// waiting for the GPU:
 //
 //   recv stream:    [wait: slot free] ncclRecv(plan n) into recv slot          -> received(n)
 //   compute stream: [wait: received(n), send slot free] forward(n) [sample(n)] -> done(n)
@@ -29,17 +30,14 @@
 #include <thread>
 #include <vector>
 
+#include "pp/kernels/device.h"
 #include "pp/kernels/gpu.h"
 #include "pp/model/gpu-stage-model.h"
+#include "pp/pipeline/stage-backend.h"
 #include "pp/status.h"
 #include "pp/transport/messages.h"
 
 namespace pp::pipeline {
-
-struct GpuStageLinks {
-  std::string nccl_id_from_previous;  // 128 bytes; empty at stage 0
-  std::string nccl_id_to_next;        // 128 bytes; empty at the last stage
-};
 
 // What the completion thread needs of one sampled row.
 struct GpuSampledRow {
@@ -47,46 +45,54 @@ struct GpuSampledRow {
   int32_t top_logprobs = -1;  // WireSampling::top_logprobs
 };
 
-class GpuStage {
+class GpuStage final : public StageBackend {
  public:
-  using Post = std::function<void(transport::Message)>;
+  // Loads the spec's layers on its device; joins the NCCL links (blocks until the neighbours
+  // join too).
+  static Result<std::unique_ptr<GpuStage>> create(const StageSpec& spec, const StageEnv& env);
+  ~GpuStage() override;
 
-  // Takes the loaded model; joins the NCCL links (blocks until the neighbours join too).
-  static Result<std::unique_ptr<GpuStage>> create(std::unique_ptr<model::GpuStageModel> model,
-                                                  int32_t stage, int32_t n_stages,
-                                                  const GpuStageLinks& links, Post post);
-  ~GpuStage();
+  std::string describe() const override;
+  int64_t weight_bytes() const override { return model_->weight_bytes(); }
+  int64_t kv_bytes_per_block(int64_t block_size) const override {
+    return model_->kv_bytes_per_block(block_size);
+  }
+  // KV blocks of `block_size` that fit when the stage's static memory (weights, scratch, KV)
+  // may take the spec's mem_fraction of the device's total memory (SGLang's
+  // --mem-fraction-static), capped by what is free now.
+  Result<int64_t> kv_capacity(int64_t block_size) const override;
+  // Waits for queued work, then (re)allocates the KV pool.
+  Status allocate_kv(int64_t n_blocks, int64_t block_size) override;
+  int64_t kv_blocks() const override { return model_->kv_blocks(); }
+  int64_t kv_block_size() const override { return model_->kv_block_size(); }
+
+  // Queues plan `plan` (its batch already built); `rows`: the sampled rows, in logit-row order
+  // (last stage only).
+  Status run(const transport::Plan& plan, const model::Batch& batch,
+             std::span<const SampleRow> rows, int64_t arrived_us) override;
+  Status relink(const StageLinks& links) override;
+  bool drain(std::chrono::milliseconds timeout) override;
+  void abort() override;
 
   model::GpuStageModel& model() { return *model_; }
-  // KV blocks of `block_size` that fit when the stage's static memory (weights, scratch, KV)
-  // may take `mem_fraction` of the device's total memory (SGLang's --mem-fraction-static),
-  // capped by what is free now.
-  Result<int64_t> kv_capacity(int64_t block_size, double mem_fraction) const;
-  // Waits for queued work, then (re)allocates the KV pool.
-  Status allocate_kv(int64_t n_blocks, int64_t block_size);
-
-  // Queues plan `plan` (its batch already built). `specs` and `rows`: the sampled rows, in
-  // logit-row order (last stage only).
-  Status run(const transport::Plan& plan, const model::Batch& batch,
-             std::span<const model::GpuSampleSpec> specs, std::span<const GpuSampledRow> rows,
-             int64_t arrived_us);
-  // Blocks until everything queued has been posted. Returns the completion thread's error.
-  Status drain();
-  // drain() for at most `timeout`: false when work is still queued then.
-  bool drain_for(std::chrono::milliseconds timeout);
-  // An error the completion thread met (a CUDA failure); ok otherwise.
-  Status failure();
 
  private:
   struct Pending;
   GpuStage() = default;
+  // Blocks until everything queued has been posted. Returns the completion thread's error.
+  Status drain_all();
+  // An error the completion thread met (a CUDA failure); ok otherwise.
+  Status failure();
   void completion_loop();
   Result<int64_t> event_us(const kernels::gpu::Event& e) const;
 
   std::unique_ptr<model::GpuStageModel> model_;
-  int32_t stage_ = 0, n_stages_ = 1;
+  StageSpec spec_;
+  kernels::DeviceInfo device_info_;
   bool first_ = true, last_ = true;
-  Post post_;
+  std::function<void(transport::Message)> post_;
+  std::vector<model::GpuSampleSpec> specs_;  // run(): the sampled rows' specs, reused
+  std::vector<GpuSampledRow> rows_;
   std::unique_ptr<kernels::gpu::NcclComm> from_previous_, to_next_;
   kernels::gpu::Stream recv_stream_, send_stream_;
 
@@ -114,6 +120,7 @@ class GpuStage {
   std::deque<std::unique_ptr<Pending>> pending_;
   std::vector<std::unique_ptr<Pending>> free_pending_;
   bool stop_ = false;
+  bool aborted_ = false;  // abort(): post nothing more
   Status failure_;
   std::thread completion_;
 };

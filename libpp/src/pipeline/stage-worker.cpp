@@ -1,8 +1,9 @@
 // The stage worker's two threads and its compute loop (see stage-worker.h).
 //
-// The compute thread is the only user of the StageModel and the activation channel; the I/O
-// thread the only user of the control client. They meet in two queues under one mutex: the
-// inbox (messages for compute, stamped with their arrival) and the outbox (messages to send).
+// The compute thread is the only user of the stage backend; the I/O thread the only user of the
+// control client. They meet in two queues under one mutex: the inbox (messages for compute,
+// stamped with their arrival) and the outbox (messages to send). The worker speaks the protocol,
+// mirrors block tables and builds batches; everything that touches a device is the backend's.
 #include "pp/pipeline/stage-worker.h"
 
 #include <arpa/inet.h>
@@ -23,23 +24,17 @@
 
 #include <spdlog/spdlog.h>
 
-#include "gpu-stage.h"
 #include "pp/assert.h"
 #include "pp/kernels/cpu.h"
-#include "pp/kernels/device.h"
 #include "pp/model/batch.h"
-#include "pp/model/gpu-stage-model.h"
-#include "pp/model/model-source.h"
-#include "pp/model/random-weights.h"
-#include "pp/model/stage-model.h"
-#include "pp/partition/partition-reader.h"
+#include "pp/partition/model-resolver.h"
+#include "pp/pipeline/stage-backend.h"
 #include "pp/pipeline/trace.h"
 #include "pp/transport/activation.h"
 #include "pp/transport/channel.h"
 
 namespace pp::pipeline {
 
-namespace tp = transport;
 namespace cpu = kernels::cpu;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
@@ -56,21 +51,6 @@ int64_t meminfo_field(const char* name) {
     if (key == name) return kb * 1024;
   }
   return 0;
-}
-
-std::string cpu_model_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) {
-        size_t b = line.find_first_not_of(' ', colon + 1);
-        return b == std::string::npos ? "" : line.substr(b);
-      }
-    }
-  }
-  return "cpu";
 }
 
 std::string host_name() {
@@ -131,43 +111,8 @@ Result<std::string> data_endpoint_for(const StageWorkerOptions& o) {
   return invalid_argument("coordinator endpoint '{}' is neither ipc:// nor tcp://", c);
 }
 
-// A ring of float vectors; a slot stays out of use between acquire() and release() (see the
-// buffer rule in stage-worker.h). release() may come from another thread (a send's `done`).
-class VectorRing {
- public:
-  explicit VectorRing(size_t n) : buffers_(n), in_use_(n, false) {}
-
-  // The next slot in ring order, once it is free; empty when `stop` (or `reset`) is set
-  // meanwhile.
-  std::optional<size_t> acquire(const std::atomic<bool>& stop, const std::atomic<bool>* reset) {
-    std::unique_lock lock(mu_);
-    const size_t i = next_;
-    while (in_use_[i]) {
-      if (stop.load() || (reset && reset->load())) return std::nullopt;
-      cv_.wait_for(lock, milliseconds(50));
-    }
-    in_use_[i] = true;
-    next_ = (next_ + 1) % buffers_.size();
-    return i;
-  }
-  std::vector<float>& at(size_t i) { return buffers_[i]; }
-  void release(size_t i) {
-    std::lock_guard lock(mu_);
-    PP_ASSERT_MSG(in_use_[i], "releasing a free activation buffer");
-    in_use_[i] = false;
-    cv_.notify_all();
-  }
-
- private:
-  std::vector<std::vector<float>> buffers_;
-  std::vector<bool> in_use_;
-  size_t next_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-};
-
 struct Inbound {
-  tp::Message message;
+  transport::Message message;
   int64_t arrived_us = 0;
 };
 
@@ -178,19 +123,8 @@ struct Mirror {
   std::vector<int32_t> penalty_output;  // generated so far (penalties only)
 };
 
-bool has_penalties(const tp::WireSampling& s) {
+bool has_penalties(const transport::WireSampling& s) {
   return s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f || s.repetition_penalty != 1.0f;
-}
-
-// "cpu" -> -1; "cuda" -> 0; "cuda:N" -> N.
-Result<int> parse_device(const std::string& d) {
-  if (d == "cpu") return -1;
-  if (d == "cuda") return 0;
-  if (d.rfind("cuda:", 0) == 0 && d.size() > 5 &&
-      d.find_first_not_of("0123456789", 5) == std::string::npos && d.size() < 10) {
-    return std::stoi(d.substr(5));
-  }
-  return invalid_argument("bad device '{}': expected cpu, cuda or cuda:N", d);
 }
 
 // A plan given up because the pipeline is being reset (see reset_): not an error.
@@ -210,7 +144,7 @@ class StageWorker {
 
  private:
   // --- shared between the threads
-  void post(tp::Message m);
+  void post(transport::Message m);
   void fail(Status s);
   Status failure() {
     std::lock_guard lock(mu_);
@@ -226,22 +160,21 @@ class StageWorker {
 
   // --- compute thread
   Status compute();
-  Status load(const tp::Assign& a);
-  Status reassign(const tp::Assign& a);
-  Status run_plan(const tp::Plan& plan, int64_t arrived_us);
-  Status sample(const tp::Plan& plan, const std::vector<float>& logits, tp::Tokens* out);
-  Status load_gpu(const tp::Assign& a, const model::ModelConfig& config,
-                  const model::WeightSource* weights, int64_t layer_begin, int64_t layer_end);
-  Status run_plan_gpu(const tp::Plan& plan, int64_t arrived_us);
+  Status load(const transport::Assign& a);
+  Status reassign(const transport::Assign& a);
+  Status run_plan(const transport::Plan& plan, int64_t arrived_us);
+  // While the backend waits for plan `seq`'s activations: why to stop waiting, if at all.
+  Status check_wait(uint64_t seq);
 
   StageWorkerOptions options_;
   int32_t stage_ = -1;
+  std::string device_;  // "cpu" or "cuda:N"
   std::string data_endpoint_;
 
   std::mutex mu_;
   std::condition_variable inbox_cv_;
   std::deque<Inbound> inbox_;
-  std::deque<tp::Message> outbox_;
+  std::deque<transport::Message> outbox_;
   Status failure_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> shutdown_received_{false};
@@ -250,30 +183,21 @@ class StageWorker {
   // one waiting for activations gives up. Cleared when the compute thread allocates again.
   std::atomic<bool> reset_{false};
   bool error_reported_ = false;  // compute thread only
-  tp::Waker io_waker_;
-  std::optional<tp::ControlClient> client_;  // the I/O thread's once it runs
+  transport::Waker io_waker_;
+  std::optional<transport::ControlClient> client_;  // the I/O thread's once it runs
   std::thread io_thread_;
 
-  // --- compute state (declared before the channel: its pending sends release these rings)
-  std::unique_ptr<model::StageModel> model_;  // the CPU backend
-  std::unique_ptr<GpuStage> gpu_;             // or the GPU one
-  int gpu_device_ = -1;
-  std::vector<model::GpuSampleSpec> gpu_specs_;
-  std::vector<GpuSampledRow> gpu_rows_;
+  // --- compute state
+  std::optional<transport::ActivationReceiver> receiver_;  // bound before Hello (CPU transport)
+  std::unique_ptr<StageBackend> backend_;                  // after the Assign
   bool first_ = false, last_ = false;
-  int64_t n_embd_ = 0, n_vocab_ = 0, block_size_ = 16;
+  int64_t n_vocab_ = 0;
   model::Batch batch_;
   std::unordered_map<uint64_t, Mirror> mirrors_;
-  VectorRing send_ring_{4};
-  VectorRing recv_ring_{2};
-  std::vector<float> logits_;
-  std::vector<float> penalized_, sample_scratch_;
-  std::vector<const tp::PlanEntry*> sampled_;
-  std::optional<tp::ActivationReceiver> receiver_;
-  std::optional<tp::ActivationSender> sender_;
+  std::vector<SampleRow> rows_;  // the plan's sampled rows (last stage)
 };
 
-void StageWorker::post(tp::Message m) {
+void StageWorker::post(transport::Message m) {
   {
     std::lock_guard lock(mu_);
     outbox_.push_back(std::move(m));
@@ -288,14 +212,6 @@ void StageWorker::fail(Status s) {
   }
   stop_ = true;
   inbox_cv_.notify_all();
-}
-
-kernels::DeviceInfo cpu_device_info() {
-  kernels::DeviceInfo d;
-  d.name = cpu_model_name();
-  d.total_bytes = host_total_memory();
-  d.free_bytes = host_available_memory();
-  return d;
 }
 
 Result<Inbound> StageWorker::next_inbound() {
@@ -316,16 +232,16 @@ Result<Inbound> StageWorker::next_inbound() {
 }
 
 void StageWorker::io_loop() {
-  tp::ControlClient& client = *client_;
+  transport::ControlClient& client = *client_;
   const Clock::time_point started = Clock::now();
   Clock::time_point next_heartbeat = started;
-  std::deque<tp::Message> sending;
+  std::deque<transport::Message> sending;
   auto flush = [&]() -> Status {
     {
       std::lock_guard lock(mu_);
       sending.swap(outbox_);
     }
-    for (tp::Message& m : sending) {
+    for (transport::Message& m : sending) {
       PP_RETURN_IF_ERROR(client.send(m));
     }
     sending.clear();
@@ -338,7 +254,7 @@ void StageWorker::io_loop() {
     }
     const Clock::time_point now = Clock::now();
     if (now >= next_heartbeat) {
-      (void)client.send(tp::Heartbeat{stage_, trace_now_us()});
+      (void)client.send(transport::Heartbeat{stage_, trace_now_us()});
       next_heartbeat = now + options_.heartbeat_interval;
     }
     auto got = client.receive(milliseconds(20));
@@ -347,17 +263,18 @@ void StageWorker::io_loop() {
       break;
     }
     if (got->has_value()) {
-      tp::Message& m = **got;
-      if (std::holds_alternative<tp::Heartbeat>(m)) continue;
-      const bool shutdown = std::holds_alternative<tp::Shutdown>(m);
-      const bool reset =
-          std::holds_alternative<tp::Assign>(m) || std::holds_alternative<tp::AllocateKv>(m);
+      transport::Message& m = **got;
+      if (std::holds_alternative<transport::Heartbeat>(m)) continue;
+      const bool shutdown = std::holds_alternative<transport::Shutdown>(m);
+      const bool reset = std::holds_alternative<transport::Assign>(m) ||
+                         std::holds_alternative<transport::AllocateKv>(m);
       {
         std::lock_guard lock(mu_);
         if (reset) {
           // Plans issued before a reset will never get their activations: forget them.
-          std::erase_if(
-              inbox_, [](const Inbound& i) { return std::holds_alternative<tp::Plan>(i.message); });
+          std::erase_if(inbox_, [](const Inbound& i) {
+            return std::holds_alternative<transport::Plan>(i.message);
+          });
           reset_ = true;
         }
         inbox_.push_back({std::move(m), trace_now_us()});
@@ -389,241 +306,84 @@ void StageWorker::io_loop() {
   (void)flush();
 }
 
-Status StageWorker::load(const tp::Assign& a) {
+Status StageWorker::load(const transport::Assign& a) {
   const Clock::time_point t0 = Clock::now();
   stage_ = a.stage;
   if (a.n_stages < 1 || a.stage < 0 || a.stage >= a.n_stages) {
     return invalid_argument("bad assignment: stage {} of {}", a.stage, a.n_stages);
   }
-  const int32_t threads = options_.threads > 0 ? options_.threads : a.threads;
-  if (threads > 0) cpu::set_num_threads(threads);
+  StageSpec spec;
+  spec.stage = a.stage;
+  spec.n_stages = a.n_stages;
+  spec.devices = a.devices.empty() ? std::vector<std::string>{device_} : a.devices;
+  spec.rank = a.rank;
+  if (spec.rank < 0 || size_t(spec.rank) >= spec.devices.size()) {
+    return invalid_argument("bad assignment: rank {} of a group of {}", a.rank,
+                            spec.devices.size());
+  }
+  if (spec.device() != device_) {
+    return invalid_argument("stage {} rank {} was assigned device '{}', this worker runs on '{}'",
+                            a.stage, a.rank, spec.device(), device_);
+  }
+  partition::ResolveOptions ro;
+  if (a.random_weights) ro.random_weights = a.random_seed;
+  PP_ASSIGN_OR_RETURN(partition::ResolvedModel source, partition::resolve_model(a.model_path, ro));
+  PP_ASSIGN_OR_RETURN(spec.weights,
+                      source.open_stage(a.stage, a.n_stages, {a.layer_begin, a.layer_end}));
+  spec.links = {a.next_data_endpoint, a.nccl_id_from_previous, a.nccl_id_to_next};
+  spec.kv_block_size = a.kv_block_size;
+  spec.max_batch_tokens = a.max_batch_tokens;
+  spec.max_running = a.max_running;
+  spec.threads = options_.threads > 0 ? options_.threads : a.threads;
+  spec.kv_memory = options_.kv_memory;
+  spec.mem_fraction = options_.mem_fraction > 0 ? options_.mem_fraction : a.mem_fraction;
+  spec.cuda_graphs = a.cuda_graphs;
+  first_ = spec.first();
+  last_ = spec.last();
+  n_vocab_ = spec.weights.config.n_vocab;
 
-  const std::filesystem::path path = a.model_path;
-  std::error_code ec;
-  model::ModelConfig config;
-  int64_t layer_begin = a.layer_begin, layer_end = a.layer_end;
-  std::optional<partition::StageShard> shard;
-  std::optional<model::ModelSource> src;
-  std::unique_ptr<model::WeightSource> random;
-  const model::WeightSource* weights = nullptr;  // null: random weights made on the GPU
-  if (a.random_weights) {
-    PP_ASSIGN_OR_RETURN(config, model::config_from_path(path));
-    if (gpu_device_ < 0) {
-      PP_ASSIGN_OR_RETURN(random, model::random_weights(config, a.random_seed));
-      weights = random.get();
-    }
-  } else if (std::filesystem::is_directory(path, ec) &&
-             std::filesystem::exists(path / partition::kManifestName, ec)) {
-    PP_ASSIGN_OR_RETURN(shard, partition::open_stage(path, a.stage));
-    if (shard->n_stages != a.n_stages) {
-      return invalid_argument("partition '{}' has {} stages, the coordinator runs {}",
-                              path.string(), shard->n_stages, a.n_stages);
-    }
-    if (a.layer_end > 0 &&
-        (shard->layers.begin != a.layer_begin || shard->layers.end != a.layer_end)) {
-      return invalid_argument("partition '{}' stage {} holds layers [{}, {}), assigned [{}, {})",
-                              path.string(), a.stage, shard->layers.begin, shard->layers.end,
-                              a.layer_begin, a.layer_end);
-    }
-    config = shard->config;
-    weights = shard->weights.get();
-    layer_begin = shard->layers.begin;
-    layer_end = shard->layers.end;
-  } else {
-    PP_ASSIGN_OR_RETURN(src, model::open_model(path));
-    config = src->config;
-    weights = src->weights.get();
-  }
-  if (gpu_device_ >= 0) {
-    if (layer_end <= layer_begin || (layer_begin == 0) != (a.stage == 0) ||
-        (layer_end == config.n_layer) != (a.stage == a.n_stages - 1)) {
-      return invalid_argument("stage {} of {} was assigned layers [{}, {}) of {}", a.stage,
-                              a.n_stages, layer_begin, layer_end, config.n_layer);
-    }
-    return load_gpu(a, config, weights, layer_begin, layer_end);
-  }
-  PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(config, *weights, layer_begin, layer_end));
-  first_ = model_->has_embedding();
-  last_ = model_->has_lm_head();
-  if (first_ != (a.stage == 0) || last_ != (a.stage == a.n_stages - 1)) {
-    return invalid_argument("stage {} of {} was assigned layers [{}, {}) of {}", a.stage,
-                            a.n_stages, model_->layer_begin(), model_->layer_end(),
-                            model_->config().n_layer);
-  }
-  n_embd_ = model_->config().n_embd;
-  n_vocab_ = model_->config().n_vocab;
-  block_size_ = a.kv_block_size;
-  if (!last_) {
-    if (a.next_data_endpoint.empty()) {
-      return invalid_argument("stage {} of {} was not told where stage {} listens", a.stage,
-                              a.n_stages, a.stage + 1);
-    }
-    PP_ASSIGN_OR_RETURN(auto sender, tp::ActivationSender::connect(a.next_data_endpoint));
-    sender_.emplace(std::move(sender));
-  }
+  StageEnv env;
+  env.post = [this](transport::Message m) { post(std::move(m)); };
+  env.check = [this](uint64_t seq) { return check_wait(seq); };
+  env.receiver = receiver_ ? &*receiver_ : nullptr;
+  PP_ASSIGN_OR_RETURN(backend_, make_stage_backend(spec, env));
 
-  const int64_t per_block = model_->kv_bytes_per_block(block_size_);
-  const int64_t budget = options_.kv_memory > 0 ? options_.kv_memory : host_available_memory() / 4;
-  tp::Loaded loaded;
+  transport::Loaded loaded;
   loaded.stage = stage_;
-  loaded.kv_bytes_per_block = per_block;
-  loaded.kv_blocks_capacity = per_block > 0 ? budget / per_block : 0;
-  loaded.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  spdlog::info("stage {}: loaded layers [{}, {}) of '{}' in {:.2f} s; room for {} KV blocks",
-               stage_, model_->layer_begin(), model_->layer_end(), path.string(),
-               loaded.load_seconds, loaded.kv_blocks_capacity);
-  post(loaded);
-  return ok_status();
-}
-
-Status StageWorker::load_gpu(const tp::Assign& a, const model::ModelConfig& config,
-                             const model::WeightSource* weights, int64_t layer_begin,
-                             int64_t layer_end) {
-  const Clock::time_point t0 = Clock::now();
-  model::GpuStageOptions o;
-  o.device = gpu_device_;
-  o.max_tokens = std::max(a.max_batch_tokens, 1);
-  o.max_seqs = std::max(a.max_running, 1);
-  o.cuda_graphs = a.cuda_graphs;
-  std::unique_ptr<model::GpuStageModel> m;
-  if (weights) {
-    PP_ASSIGN_OR_RETURN(m, model::GpuStageModel::load(config, *weights, layer_begin, layer_end, o));
-  } else {
-    PP_ASSIGN_OR_RETURN(
-        m, model::GpuStageModel::random(config, a.random_seed, layer_begin, layer_end, o));
-  }
-  first_ = m->has_embedding();
-  last_ = m->has_lm_head();
-  n_embd_ = config.n_embd;
-  n_vocab_ = config.n_vocab;
-  block_size_ = a.kv_block_size;
-  const int64_t weight_bytes = m->weight_bytes();
-  if ((!first_ && a.nccl_id_from_previous.empty()) || (!last_ && a.nccl_id_to_next.empty())) {
-    return invalid_argument(
-        "stage {} of {} on cuda:{} was given no NCCL link to its neighbours "
-        "(every stage of a GPU pipeline must run on a GPU)",
-        a.stage, a.n_stages, gpu_device_);
-  }
-  GpuStageLinks links{a.nccl_id_from_previous, a.nccl_id_to_next};
-  PP_ASSIGN_OR_RETURN(gpu_, GpuStage::create(std::move(m), a.stage, a.n_stages, links,
-                                             [this](tp::Message msg) { post(std::move(msg)); }));
-  const double fraction = options_.mem_fraction > 0 ? options_.mem_fraction : a.mem_fraction;
-  tp::Loaded loaded;
-  loaded.stage = stage_;
-  loaded.kv_bytes_per_block = gpu_->model().kv_bytes_per_block(block_size_);
-  PP_ASSIGN_OR_RETURN(loaded.kv_blocks_capacity, gpu_->kv_capacity(block_size_, fraction));
+  loaded.kv_bytes_per_block = backend_->kv_bytes_per_block(a.kv_block_size);
+  PP_ASSIGN_OR_RETURN(loaded.kv_blocks_capacity, backend_->kv_capacity(a.kv_block_size));
   loaded.load_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   spdlog::info(
-      "stage {}: loaded layers [{}, {}) of '{}' on cuda:{} in {:.2f} s ({:.2f} GiB of "
-      "weights); room for {} KV blocks at --mem-fraction {:.2f}",
-      stage_, layer_begin, layer_end, a.model_path, gpu_device_, loaded.load_seconds,
-      double(weight_bytes) / double(1 << 30), loaded.kv_blocks_capacity, fraction);
+      "stage {}: loaded layers [{}, {}) of '{}' on {} in {:.2f} s ({:.2f} GiB of weights); room "
+      "for {} KV blocks",
+      stage_, spec.weights.layers.begin, spec.weights.layers.end, a.model_path,
+      backend_->describe(), loaded.load_seconds, double(backend_->weight_bytes()) / double(1 << 30),
+      loaded.kv_blocks_capacity);
   post(loaded);
   return ok_status();
-}
-
-// The GPU path of run_plan, once the batch is built: sampling specs for the last stage, then
-// everything is queued (GpuStage posts the tokens and the timing when the GPU is done).
-Status StageWorker::run_plan_gpu(const tp::Plan& plan, int64_t arrived_us) {
-  gpu_specs_.clear();
-  gpu_rows_.clear();
-  for (const tp::PlanEntry* e : sampled_) {
-    const tp::WireSampling& w = e->sampling;
-    model::GpuSampleSpec spec;
-    spec.temperature = w.temperature;
-    spec.top_k = std::max(w.top_k, 0);
-    spec.top_p = w.top_p;
-    spec.min_p = w.min_p;
-    spec.seed = w.seed;
-    spec.step = e->sample_step;
-    if (has_penalties(w)) {
-      Mirror& m = mirrors_[e->request_id];
-      m.penalty_output = e->penalty_output_ids;
-      spec.repetition = w.repetition_penalty;
-      spec.presence = w.presence_penalty;
-      spec.frequency = w.frequency_penalty;
-      spec.prompt_ids = m.penalty_prompt;
-      spec.output_ids = m.penalty_output;
-    }
-    gpu_specs_.push_back(spec);
-    gpu_rows_.push_back({e->request_id, w.top_logprobs});
-  }
-  return gpu_->run(plan, batch_, gpu_specs_, gpu_rows_, arrived_us)
-      .with_context(fmt::format("stage {}: plan {}", stage_, plan.seq));
 }
 
 // A later Assign (the coordinator recovering from a lost stage): the same stage keeps its
 // layers; only where its activations go may have changed (a restarted next stage listens
-// elsewhere). Dropping the old sender also frees the send buffers held by its dead link.
-Status StageWorker::reassign(const tp::Assign& a) {
+// elsewhere).
+Status StageWorker::reassign(const transport::Assign& a) {
   if (a.stage != stage_) {
     return invalid_argument("stage {} was reassigned as stage {}", stage_, a.stage);
   }
-  if (gpu_) {
-    return unimplemented("stage {} on cuda:{} cannot re-form its NCCL links after a lost stage",
-                         stage_, gpu_device_);
-  }
-  if (last_ || (sender_ && sender_->endpoint() == a.next_data_endpoint)) return ok_status();
-  sender_.reset();
-  PP_ASSIGN_OR_RETURN(auto sender, tp::ActivationSender::connect(a.next_data_endpoint));
-  sender_.emplace(std::move(sender));
-  spdlog::info("stage {}: now sending to '{}'", stage_, a.next_data_endpoint);
-  return ok_status();
+  return backend_->relink({a.next_data_endpoint, a.nccl_id_from_previous, a.nccl_id_to_next});
 }
 
-Status StageWorker::sample(const tp::Plan& plan, const std::vector<float>& logits,
-                           tp::Tokens* out) {
-  out->seq = plan.seq;
-  out->group = plan.group;
-  out->tokens.clear();
-  const size_t V = size_t(n_vocab_);
-  PP_ASSERT(logits.size() >= sampled_.size() * V);
-  for (size_t i = 0; i < sampled_.size(); ++i) {
-    const tp::PlanEntry& e = *sampled_[i];
-    const tp::WireSampling& w = e.sampling;
-    const float* row = logits.data() + i * V;
-    cpu::PenaltyParams pen;
-    if (has_penalties(w)) {
-      Mirror& m = mirrors_[e.request_id];
-      m.penalty_output = e.penalty_output_ids;
-      pen = {.prompt_ids = m.penalty_prompt.data(),
-             .n_prompt = int64_t(m.penalty_prompt.size()),
-             .output_ids = m.penalty_output.data(),
-             .n_output = int64_t(m.penalty_output.size()),
-             .repetition = w.repetition_penalty,
-             .presence = w.presence_penalty,
-             .frequency = w.frequency_penalty};
-    }
-    cpu::SampleResult r =
-        cpu::sample_with_penalties(pen,
-                                   {.logits = row,
-                                    .n_vocab = n_vocab_,
-                                    .temperature = w.temperature,
-                                    .top_k = std::max(w.top_k, 0),
-                                    .top_p = w.top_p,
-                                    .min_p = w.min_p,
-                                    .seed = w.seed,
-                                    .step = e.sample_step,
-                                    .n_top_logprobs = std::max(w.top_logprobs, 0)},
-                                   penalized_, sample_scratch_);
-    tp::SampledToken t;
-    t.request_id = e.request_id;
-    t.token = r.token;
-    if (w.top_logprobs >= 0) {
-      t.logprob = r.logprob;
-      for (const cpu::TokenLogprob& alt : r.top) {
-        t.top_ids.push_back(alt.token);
-        t.top_logprobs.push_back(alt.logprob);
-      }
-    }
-    out->tokens.push_back(std::move(t));
+Status StageWorker::check_wait(uint64_t seq) {
+  if (reset_.load()) return abandoned(seq);
+  if (stopped() || shutdown_received_.load()) {
+    Status f = failure();
+    return f.ok() ? make_error(StatusCode::kCancelled, "stage {} stopped", stage_) : f;
   }
   return ok_status();
 }
 
-Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
-  const bool have_kv = gpu_ ? gpu_->model().kv_blocks() > 0 : (model_ && model_->kv());
-  if (!have_kv) {
+Status StageWorker::run_plan(const transport::Plan& plan, int64_t arrived_us) {
+  if (backend_->kv_blocks() == 0) {
     return make_error(StatusCode::kFailedPrecondition,
                       "stage {}: plan {} arrived before the KV pool was allocated", stage_,
                       plan.seq);
@@ -631,8 +391,8 @@ Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
   // Metadata first: the tables and the batch, before the activations are taken.
   for (uint64_t id : plan.released) mirrors_.erase(id);
   batch_.clear();
-  sampled_.clear();
-  for (const tp::PlanEntry& e : plan.entries) {
+  rows_.clear();
+  for (const transport::PlanEntry& e : plan.entries) {
     Mirror& m = mirrors_[e.request_id];
     if (e.reset_table) m.table.clear();
     m.table.insert(m.table.end(), e.new_blocks.begin(), e.new_blocks.end());
@@ -647,142 +407,68 @@ Status StageWorker::run_plan(const tp::Plan& plan, int64_t arrived_us) {
     } else {
       batch_.add_sequence(e.n_new, e.pos_begin, m.table, want_logits);
     }
-    if (want_logits) sampled_.push_back(&e);
-  }
-  const int64_t kv_block_size = gpu_ ? gpu_->model().kv_block_size() : model_->kv()->block_size();
-  const int64_t kv_blocks = gpu_ ? gpu_->model().kv_blocks() : model_->kv()->n_blocks();
-  PP_RETURN_IF_ERROR(batch_.validate(kv_block_size, kv_blocks, first_ ? n_vocab_ : 0)
-                         .with_context(fmt::format("stage {}: plan {}", stage_, plan.seq)));
-  if (gpu_) return run_plan_gpu(plan, arrived_us);
-  const int32_t n_tokens = int32_t(batch_.n_tokens());
-
-  // The activations of this plan from the previous stage.
-  std::optional<size_t> in_slot;
-  std::span<const float> input;
-  if (!first_) {
-    in_slot = recv_ring_.acquire(stop_, &reset_);
-    if (!in_slot) return reset_.load() ? abandoned(plan.seq) : failure();
-    std::vector<float>& buf = recv_ring_.at(*in_slot);
-    buf.resize(size_t(n_tokens) * size_t(n_embd_));
-    for (;;) {
-      auto got = receiver_->receive(plan.seq, buf, milliseconds(100));
-      if (!got.ok()) {
-        recv_ring_.release(*in_slot);
-        return got.status().with_context(fmt::format("stage {}", stage_));
-      }
-      if (got->has_value()) {
-        const tp::ActivationHeader& h = **got;
-        if (h.n_tokens != n_tokens || h.n_embd != n_embd_) {
-          recv_ring_.release(*in_slot);
-          return data_loss("stage {}: activation of seq {} is [{}, {}], the plan says [{}, {}]",
-                           stage_, plan.seq, h.n_tokens, h.n_embd, n_tokens, n_embd_);
-        }
-        break;
-      }
-      if (reset_.load()) {
-        recv_ring_.release(*in_slot);
-        return abandoned(plan.seq);
-      }
-      if (stopped() || shutdown_received_.load()) {
-        recv_ring_.release(*in_slot);
-        Status f = failure();
-        return f.ok() ? make_error(StatusCode::kCancelled, "stage {} stopped", stage_) : f;
-      }
+    if (!want_logits) continue;
+    SampleRow row;
+    row.request_id = e.request_id;
+    row.sampling = e.sampling;
+    row.step = e.sample_step;
+    if (has_penalties(e.sampling)) {
+      m.penalty_output = e.penalty_output_ids;
+      row.prompt_ids = m.penalty_prompt;
+      row.output_ids = m.penalty_output;
     }
-    input = buf;
+    rows_.push_back(row);
   }
-
-  tp::StageTiming timing;
-  timing.stage = stage_;
-  timing.seq = plan.seq;
-  timing.group = plan.group;
-  timing.n_tokens = n_tokens;
-  timing.queued_us = arrived_us;
-  timing.start_us = trace_now_us();
-
-  if (last_) {
-    Status s = model_->forward(batch_, input, logits_);
-    if (in_slot) recv_ring_.release(*in_slot);
-    PP_RETURN_IF_ERROR(s.with_context(fmt::format("stage {}: plan {}", stage_, plan.seq)));
-    tp::Tokens tokens;
-    PP_RETURN_IF_ERROR(sample(plan, logits_, &tokens));
-    timing.end_us = trace_now_us();
-    post(std::move(tokens));
-    timing.sent_us = trace_now_us();
-    post(timing);
-    return ok_status();
-  }
-
-  std::optional<size_t> out_slot = send_ring_.acquire(stop_, &reset_);
-  if (!out_slot) {
-    if (in_slot) recv_ring_.release(*in_slot);
-    return reset_.load() ? abandoned(plan.seq) : failure();
-  }
-  std::vector<float>& out = send_ring_.at(*out_slot);
-  Status s = model_->forward(batch_, input, out);
-  if (in_slot) recv_ring_.release(*in_slot);
-  if (!s.ok()) {
-    send_ring_.release(*out_slot);
-    return s.with_context(fmt::format("stage {}: plan {}", stage_, plan.seq));
-  }
-  timing.end_us = trace_now_us();
-  const size_t slot = *out_slot;
-  tp::ActivationHeader h{plan.seq, plan.group, n_tokens, int32_t(n_embd_)};
-  // The send keeps the buffer until ZeroMQ has written it; then the slot is free again and the
-  // timing, with the moment the bytes left, goes to the coordinator.
-  Status sent = sender_->send(h, std::span<const float>(out.data(), h.n_floats()),
-                              [this, slot, timing]() mutable {
-                                timing.sent_us = trace_now_us();
-                                send_ring_.release(slot);
-                                post(timing);
-                              });
-  return sent.with_context(fmt::format("stage {}", stage_));
+  const std::string where = fmt::format("stage {}: plan {}", stage_, plan.seq);
+  PP_RETURN_IF_ERROR(
+      batch_.validate(backend_->kv_block_size(), backend_->kv_blocks(), first_ ? n_vocab_ : 0)
+          .with_context(where));
+  return backend_->run(plan, batch_, rows_, arrived_us).with_context(where);
 }
 
 Status StageWorker::compute() {
   // 1. The assignment, and loading.
   PP_ASSIGN_OR_RETURN(Inbound in, next_inbound());
-  if (const auto* bye = std::get_if<tp::Shutdown>(&in.message)) {
+  if (const auto* bye = std::get_if<transport::Shutdown>(&in.message)) {
     return make_error(StatusCode::kFailedPrecondition,
                       "the coordinator at '{}' refused this stage: {}", options_.coordinator,
                       bye->reason);
   }
-  if (!std::holds_alternative<tp::Assign>(in.message)) {
+  if (!std::holds_alternative<transport::Assign>(in.message)) {
     return make_error(StatusCode::kFailedPrecondition,
-                      "expected Assign from the coordinator, got {}", tp::message_name(in.message));
+                      "expected Assign from the coordinator, got {}",
+                      transport::message_name(in.message));
   }
-  PP_RETURN_IF_ERROR(load(std::get<tp::Assign>(in.message)));
+  PP_RETURN_IF_ERROR(load(std::get<transport::Assign>(in.message)));
 
   // 2. Plans, in issue order, with (re)allocations of the KV pool in between.
   for (;;) {
     PP_ASSIGN_OR_RETURN(Inbound next, next_inbound());
-    tp::Message& m = next.message;
-    if (std::holds_alternative<tp::Shutdown>(m)) {
-      spdlog::info("stage {}: shutting down ({})", stage_, std::get<tp::Shutdown>(m).reason);
+    transport::Message& m = next.message;
+    if (std::holds_alternative<transport::Shutdown>(m)) {
+      spdlog::info("stage {}: shutting down ({})", stage_, std::get<transport::Shutdown>(m).reason);
       return ok_status();
     }
-    if (auto* a = std::get_if<tp::Assign>(&m)) {
+    if (auto* a = std::get_if<transport::Assign>(&m)) {
       PP_RETURN_IF_ERROR(reassign(*a));
       continue;
     }
-    if (auto* a = std::get_if<tp::AllocateKv>(&m)) {
+    if (auto* a = std::get_if<transport::AllocateKv>(&m)) {
       reset_ = false;
-      PP_RETURN_IF_ERROR((gpu_ ? gpu_->allocate_kv(a->n_blocks, a->block_size)
-                               : model_->allocate_kv(a->n_blocks, a->block_size))
+      PP_RETURN_IF_ERROR(backend_->allocate_kv(a->n_blocks, a->block_size)
                              .with_context(fmt::format("stage {}", stage_)));
-      block_size_ = a->block_size;
       mirrors_.clear();
-      post(tp::Ready{stage_});
+      post(transport::Ready{stage_});
       continue;
     }
-    if (auto* plan = std::get_if<tp::Plan>(&m)) {
+    if (auto* plan = std::get_if<transport::Plan>(&m)) {
       Status s = run_plan(*plan, next.arrived_us);
       if (!s.ok() && s.code() == StatusCode::kCancelled && reset_.load()) continue;  // abandoned
       if (!s.ok()) {
         // Told to shut down while waiting for activations that will never come: a clean end.
         if (s.code() == StatusCode::kCancelled && shutdown_received_.load()) return ok_status();
         if (!stop_.load()) {
-          post(tp::StageError{stage_, plan->seq, s.message()});
+          post(transport::StageError{stage_, plan->seq, s.message()});
           error_reported_ = true;
         }
         return s;
@@ -790,38 +476,34 @@ Status StageWorker::compute() {
       continue;
     }
     return make_error(StatusCode::kFailedPrecondition, "stage {}: unexpected {} message", stage_,
-                      tp::message_name(m));
+                      transport::message_name(m));
   }
 }
 
 Status StageWorker::run() {
-  PP_ASSIGN_OR_RETURN(gpu_device_, parse_device(options_.device));
-  kernels::DeviceInfo device = cpu_device_info();
-  if (gpu_device_ >= 0) {
-    if (!kernels::built_with_cuda()) {
-      return unimplemented("device '{}': this pp-stage was built without CUDA", options_.device);
-    }
-    PP_ASSIGN_OR_RETURN(device, kernels::cuda_device(gpu_device_));
-  }
+  PP_ASSIGN_OR_RETURN(const int device_index, parse_device(options_.device));
+  device_ = device_index >= 0 ? fmt::format("cuda:{}", device_index) : "cpu";
+  PP_ASSIGN_OR_RETURN(const kernels::DeviceInfo device, device_info(options_.device));
   if (options_.threads > 0) cpu::set_num_threads(options_.threads);
   stage_ = options_.stage;
   PP_ASSIGN_OR_RETURN(data_endpoint_, data_endpoint_for(options_));
   {
-    PP_ASSIGN_OR_RETURN(auto receiver, tp::ActivationReceiver::bind(data_endpoint_));
+    PP_ASSIGN_OR_RETURN(auto receiver, transport::ActivationReceiver::bind(data_endpoint_));
     receiver_.emplace(std::move(receiver));
     data_endpoint_ = receiver_->endpoint();
   }
-  PP_ASSIGN_OR_RETURN(auto client, tp::ControlClient::connect(options_.coordinator));
+  PP_ASSIGN_OR_RETURN(auto client, transport::ControlClient::connect(options_.coordinator));
   client_.emplace(std::move(client));
   PP_RETURN_IF_ERROR(client_->wait_connected(options_.connect_timeout)
                          .with_context("cannot reach the coordinator"));
   io_waker_ = client_->waker();
 
-  tp::Hello hello;
+  transport::Hello hello;
   hello.stage = options_.stage;
+  hello.rank = -1;  // the coordinator assigns ranks
   hello.host = host_name();
   hello.pid = int32_t(::getpid());
-  hello.device = gpu_device_ >= 0 ? fmt::format("cuda:{}", gpu_device_) : "cpu";
+  hello.device = device_;
   hello.device_name = device.name;
   hello.device_total_bytes = device.total_bytes;
   hello.device_free_bytes = device.free_bytes;
@@ -830,25 +512,24 @@ Status StageWorker::run() {
   io_thread_ = std::thread([this] { io_loop(); });
 
   Status s = compute();
-  if (gpu_) {
+  if (backend_) {
     // The last tokens and timings go out before the control socket closes. A link whose
-    // neighbour is gone can hold a receive forever: then leave the GPU state to the exit.
-    if (!gpu_->drain_for(milliseconds(3000))) {
-      spdlog::warn("stage {}: GPU work still queued at exit; not waiting for it", stage_);
-      (void)gpu_.release();
-    } else {
-      gpu_.reset();
+    // neighbour is gone can hold a receive forever: then leave the device state to the exit.
+    if (!backend_->drain(milliseconds(3000))) {
+      spdlog::warn("stage {}: work still queued at exit; not waiting for it", stage_);
+      backend_->abort();
+      (void)backend_.release();
     }
   }
   if (!s.ok() && !error_reported_ && s.code() != StatusCode::kCancelled &&
       s.code() != StatusCode::kUnavailable) {
     // A failure of this stage: tell the coordinator (if compute did not already).
-    post(tp::StageError{stage_, 0, s.message()});
+    post(transport::StageError{stage_, 0, s.message()});
   }
   stop_ = true;
   io_waker_.wake();
   io_thread_.join();
-  sender_.reset();  // lingers until queued activations are out; releases the send ring
+  backend_.reset();  // a sender lingers until queued activations are out
   if (s.ok()) return ok_status();
   if (s.code() == StatusCode::kCancelled && options_.interrupted && options_.interrupted->load()) {
     return make_error(StatusCode::kCancelled, "stage {} interrupted", stage_);

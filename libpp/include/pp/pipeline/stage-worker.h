@@ -3,8 +3,11 @@
 // goes away.
 //
 // Protocol (messages.h): Hello (device, free memory, where it receives activations) -> Assign
-// (model, layers, next stage's endpoint) -> load -> Loaded (KV bytes per block, how many blocks
-// fit) -> AllocateKv -> Ready -> Plans, in issue order. Heartbeats flow both ways all along.
+// (model, layers, the stage's device group and this worker's rank, next stage's endpoint) ->
+// load -> Loaded (KV bytes per block, how many blocks fit) -> AllocateKv -> Ready -> Plans, in
+// issue order. Heartbeats flow both ways all along. Everything that touches a device is the
+// stage backend's (stage-backend.h); the worker speaks the protocol, mirrors the block tables
+// and builds the batches.
 //
 // Threads:
 //  - the I/O thread owns the control socket: it sends what the compute thread posts (Loaded,

@@ -1,10 +1,13 @@
 // Coordinator: the one thread that owns the pipeline's scheduling state (DESIGN.md, "The
-// in-flight ring, precisely"). Engine is its public face; this header is for libpp.
+// in-flight ring, precisely"). Engine is its public face; this header is private to libpp.
 //
-// Start-up, on the coordinator thread: resolve the model and its split, bind the control
-// socket, spawn the local stages (so that they die with this thread, see launcher.h), admit
-// stages (Hello), assign layers and the next stage's endpoint (Assign), collect what each can
-// hold (Loaded), size the KV pool as the minimum over stages (AllocateKv), wait for Ready.
+// Start-up, on the coordinator thread: resolve the model and its split (model-resolver.h), bind
+// the control socket, begin the run's record (run-recorder.h), spawn the local stages (so that
+// they die with this thread, see launcher.h), then form the pipeline (coordinator-stages.cpp):
+// admit stages (Hello, stage-registry.h), assign layers, the stage's device group and the next
+// stage's endpoint (Assign), collect what each can hold (Loaded), size the KV pool as the
+// minimum over stages (AllocateKv), wait for Ready. Recovery forms the pipeline again by the
+// same path.
 //
 // The loop, until shutdown or failure:
 //   1. take what has arrived: sampled tokens of a group (applied: tokens appended, stop checks,
@@ -15,7 +18,7 @@
 //      only to the last stage;
 //   3. hand the scheduler's events to the requests' sinks;
 //   4. heartbeats to every stage; a stage silent for stage_timeout, or whose connection or
-//      process is gone, or that reported an error, is lost: recover() (coordinator-recovery.cpp).
+//      process is gone, or that reported an error, is lost: recover() (coordinator-stages.cpp).
 // Groups: M = P + async depth. Plans carry increasing seq numbers; every stage runs them in
 // that order, which is what pairs the stages' sends and receives.
 //
@@ -45,12 +48,14 @@
 #include <variant>
 #include <vector>
 
+#include "pp/partition/model-resolver.h"
 #include "pp/pipeline/engine.h"
 #include "pp/pipeline/launcher.h"
 #include "pp/pipeline/scheduler.h"
 #include "pp/pipeline/trace.h"
-#include "pp/store/run-store.h"
 #include "pp/transport/channel.h"
+#include "run-recorder.h"
+#include "stage-registry.h"
 
 namespace pp::pipeline {
 
@@ -99,14 +104,6 @@ class Coordinator {
   };
   using Command = std::variant<SubmitCommand, CancelCommand>;
 
-  // A registered stage.
-  struct Stage {
-    transport::PeerId peer;
-    transport::Hello hello;
-    std::optional<transport::Loaded> loaded;
-    bool assigned = false;  // sent an Assign since it joined
-    bool ready = false;
-  };
   struct Lost {
     int32_t stage;
     std::string why;
@@ -116,7 +113,6 @@ class Coordinator {
   void thread_main(std::promise<Status>* started);
   Status resolve_model();
   Status bring_up();
-  Status handle_startup_message(const transport::Incoming& in, bool* assigned, bool* allocated);
   Status choose_kv_blocks();
   void loop();
   Status handle_message(const transport::Incoming& in);
@@ -130,20 +126,21 @@ class Coordinator {
   void abort_all(const Status& why);
   void teardown();
   void publish_stats();
-  void record_event(const std::string& kind, std::optional<int> stage, const std::string& msg);
-  int32_t stage_of_peer(const transport::PeerId& peer) const;
+
+  // --- the stages: registration, assignment, loss and recovery (coordinator-stages.cpp)
+  enum class Phase { kStart, kRecover };
+  Status form_pipeline(Phase phase);
+  Status handle_registration_message(const transport::Incoming& in, Phase phase, bool allocated);
+  void admit_stage(const transport::PeerId& peer, const transport::Hello& hello, Phase phase);
   StageLaunch local_launch(int32_t stage) const;
   Status send_assign(int32_t stage);
   Status gpu_links(int32_t stage, transport::Assign& a);
   std::string next_endpoint(int32_t stage) const;
   void publish_stage_pids();
-
-  // --- recovery (coordinator-recovery.cpp)
   void note_lost(int32_t stage, std::string why);
   Status take_losses();
   Status lose_stage(int32_t stage, const std::string& why);
   Status recover();
-  void handle_recovery_message(const transport::Incoming& in, bool allocated);
 
   EngineOptions options_;
   std::vector<std::string> nccl_ids_;  // link k: stage k -> k+1 (GPU pipelines)
@@ -156,8 +153,7 @@ class Coordinator {
   model::ModelConfig config_;
   std::shared_ptr<const model::Tokenizer> tokenizer_;
   std::vector<partition::LayerRange> layers_;
-  std::string model_path_;
-  bool is_partition_ = false;
+  partition::ResolvedModel model_;
   std::filesystem::path ipc_dir_;
   std::string endpoint_;
   std::vector<StageInfo> stage_infos_;
@@ -166,10 +162,9 @@ class Coordinator {
   // Coordinator thread only.
   std::optional<transport::ControlServer> server_;
   std::vector<StageProcess> processes_;
-  std::vector<Stage> stages_;
+  StageRegistry stages_;
   std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<RunStore> store_;
-  int64_t run_id_ = 0;
+  RunRecorder recorder_;
   TraceRecorder trace_{0};
   std::unordered_map<uint64_t, EventSink> sinks_;
   std::vector<PlanSpan> in_flight_;  // per group: the plan in flight
@@ -178,11 +173,10 @@ class Coordinator {
   transport::Plan plan_;
   std::chrono::steady_clock::time_point next_heartbeat_;
   int64_t preemptions_recorded_ = 0;
-  std::vector<Lost> lost_;              // stages found lost, not yet handled
-  std::vector<std::string> told_next_;  // per stage: next_data_endpoint of its last Assign
-  int32_t n_restarts_ = 0;              // local stages restarted in this run
-  uint64_t next_seq_ = 0;               // one past the seq of the last plan issued
-  uint64_t live_seq_ = 0;               // plans below this were forgotten by a recovery
+  std::vector<Lost> lost_;  // stages found lost, not yet handled
+  int32_t n_restarts_ = 0;  // local stages restarted in this run
+  uint64_t next_seq_ = 0;   // one past the seq of the last plan issued
+  uint64_t live_seq_ = 0;   // plans below this were forgotten by a recovery
   struct Busy {
     int64_t first_us = 0, last_us = 0, compute_us = 0, n = 0;
   };
