@@ -126,7 +126,7 @@ GpuStage::~GpuStage() {
   }
   cv_.notify_all();
   if (completion_.joinable()) completion_.join();
-  (void)model_->stream().synchronize();
+  if (model_) (void)model_->stream().synchronize();  // null when create() failed early
   (void)recv_stream_.synchronize();
   (void)send_stream_.synchronize();
 }
