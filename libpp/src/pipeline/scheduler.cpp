@@ -227,7 +227,7 @@ void Scheduler::preempt(Request* r) {
 
 bool Scheduler::reserve_blocks(Request* r, int64_t n, bool* short_of_blocks) {
   const int32_t need = blocks_.blocks_for(r->n_cached + n) - int32_t(r->block_table.size());
-  while (need > blocks_.n_free()) {
+  while (need > blocks_.n_available()) {
     *short_of_blocks = true;
     // The victim: the newest running request that is neither in flight nor already in this
     // plan (whose entries are marked in flight as they are added); `r` itself qualifies.

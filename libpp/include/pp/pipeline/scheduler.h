@@ -70,7 +70,7 @@
 
 #include "pp/model/sampling-params.h"
 #include "pp/model/tokenizer.h"
-#include "pp/pipeline/block-manager.h"
+#include "pp/pipeline/kv-cache-manager.h"
 #include "pp/pipeline/request.h"
 #include "pp/status.h"
 #include "pp/transport/messages.h"
@@ -190,7 +190,7 @@ class Scheduler {
   std::span<Request* const> group_members(int32_t group) const;
   // Ids to be sent in the next plan's released list.
   std::span<const uint64_t> pending_released() const { return pending_released_; }
-  const BlockManager& block_manager() const { return blocks_; }
+  const KvCacheManager& kv_cache() const { return blocks_; }
   const SchedulerOptions& options() const { return options_; }
 
  private:
@@ -222,7 +222,7 @@ class Scheduler {
 
   SchedulerOptions options_;
   const model::Tokenizer* tokenizer_;
-  BlockManager blocks_;
+  KvCacheManager blocks_;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;  // live requests
   std::deque<Request*> waiting_;
   std::vector<Group> groups_;
