@@ -203,6 +203,7 @@ bool KvCacheManager::flush() {
 KvCacheStats KvCacheManager::stats() const {
   KvCacheStats s = stats_;
   s.n_cached_blocks = int32_t(by_hash_.size());
+  s.n_pooled_blocks = n_cached_unreferenced();
   return s;
 }
 

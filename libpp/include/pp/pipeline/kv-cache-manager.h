@@ -63,6 +63,7 @@ uint64_t kv_block_hash(uint64_t parent_hash, std::span<const int32_t> tokens, ui
 // Prefix-cache counters, cumulative since construction (all zero with caching off).
 struct KvCacheStats {
   int32_t n_cached_blocks = 0;  // blocks cached under a hash now (referenced or pooled)
+  int32_t n_pooled_blocks = 0;  // of them, unreferenced now (in the eviction pool)
   int64_t n_queries = 0;        // match_prefix calls
   int64_t n_query_tokens = 0;   // tokens asked about (whole sequences passed to match_prefix)
   int64_t n_hits = 0;           // match_prefix calls that shared at least one block
@@ -142,7 +143,7 @@ class KvCacheManager {
   // nothing and returns false.
   bool flush();
 
-  // Counters for metrics (n_cached_blocks is the current count).
+  // Counters for metrics (n_cached_blocks and n_pooled_blocks are current counts).
   KvCacheStats stats() const;
 
  private:
