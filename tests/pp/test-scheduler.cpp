@@ -186,7 +186,7 @@ SimResult simulate(const SimConfig& cfg, const std::vector<Spec>& specs, int32_t
       }
       ASSERT_EQ(r->state == RequestState::kRunning, in_group.count(id) == 1);
     }
-    ASSERT_EQ(held + s.block_manager().n_free(), o.n_blocks);
+    ASSERT_EQ(held + s.kv_cache().n_free(), o.n_blocks);
     ASSERT_LE(s.stats().n_running, o.max_running_requests);
   };
 
@@ -311,7 +311,7 @@ SimResult simulate(const SimConfig& cfg, const std::vector<Spec>& specs, int32_t
   }
   drain();
   EXPECT_TRUE(live.empty());
-  EXPECT_EQ(s.block_manager().n_free(), o.n_blocks);
+  EXPECT_EQ(s.kv_cache().n_free(), o.n_blocks);
   res.stats = s.stats();
   return res;
 }
@@ -682,7 +682,7 @@ TEST(Scheduler, CancelWaitingRunningAndInFlight) {
   ASSERT_EQ(s.find(2)->group, 1);
   ASSERT_EQ(s.find(3)->state, RequestState::kWaiting);
   ASSERT_TRUE(s.apply_tokens(tokens_for(*p0)).ok());  // group 0 back: request 1 at coordinator
-  const int32_t used = s.block_manager().n_used();
+  const int32_t used = s.kv_cache().n_used();
   EXPECT_GT(used, 0);
 
   std::vector<RequestEvent> ev;
@@ -711,7 +711,7 @@ TEST(Scheduler, CancelWaitingRunningAndInFlight) {
   EXPECT_EQ(ev[0].request_id, 2u);
   EXPECT_EQ(ev[0].kind, EventKind::kFinal);
   EXPECT_EQ(ev[0].finish_reason, FinishReason::kAbort);
-  EXPECT_EQ(s.block_manager().n_free(), o.n_blocks);
+  EXPECT_EQ(s.kv_cache().n_free(), o.n_blocks);
   EXPECT_FALSE(s.has_work());
   EXPECT_EQ(s.stats().n_finished_abort, 3);
   EXPECT_EQ(s.pending_released().size(), 2u);  // 1 and 2, for the next plan

@@ -109,6 +109,7 @@ void Request::finish(FinishReason reason, std::vector<RequestEvent>* events) {
   ev.n_output_tokens = n_generated();
   ev.n_preemptions = n_preemptions;
   ev.queue_s = scheduled_s >= 0.0 ? scheduled_s - arrival_s : -1.0;
+  ev.n_cached_tokens = n_prompt_cached;
 }
 
 }  // namespace pp::pipeline

@@ -22,6 +22,10 @@ uint64_t splitmix64(uint64_t* state) {
   return z ^ (z >> 31);
 }
 
+// The prefix cache's extra key of a request: what its KV depends on besides its token ids. Plain
+// text depends on nothing else; a LoRA adapter's id or a multimodal input's hash would go here.
+uint64_t cache_key(const Request&) { return kKvNoExtraKey; }
+
 }  // namespace
 
 Status SchedulerOptions::validate() const {
@@ -92,7 +96,7 @@ Result<int64_t> resolve_max_tokens(int64_t n_prompt, int64_t max_tokens, int64_t
 Scheduler::Scheduler(SchedulerOptions options, const model::Tokenizer* tokenizer)
     : options_(std::move(options)),
       tokenizer_(tokenizer),
-      blocks_(options_.n_blocks, options_.block_size) {
+      blocks_(options_.n_blocks, options_.block_size, options_.enable_prefix_cache) {
   const Status s = options_.validate();
   PP_ASSERT_MSG(s.ok(), s.message().c_str());
   groups_.resize(size_t(options_.n_groups));
@@ -205,6 +209,7 @@ void Scheduler::finish_running(Request* r, FinishReason reason) {
   PP_ASSERT(r->state == RequestState::kRunning && !r->in_flight);
   blocks_.free(r->block_table);
   r->block_table.clear();
+  r->block_hashes.clear();
   remove_from_group(r);
   pending_released_.push_back(r->id);
   count_finished(reason);
@@ -216,6 +221,7 @@ void Scheduler::preempt(Request* r) {
   PP_ASSERT(r->state == RequestState::kRunning && !r->in_flight);
   blocks_.free(r->block_table);
   r->block_table.clear();
+  r->block_hashes.clear();
   r->n_cached = 0;
   remove_from_group(r);
   r->state = RequestState::kWaiting;
@@ -227,7 +233,7 @@ void Scheduler::preempt(Request* r) {
 
 bool Scheduler::reserve_blocks(Request* r, int64_t n, bool* short_of_blocks) {
   const int32_t need = blocks_.blocks_for(r->n_cached + n) - int32_t(r->block_table.size());
-  while (need > blocks_.n_free()) {
+  while (need > blocks_.n_available()) {
     *short_of_blocks = true;
     // The victim: the newest running request that is neither in flight nor already in this
     // plan (whose entries are marked in flight as they are added); `r` itself qualifies.
@@ -266,11 +272,10 @@ bool Scheduler::reserve_blocks(Request* r, int64_t n, bool* short_of_blocks) {
   return true;
 }
 
-void Scheduler::add_entry(Group& g, Request* r, int64_t n, size_t first_new_block,
+void Scheduler::add_entry(Group& g, Request* r, int64_t n, size_t first_new_block, bool reset,
                           transport::Plan* plan, size_t* n_entries) {
   if (*n_entries == plan->entries.size()) plan->entries.emplace_back();
   transport::PlanEntry& e = plan->entries[(*n_entries)++];
-  const bool reset = r->n_cached == 0;
   const bool sample = r->n_cached + n == r->n_tokens();
   e.request_id = r->id;
   e.pos_begin = int32_t(r->n_cached);
@@ -319,11 +324,11 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
   for (Request* r : order_) {
     if (budget == 0) break;
     if (r->state != RequestState::kRunning || r->group != group) continue;  // preempted above
-    PP_ASSERT(!r->in_flight && r->n_cached < r->n_tokens());
+    PP_ASSERT(!r->in_flight && 0 < r->n_cached && r->n_cached < r->n_tokens());
     const int64_t n = std::min(r->n_tokens() - r->n_cached, budget);
     const size_t first_new = r->block_table.size();
     if (!reserve_blocks(r, n, &short_of_blocks)) continue;  // stalled or preempted
-    add_entry(g, r, n, first_new, plan, &n_entries);
+    add_entry(g, r, n, first_new, false, plan, &n_entries);
     budget -= n;
   }
 
@@ -342,17 +347,26 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
     while (!waiting_.empty() && budget > 0 && n_running_ < options_.max_running_requests &&
            int64_t(g.members.size()) < std::min<int64_t>(share, options_.max_batch_tokens)) {
       Request* r = waiting_.front();
-      PP_ASSERT(r->n_cached == 0 && r->block_table.empty());
-      const int64_t n = std::min(r->n_tokens(), budget);
-      const int32_t need = blocks_.blocks_for(n);
+      PP_ASSERT(r->n_cached == 0 && r->block_table.empty() && r->block_hashes.empty());
+      int64_t n_hit = 0;
+      if (blocks_.caching()) {
+        n_hit = take_cached_prefix(r, budget);
+        if (n_hit < 0) break;
+      }
+      const int64_t n = std::min(r->n_tokens() - n_hit, budget);
+      const int32_t need = blocks_.blocks_for(n_hit + n) - int32_t(r->block_table.size());
       if (!blocks_.allocate(need, &r->block_table)) break;
+      r->n_cached = n_hit;
       waiting_.pop_front();
-      if (r->scheduled_s < 0.0) r->scheduled_s = now_s_;
+      if (r->scheduled_s < 0.0) {
+        r->scheduled_s = now_s_;
+        r->n_prompt_cached = n_hit;
+      }
       r->state = RequestState::kRunning;
       r->group = group;
       g.members.push_back(r);
       ++n_running_;
-      add_entry(g, r, n, 0, plan, &n_entries);
+      add_entry(g, r, n, 0, true, plan, &n_entries);
       budget -= n;
     }
   }
@@ -369,7 +383,40 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
   g.in_flight = true;
   g.seq = plan->seq;
   ++counters_.n_plans;
+  // The plan is issued: later plans may share the blocks it fills (not this one: see the top).
+  if (blocks_.caching()) {
+    for (const Flight& f : g.flight) commit_full_blocks(f.request, f.request->n_cached + f.n_new);
+  }
   return true;
+}
+
+std::span<const int32_t> Scheduler::sequence(const Request& r) {
+  if (r.output_ids.empty()) return r.prompt_ids;
+  seq_scratch_.clear();
+  r.copy_tokens(0, r.n_tokens(), &seq_scratch_);
+  return seq_scratch_;
+}
+
+int64_t Scheduler::take_cached_prefix(Request* r, int64_t budget) {
+  const uint64_t key = cache_key(*r);
+  const std::span<const int32_t> seq = sequence(*r);
+  const PrefixProbe probe = blocks_.probe_prefix(seq, key);
+  const int64_t n = std::min(r->n_tokens() - probe.n_tokens, budget);
+  const int32_t need = blocks_.blocks_for(probe.n_tokens + n) - blocks_.blocks_for(probe.n_tokens);
+  // Sharing takes the unreferenced blocks of the prefix out of what allocate can hand out.
+  if (need + probe.n_unreferenced > blocks_.n_available()) return -1;
+  const int64_t n_hit = blocks_.match_prefix(seq, key, &r->block_table, &r->block_hashes);
+  PP_ASSERT(n_hit == probe.n_tokens);
+  return n_hit;
+}
+
+void Scheduler::commit_full_blocks(Request* r, int64_t n_kv) {
+  const int64_t bs = blocks_.block_size();
+  const int64_t first = int64_t(r->block_hashes.size()), n_full = n_kv / bs;
+  if (n_full <= first) return;
+  seq_scratch_.clear();
+  r->copy_tokens(first * bs, (n_full - first) * bs, &seq_scratch_);
+  blocks_.commit_full(r->block_table, seq_scratch_, cache_key(*r), &r->block_hashes);
 }
 
 std::optional<transport::Plan> Scheduler::build_plan(int32_t group) {
@@ -459,6 +506,9 @@ int64_t Scheduler::preempt_all() {
       ++n_requeued;
     }
   }
+  // Every stage's KV is gone, so no cached block holds anything any more.
+  const bool flushed = blocks_.flush();
+  PP_ASSERT(flushed);
   return n_requeued;
 }
 
@@ -501,6 +551,7 @@ SchedulerStats Scheduler::stats() const {
   s.kv_blocks_total = blocks_.n_blocks();
   s.kv_blocks_used = blocks_.n_used();
   s.kv_usage = blocks_.usage();
+  s.kv_cache = blocks_.stats();
   return s;
 }
 

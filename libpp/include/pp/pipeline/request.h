@@ -4,7 +4,8 @@
 // Lifecycle: kWaiting (queued; holds no KV block) -> kRunning (in one micro-batch group, holds
 // blocks for its KV) -> kFinished. A preempted request goes back to kWaiting with its blocks
 // freed and its outputs kept; when it runs again its prompt plus the tokens generated so far are
-// prefilled again (recompute) and generation carries on where it stopped.
+// prefilled again (recompute; with prefix caching on, from the end of its cached prefix) and
+// generation carries on where it stopped.
 //
 // The token sequence of a request is prompt_ids followed by output_ids. n_cached tokens of it
 // have KV on every stage; the next micro-batch feeds tokens [n_cached, n_cached + n) of it. When
@@ -78,6 +79,9 @@ struct RequestEvent {
   int64_t n_output_tokens = 0;  // generated tokens (completion_tokens)
   int32_t n_preemptions = 0;
   double queue_s = -1.0;  // seconds from submission to first admission; -1: never admitted
+  // Prompt tokens found in the prefix cache at first admission (not computed; always 0 with
+  // prefix caching off). OpenAI's usage.prompt_tokens_details.cached_tokens.
+  int64_t n_cached_tokens = 0;
 };
 
 struct Request {
@@ -102,6 +106,12 @@ struct Request {
   bool cancel_requested = false;       // cancelled while in flight: released when it comes back
   bool stalled = false;  // running, but waiting for blocks held by newer requests in flight
   int32_t n_preemptions = 0;
+  // Prefix caching only (empty and 0 with caching off): the chained hashes of the table's first
+  // blocks, those full and committed or shared at admission; and the prompt tokens shared from
+  // the cache at first admission. A shared prefix counts in n_cached at once: the plan that
+  // fills it was issued earlier, so its KV is on every stage before any later plan runs.
+  std::vector<uint64_t> block_hashes;
+  int64_t n_prompt_cached = 0;
 
   // --- result
   FinishReason finish_reason = FinishReason::kNone;

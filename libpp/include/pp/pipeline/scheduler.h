@@ -1,7 +1,7 @@
 // Scheduler: the coordinator's scheduling state for the asynchronous pipeline, as pure logic (no
 // I/O, no clock, no threads: the coordinator loop owns it and calls it from one thread).
 //
-// It keeps the requests (waiting queue, running requests in M micro-batch groups), the KV block
+// It keeps the requests (waiting queue, running requests in M micro-batch groups), the KV cache
 // manager, and builds one batch plan per idle group. The coordinator loop:
 //
 //   submit() / cancel() what arrived;
@@ -20,7 +20,9 @@
 //     one while fewer than D % M other groups hold more than floor(D / M). This spreads the
 //     requests evenly over the groups at once (a burst of N arrivals gives each group about
 //     N/M, instead of trickling in one per round trip). Admission never preempts (see 3 for
-//     when it pauses).
+//     when it pauses). With prefix caching on, admission first asks the KV cache manager how
+//     much of the request's sequence is cached (whole blocks, never the last token): the table
+//     starts with those shared blocks and the first chunk starts after them.
 //  3. Each step takes the blocks it needs (blocks_for(n_cached + n) minus those held). When the
 //     pool is short, the newest (latest submitted) running request that is not in flight and
 //     not already in this plan is preempted by recompute: blocks freed, stages told through
@@ -34,11 +36,12 @@
 //     admitted.
 //  An empty plan is not issued (build_plan returns false / nullopt; releases stay pending).
 //
-// Plan contents, per entry: pos_begin = n_cached; n_new; token_ids = the n_new new tokens of the
-// sequence prompt ++ output (for stage 0; the coordinator strips them for other stages);
-// new_blocks = only the blocks added to the request's table by this step, with reset_table on
-// the first chunk after admission or preemption (the table restarts from new_blocks); sample
-// when the step ends at the end of the sequence (the last prefill chunk, every decode) with
+// Plan contents, per entry: pos_begin = n_cached (on admission: the cached prefix, 0 without a
+// hit); n_new; token_ids = the n_new new tokens of the sequence prompt ++ output (for stage 0;
+// the coordinator strips them for other stages); new_blocks = only the blocks added to the
+// request's table by this step, with reset_table on the first chunk after admission or
+// preemption (the table restarts from new_blocks: then the whole table, shared blocks first);
+// sample when the step ends at the end of the sequence (the last prefill chunk, every decode) with
 // sample_step = tokens generated so far (the sampler's RNG counter, so a request's tokens do
 // not depend on batching or preemption) and sampling = the request's WireSampling; when the
 // request uses penalties, penalty_prompt_ids = the original prompt on reset_table entries and
@@ -48,6 +51,14 @@
 // request can be released and readmitted with reset_table in the same plan). Released ids a
 // stage does not know are ignored. Plans carry seq numbers in issue order.
 //
+// Prefix caching (options.enable_prefix_cache; off by default, and then nothing of this
+// happens). Once a plan is built (issued), the blocks its entries fill become cached: stages run
+// plans in issue order, so any later plan may read them; the plan itself may not (its entries
+// run together), which is why they are committed after the whole plan is built. A finished or
+// preempted request's cached blocks stay valid in the manager's eviction pool until their memory
+// is needed; a recompute can hit them. preempt_all() (a lost stage: every stage's KV is gone)
+// flushes the cache.
+//
 // apply_tokens(t): the group's plan has come back from the last stage (so every stage is done
 // with it). For each entry: n_cached advances; a sampled token is appended (delta event), stop
 // conditions are checked (eos unless ignore_eos, stop_token_ids, stop strings on the text,
@@ -55,7 +66,9 @@
 // in the next plan; requests cancelled while in flight are finished (abort) here. The group is
 // then idle.
 //
-// Invariants (checked by the tests): free + held blocks == n_blocks; a request is in at most one
+// Invariants (checked by the tests): free + referenced + cached-unreferenced blocks == n_blocks
+// (with caching off: free + held == n_blocks, a block in at most one table); a block's reference
+// count is the number of live requests whose table holds it; a request is in at most one
 // group and in at most one in-flight plan; a plan has at most max_batch_tokens tokens; every
 // request ends with exactly one final event.
 #pragma once
@@ -70,7 +83,7 @@
 
 #include "pp/model/sampling-params.h"
 #include "pp/model/tokenizer.h"
-#include "pp/pipeline/block-manager.h"
+#include "pp/pipeline/kv-cache-manager.h"
 #include "pp/pipeline/request.h"
 #include "pp/status.h"
 #include "pp/transport/messages.h"
@@ -87,6 +100,7 @@ struct SchedulerOptions {
   int64_t n_vocab = 0;                 // > 0: prompt ids and stop_token_ids must be below it
   std::vector<int32_t> eos_ids;        // the model's end-of-sequence ids
   std::optional<uint64_t> seed;        // seeds the seeds of requests without one (absent: random)
+  bool enable_prefix_cache = false;    // share cached full KV blocks of common prefixes
 
   // kInvalidArgument naming the first bad field.
   Status validate() const;
@@ -99,9 +113,9 @@ struct SchedulerStats {
   int64_t n_in_flight = 0;  // requests in plans that have not come back
   int32_t n_groups_in_flight = 0;
   int32_t kv_blocks_total = 0;
-  int32_t kv_blocks_used = 0;
-  double kv_usage = 0.0;      // kv_blocks_used / kv_blocks_total
-  int64_t n_preemptions = 0;  // since construction
+  int32_t kv_blocks_used = 0;  // referenced by running requests (not the cached unreferenced)
+  double kv_usage = 0.0;       // kv_blocks_used / kv_blocks_total
+  int64_t n_preemptions = 0;   // since construction
   int64_t n_finished_stop = 0;
   int64_t n_finished_length = 0;
   int64_t n_finished_abort = 0;
@@ -109,6 +123,7 @@ struct SchedulerStats {
   int64_t n_prefill_tokens = 0;    // tokens scheduled in steps that were not decodes
   int64_t n_decode_tokens = 0;     // tokens scheduled in decode steps (one per step)
   int64_t n_generated_tokens = 0;  // tokens appended from apply_tokens
+  KvCacheStats kv_cache;           // prefix cache: blocks cached now, queries, hits, evictions
 };
 
 // The sampling parameters as the last stage needs them.
@@ -167,10 +182,14 @@ class Scheduler {
   Status apply_tokens(const transport::Tokens& tokens);
 
   // Recovery after a stage was lost (every stage's KV is gone): forgets every plan in flight
-  // (their tokens will be refused as stale), finishes requests cancelled in flight, and
-  // preempts every running request for recompute, oldest at the front of the queue. Returns
-  // how many were requeued.
+  // (their tokens will be refused as stale), finishes requests cancelled in flight, preempts
+  // every running request for recompute, oldest at the front of the queue, and flushes the
+  // prefix cache. Returns how many were requeued.
   int64_t preempt_all();
+
+  // Empties the prefix cache (KvCacheManager::flush): true when done, false (nothing changed)
+  // while running requests hold blocks.
+  bool flush_prefix_cache() { return blocks_.flush(); }
 
   // Moves the events emitted since the last call into *out (cleared first; swaps buffers, so
   // passing the same vector each time reuses its storage).
@@ -190,7 +209,7 @@ class Scheduler {
   std::span<Request* const> group_members(int32_t group) const;
   // Ids to be sent in the next plan's released list.
   std::span<const uint64_t> pending_released() const { return pending_released_; }
-  const BlockManager& block_manager() const { return blocks_; }
+  const KvCacheManager& kv_cache() const { return blocks_; }
   const SchedulerOptions& options() const { return options_; }
 
  private:
@@ -212,8 +231,17 @@ class Scheduler {
   // Takes the blocks `r` needs for n more tokens, preempting as needed. False when `r` itself
   // was preempted or has to wait (stalled); *short_of_blocks is set when the pool was short.
   bool reserve_blocks(Request* r, int64_t n, bool* short_of_blocks);
-  void add_entry(Group& g, Request* r, int64_t n, size_t first_new_block, transport::Plan* plan,
-                 size_t* n_entries);
+  void add_entry(Group& g, Request* r, int64_t n, size_t first_new_block, bool reset,
+                 transport::Plan* plan, size_t* n_entries);
+  // Admission with caching on: takes the cached prefix of `r`'s sequence into its (empty)
+  // table when the blocks for its first chunk of at most `budget` tokens can then be allocated
+  // too, and returns the prefix length in tokens (0 on a miss); -1, changing nothing, when they
+  // cannot.
+  int64_t take_cached_prefix(Request* r, int64_t budget);
+  // With caching on: commits the blocks of `r` that are full once its first n_kv tokens have KV.
+  void commit_full_blocks(Request* r, int64_t n_kv);
+  // r's token sequence (prompt ++ output) as one span (copied into seq_scratch_ when needed).
+  std::span<const int32_t> sequence(const Request& r);
   void preempt(Request* r);
   void remove_from_group(Request* r);
   // Finishes a running request that is not in flight: blocks freed, released, final event.
@@ -222,7 +250,7 @@ class Scheduler {
 
   SchedulerOptions options_;
   const model::Tokenizer* tokenizer_;
-  BlockManager blocks_;
+  KvCacheManager blocks_;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;  // live requests
   std::deque<Request*> waiting_;
   std::vector<Group> groups_;
@@ -234,9 +262,10 @@ class Scheduler {
   uint64_t next_arrival_ = 0;
   uint64_t idle_clock_ = 0;
   uint64_t seed_state_ = 0;
-  SchedulerStats counters_;      // the cumulative fields
-  std::vector<Request*> order_;  // scratch: the order of a group's steps
-  std::vector<int32_t> match_;   // scratch: token index of each in-flight entry
+  SchedulerStats counters_;           // the cumulative fields
+  std::vector<Request*> order_;       // scratch: the order of a group's steps
+  std::vector<int32_t> match_;        // scratch: token index of each in-flight entry
+  std::vector<int32_t> seq_scratch_;  // scratch: a request's sequence, or tokens of full blocks
 };
 
 }  // namespace pp::pipeline
