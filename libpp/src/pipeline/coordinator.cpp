@@ -346,28 +346,29 @@ void Coordinator::handle_commands() {
   }
 }
 
-Status Coordinator::send_plan(const transport::Plan& plan) {
+// A plan that cannot reach a stage (its process died a moment ago: the socket says the peer is
+// unreachable) loses that stage; the recovery that follows forgets this plan on every stage.
+void Coordinator::send_plan(const transport::Plan& plan) {
   const int32_t P = options_.n_stages;
   for (int32_t k = 0; k < P; ++k) {
     Status s = P == 1 ? server_->send(stages_[0].peer, plan)
                       : server_->send(stages_[k].peer, plan_for_stage(plan, k, P));
-    if (!s.ok()) return s.with_context(fmt::format("cannot send plan {} to stage {}", plan.seq, k));
+    if (!s.ok()) note_lost(k, fmt::format("cannot send plan {}: {}", plan.seq, s.message()));
   }
-  return ok_status();
 }
 
-Status Coordinator::issue_plans() {
+void Coordinator::issue_plans() {
   scheduler_->set_now(std::chrono::duration<double>(Clock::now() - start_time_).count());
   scheduler_->idle_groups(&idle_);
   for (int32_t g : idle_) {
+    if (!lost_.empty()) break;  // a recovery comes first
     if (!scheduler_->build_plan(g, &plan_)) continue;
     int32_t n_tokens = 0;
     for (const transport::PlanEntry& e : plan_.entries) n_tokens += e.n_new;
     in_flight_[size_t(g)] = PlanSpan{plan_.seq, g, n_tokens, trace_now_us(), 0};
     next_seq_ = plan_.seq + 1;
-    PP_RETURN_IF_ERROR(send_plan(plan_));
+    send_plan(plan_);
   }
-  return ok_status();
 }
 
 Status Coordinator::handle_message(const transport::Incoming& in) {
@@ -521,10 +522,7 @@ void Coordinator::loop() {
     }
     handle_commands();
     // 2. Fill and issue every idle group.
-    if (Status s = issue_plans(); !s.ok()) {
-      fail(s);
-      return;
-    }
+    issue_plans();
     // 3. Stream out (stats first, so that a caller seeing a final event sees its blocks freed).
     const int64_t n_preempted = scheduler_->stats().n_preemptions;
     if (n_preempted > preemptions_recorded_) {

@@ -117,8 +117,8 @@ class Coordinator {
   void loop();
   Status handle_message(const transport::Incoming& in);
   void handle_commands();
-  Status issue_plans();
-  Status send_plan(const transport::Plan& plan);
+  void issue_plans();
+  void send_plan(const transport::Plan& plan);
   void dispatch_events();
   Status check_stages();
   void send_heartbeats();
