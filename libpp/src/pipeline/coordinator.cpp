@@ -7,13 +7,10 @@
 #include <algorithm>
 #include <csignal>
 #include <future>
-#include <limits>
 
 #include <spdlog/spdlog.h>
 
 #include "pp/assert.h"
-#include "pp/kernels/device.h"
-#include "pp/kernels/gpu.h"
 #include "pp/partition/model-resolver.h"
 
 namespace pp::pipeline {
