@@ -29,6 +29,11 @@ struct GpuStageModel::Layer {
 
 namespace {
 
+// A bf16 weight [rows, cols] on the device, as the linear op takes it.
+kernels::WeightView bf16_view(const Bf16* w, int64_t rows, int64_t cols) {
+  return {.format = kernels::WeightFormat::kBF16, .data = w, .rows = rows, .cols = cols};
+}
+
 constexpr size_t kAlign = 256;  // bytes: every tensor and buffer slice starts on this boundary
 size_t align_up(size_t n, size_t a = kAlign) { return (n + a - 1) / a * a; }
 
@@ -521,7 +526,7 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
                               block_size_, c.n_head_kv,        c.head_dim};
     PP_RETURN_IF_ERROR(gpu::rms_norm(h_, nullptr, l.attn_norm, x_, T, E, c.rms_norm_eps, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = x_, .w = l.wqkv, .bias = l.bqkv, .out = qkv_, .m = T, .n = Q + 2 * KV, .k = E}, s));
+        {.x = x_, .w = bf16_view(l.wqkv, Q + 2 * KV, E), .bias = l.bqkv, .out = qkv_, .m = T}, s));
     gpu::RopeKvArgs r;
     r.qkv = qkv_;
     r.q_out = q_;
@@ -554,19 +559,19 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     a.workspace_bytes = attn_ws_.bytes();
     PP_RETURN_IF_ERROR(gpu::attention(a, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = attn_, .w = l.wo, .out = h_, .m = T, .n = E, .k = Q, .accumulate = true}, s));
+        {.x = attn_, .w = bf16_view(l.wo, E, Q), .out = h_, .m = T, .accumulate = true}, s));
     PP_RETURN_IF_ERROR(gpu::rms_norm(h_, nullptr, l.ffn_norm, x_, T, E, c.rms_norm_eps, s));
     PP_RETURN_IF_ERROR(
-        blas_->linear({.x = x_, .w = l.wgu, .out = gate_up_, .m = T, .n = 2 * F, .k = E}, s));
+        blas_->linear({.x = x_, .w = bf16_view(l.wgu, 2 * F, E), .out = gate_up_, .m = T}, s));
     PP_RETURN_IF_ERROR(gpu::swiglu(gate_up_, act_, T, F, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = act_, .w = l.wdown, .out = h_, .m = T, .n = E, .k = F, .accumulate = true}, s));
+        {.x = act_, .w = bf16_view(l.wdown, E, F), .out = h_, .m = T, .accumulate = true}, s));
   }
   if (has_lm_head() && R > 0) {
     PP_RETURN_IF_ERROR(gpu::embedding(h_, d_logit_rows_, rows_, T, E, R, s));  // row gather
     PP_RETURN_IF_ERROR(gpu::rms_norm(rows_, nullptr, final_norm_, rows_, R, E, c.rms_norm_eps, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = rows_, .w = lm_head_, .out_f32 = logits_, .m = R, .n = c.n_vocab, .k = E}, s));
+        {.x = rows_, .w = bf16_view(lm_head_, c.n_vocab, E), .out_f32 = logits_, .m = R}, s));
   }
   return ok_status();
 }
