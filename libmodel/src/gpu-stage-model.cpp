@@ -1,5 +1,6 @@
-// GpuStageModel: weights laid out in one device allocation, the layer sequence over gpu.h's
-// ops, metadata uploads through a ring of pinned staging buffers, decode graphs, and sampling.
+// GpuStageModel: the table's slots laid out in one device allocation, the layer sequence over
+// gpu.h's ops, metadata uploads through a ring of pinned staging buffers, decode graphs, and
+// sampling.
 //
 // One layer, with the residual adds fused into the output GEMMs (cuBLASLt beta = 1):
 //   x = rmsnorm(h) ; qkv = x Wqkv^T (+b) ; q, kv <- rope(norm(q, k)), v ; a = attention(q, kv)
@@ -14,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "arch/decoder-layer.h"
+#include "arch/tensor-load.h"
 #include "pp/assert.h"
 #include "pp/model/random-weights.h"
 
@@ -22,28 +24,18 @@ namespace pp::model {
 namespace gpu = kernels::gpu;
 using gpu::Bf16;
 
-struct GpuStageModel::Layer {
-  Bf16 *attn_norm = nullptr, *wqkv = nullptr, *bqkv = nullptr, *q_norm = nullptr, *k_norm = nullptr,
-       *wo = nullptr, *ffn_norm = nullptr, *wgu = nullptr, *wdown = nullptr;
-};
-
 namespace {
 
-constexpr size_t kAlign = 256;  // bytes: every tensor and buffer slice starts on this boundary
+using kernels::WeightView;
+
+constexpr size_t kAlign = 256;  // bytes: every slot and buffer slice starts on this boundary
 size_t align_up(size_t n, size_t a = kAlign) { return (n + a - 1) / a * a; }
 
-// One tensor to put on the device: its Hugging Face name and shape, and where it goes (an
-// offset in elements into the weight allocation until the allocation exists).
-struct Slot {
-  std::string name;
-  std::vector<int64_t> shape;
-  size_t offset = 0;  // elements
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return n;
-  }
-};
+// The bf16 values of a norm or bias slot (nullptr when the slot is empty).
+const Bf16* bf16(const WeightView& w) {
+  PP_ASSERT(w.empty() || w.format == kernels::WeightFormat::kBF16);
+  return w.as<Bf16>();
+}
 
 // The context buckets of decode graphs: powers of two from 512 keys.
 int64_t kv_bucket(int64_t kv_len) {
@@ -193,97 +185,38 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
   return ok_status();
 }
 
-// Lays out every tensor of this stage, allocates them in one buffer, and points the layers at
-// their slices. tensors_ lists (name, address) for the loaders.
-Status GpuStageModel::alloc_weights() {
-  const ModelConfig& c = config_;
-  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim,
-                V = c.n_vocab;
-  std::vector<Slot> slots;
+// Lays out every slot of this stage's table in one buffer, points the layers and edges at their
+// slices, and says where each tensor goes (a fused slot's parts at their row offsets).
+Status GpuStageModel::alloc_weights(const StageTensors& st, std::vector<Bf16*>& where) {
+  const std::vector<SlotSpec> slots = slots_of(st.tensors);
+  std::vector<size_t> offsets;  // elements
   size_t at = 0;
-  auto place = [&](size_t elems) {
-    const size_t here = at;
-    at = align_up((at + elems) * sizeof(Bf16)) / sizeof(Bf16);
-    return here;
-  };
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, size_t offset) {
-    slots.push_back({name, std::move(shape), offset});
-  };
-  size_t embed_off = 0, norm_off = 0, head_off = 0;
-  if (has_embedding()) {
-    embed_off = place(size_t(V * E));
-    add("model.embed_tokens.weight", {V, E}, embed_off);
-  }
-  struct Offsets {
-    size_t attn_norm, wqkv, bqkv, q_norm, k_norm, wo, ffn_norm, wgu, wdown;
-  };
-  std::vector<Offsets> offs;
-  for (int64_t il = layer_begin_; il < layer_end_; ++il) {
-    const std::string p = fmt::format("model.layers.{}.", il);
-    Offsets o{};
-    o.attn_norm = place(size_t(E));
-    add(p + "input_layernorm.weight", {E}, o.attn_norm);
-    o.wqkv = place(size_t((Q + 2 * KV) * E));
-    add(p + "self_attn.q_proj.weight", {Q, E}, o.wqkv);
-    add(p + "self_attn.k_proj.weight", {KV, E}, o.wqkv + size_t(Q * E));
-    add(p + "self_attn.v_proj.weight", {KV, E}, o.wqkv + size_t((Q + KV) * E));
-    if (c.attention_bias) {
-      o.bqkv = place(size_t(Q + 2 * KV));
-      add(p + "self_attn.q_proj.bias", {Q}, o.bqkv);
-      add(p + "self_attn.k_proj.bias", {KV}, o.bqkv + size_t(Q));
-      add(p + "self_attn.v_proj.bias", {KV}, o.bqkv + size_t(Q + KV));
-    }
-    if (c.qk_norm) {
-      o.q_norm = place(size_t(D));
-      o.k_norm = place(size_t(D));
-      add(p + "self_attn.q_norm.weight", {D}, o.q_norm);
-      add(p + "self_attn.k_norm.weight", {D}, o.k_norm);
-    }
-    o.wo = place(size_t(E * Q));
-    add(p + "self_attn.o_proj.weight", {E, Q}, o.wo);
-    o.ffn_norm = place(size_t(E));
-    add(p + "post_attention_layernorm.weight", {E}, o.ffn_norm);
-    o.wgu = place(size_t(2 * F * E));
-    add(p + "mlp.gate_proj.weight", {F, E}, o.wgu);
-    add(p + "mlp.up_proj.weight", {F, E}, o.wgu + size_t(F * E));
-    o.wdown = place(size_t(E * F));
-    add(p + "mlp.down_proj.weight", {E, F}, o.wdown);
-    offs.push_back(o);
-  }
-  bool head_is_embed = false;
-  if (has_lm_head()) {
-    norm_off = place(size_t(E));
-    add("model.norm.weight", {E}, norm_off);
-    // The head's own slice, unless it is this stage's embedding.
-    head_is_embed = head_tied_ && has_embedding();
-    if (!head_is_embed) {
-      head_off = place(size_t(V * E));
-      add(head_tied_ ? "model.embed_tokens.weight#head" : "lm_head.weight", {V, E}, head_off);
-    }
+  for (const SlotSpec& sl : slots) {
+    offsets.push_back(at);
+    at = align_up((at + size_t(sl.numel())) * sizeof(Bf16)) / sizeof(Bf16);
   }
   PP_ASSIGN_OR_RETURN(weights_, gpu::DeviceBuffer::allocate(at * sizeof(Bf16)));
   Bf16* base = weights_.as<Bf16>();
-  auto ptr = [&](size_t off) { return base + off; };
-  if (has_embedding()) embed_ = ptr(embed_off);
-  for (const Offsets& o : offs) {
-    Layer l;
-    l.attn_norm = ptr(o.attn_norm);
-    l.wqkv = ptr(o.wqkv);
-    l.bqkv = c.attention_bias ? ptr(o.bqkv) : nullptr;
-    l.q_norm = c.qk_norm ? ptr(o.q_norm) : nullptr;
-    l.k_norm = c.qk_norm ? ptr(o.k_norm) : nullptr;
-    l.wo = ptr(o.wo);
-    l.ffn_norm = ptr(o.ffn_norm);
-    l.wgu = ptr(o.wgu);
-    l.wdown = ptr(o.wdown);
-    layers_.push_back(l);
+  layers_.assign(size_t(n_layer()), Layer{});
+  auto slot_map = [&](int64_t layer) -> SlotMap<WeightView>& {
+    return layer < 0 ? edges_ : layers_[size_t(layer - layer_begin_)];
+  };
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const SlotSpec& sl = slots[i];
+    slot_map(sl.layer)[sl.slot] = {.format = kernels::WeightFormat::kBF16,
+                                   .data = base + offsets[i],
+                                   .rows = sl.rows,
+                                   .cols = sl.cols};
   }
-  if (has_lm_head()) {
-    final_norm_ = ptr(norm_off);
-    lm_head_ = head_is_embed ? embed_ : ptr(head_off);
+  if (st.head_shares_embedding) edges_[WeightSlot::kLmHead] = edges_[WeightSlot::kEmbedding];
+  where.clear();
+  for (const TensorSpec& t : st.tensors) {
+    const auto it = std::find_if(slots.begin(), slots.end(), [&](const SlotSpec& sl) {
+      return sl.slot == t.slot && sl.layer == t.layer;
+    });
+    PP_ASSERT(it != slots.end());
+    where.push_back(base + offsets[size_t(it - slots.begin())] + size_t(t.row_offset * it->cols));
   }
-  tensors_.clear();
-  for (const Slot& s : slots) tensors_.emplace_back(s.name, ptr(s.offset));
   return ok_status();
 }
 
@@ -293,20 +226,15 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& co
                                                            const GpuStageOptions& options) {
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
   PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
-  // As StageModel: tied embeddings read embed_tokens; so does a checkpoint without lm_head.weight.
-  const bool has_head = weights.find("lm_head.weight") != nullptr;
-  const bool has_embed = weights.find("model.embed_tokens.weight") != nullptr;
-  m->head_tied_ = (config.tie_word_embeddings && has_embed) || !has_head;
-  PP_RETURN_IF_ERROR(m->alloc_weights());
+  const StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
+  std::vector<Bf16*> where;
+  PP_RETURN_IF_ERROR(m->alloc_weights(st, where));
   std::vector<float> host;
-  for (const auto& [name, dst] : m->tensors_) {
-    const std::string source =
-        name == "model.embed_tokens.weight#head" ? "model.embed_tokens.weight" : name;
-    const TensorInfo* t = weights.find(source);
-    if (!t) return not_found("tensor '{}' not found in '{}'", source, weights.describe());
-    host.resize(size_t(t->numel()));
-    PP_RETURN_IF_ERROR(weights.read_f32(source, host));
-    PP_RETURN_IF_ERROR(gpu::upload_bf16(dst, host.data(), host.size()));
+  for (size_t i = 0; i < st.tensors.size(); ++i) {
+    const TensorSpec& t = st.tensors[i];
+    host.resize(size_t(t.numel()));
+    PP_RETURN_IF_ERROR(load_tensor(weights, t, host));
+    PP_RETURN_IF_ERROR(gpu::upload_bf16(where[i], host.data(), host.size()));
   }
   PP_RETURN_IF_ERROR(m->alloc_scratch());
   return m;
@@ -318,17 +246,17 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& 
                                                              const GpuStageOptions& options) {
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
   PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
-  m->head_tied_ = config.tie_word_embeddings;
-  PP_RETURN_IF_ERROR(m->alloc_weights());
-  PP_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> shapes, random_weights(config, seed));
-  for (const auto& [name, dst] : m->tensors_) {
-    const std::string source =
-        name == "model.embed_tokens.weight#head" ? "model.embed_tokens.weight" : name;
-    const TensorInfo* t = shapes->find(source);
-    PP_ASSERT(t != nullptr);
-    const RandomRange r = random_weight_range(t->name, t->shape);
+  // The same tensors (and head rule) as a load from random_weights(config, seed), filled on the
+  // device with that source's values.
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> source, random_weights(config, seed));
+  const StageTensors st = stage_tensors(config, *source, layer_begin, layer_end);
+  std::vector<Bf16*> where;
+  PP_RETURN_IF_ERROR(m->alloc_weights(st, where));
+  for (size_t i = 0; i < st.tensors.size(); ++i) {
+    const TensorSpec& t = st.tensors[i];
+    const RandomRange r = random_weight_range(t.name, t.shape);
     PP_RETURN_IF_ERROR(gpu::fill_random(
-        dst, size_t(t->numel()), random_weight_key_for(seed, t->name), r.lo, r.hi, m->stream_));
+        where[i], size_t(t.numel()), random_weight_key_for(seed, t.name), r.lo, r.hi, m->stream_));
   }
   PP_RETURN_IF_ERROR(m->stream_.synchronize());
   PP_RETURN_IF_ERROR(m->alloc_scratch());
@@ -508,10 +436,11 @@ Status GpuStageModel::upload_metadata(const Batch& batch, int64_t pad_tokens, in
 Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_kv_len,
                           int64_t width, int64_t R) {
   const ModelConfig& c = config_;
-  const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
+  const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff;
   gpu::Stream& s = stream_;
   if (has_embedding()) {
-    PP_RETURN_IF_ERROR(gpu::embedding(embed_, d_ids_, h_, c.n_vocab, E, T, s));
+    PP_RETURN_IF_ERROR(
+        gpu::embedding(bf16(edges_[WeightSlot::kEmbedding]), d_ids_, h_, c.n_vocab, E, T, s));
   }
   const int64_t per_layer = n_blocks_ * block_size_ * KV;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -519,17 +448,22 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     Bf16* k_pool = kv_.as<Bf16>() + int64_t(2 * i) * per_layer;
     const gpu::PagedKvView kv{k_pool,      k_pool + per_layer, n_blocks_,
                               block_size_, c.n_head_kv,        c.head_dim};
-    PP_RETURN_IF_ERROR(gpu::rms_norm(h_, nullptr, l.attn_norm, x_, T, E, c.rms_norm_eps, s));
-    PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = x_, .w = l.wqkv, .bias = l.bqkv, .out = qkv_, .m = T, .n = Q + 2 * KV, .k = E}, s));
+    PP_RETURN_IF_ERROR(
+        gpu::rms_norm(h_, nullptr, bf16(l[WeightSlot::kAttnNorm]), x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(blas_->linear({.x = x_,
+                                      .w = l[WeightSlot::kQkv],
+                                      .bias = bf16(l[WeightSlot::kQkvBias]),
+                                      .out = qkv_,
+                                      .m = T},
+                                     s));
     gpu::RopeKvArgs r;
     r.qkv = qkv_;
     r.q_out = q_;
     r.pos = d_pos_;
     r.slots = d_slots_;
     r.inv_freq = inv_freq_.as<float>();
-    r.q_norm = l.q_norm;
-    r.k_norm = l.k_norm;
+    r.q_norm = bf16(l[WeightSlot::kQNorm]);
+    r.k_norm = bf16(l[WeightSlot::kKNorm]);
     r.norm_eps = c.rms_norm_eps;
     r.kv = kv;
     r.n_tokens = T;
@@ -554,19 +488,21 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     a.workspace_bytes = attn_ws_.bytes();
     PP_RETURN_IF_ERROR(gpu::attention(a, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = attn_, .w = l.wo, .out = h_, .m = T, .n = E, .k = Q, .accumulate = true}, s));
-    PP_RETURN_IF_ERROR(gpu::rms_norm(h_, nullptr, l.ffn_norm, x_, T, E, c.rms_norm_eps, s));
+        {.x = attn_, .w = l[WeightSlot::kO], .out = h_, .m = T, .accumulate = true}, s));
     PP_RETURN_IF_ERROR(
-        blas_->linear({.x = x_, .w = l.wgu, .out = gate_up_, .m = T, .n = 2 * F, .k = E}, s));
+        gpu::rms_norm(h_, nullptr, bf16(l[WeightSlot::kFfnNorm]), x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(
+        blas_->linear({.x = x_, .w = l[WeightSlot::kGateUp], .out = gate_up_, .m = T}, s));
     PP_RETURN_IF_ERROR(gpu::swiglu(gate_up_, act_, T, F, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = act_, .w = l.wdown, .out = h_, .m = T, .n = E, .k = F, .accumulate = true}, s));
+        {.x = act_, .w = l[WeightSlot::kDown], .out = h_, .m = T, .accumulate = true}, s));
   }
   if (has_lm_head() && R > 0) {
     PP_RETURN_IF_ERROR(gpu::embedding(h_, d_logit_rows_, rows_, T, E, R, s));  // row gather
-    PP_RETURN_IF_ERROR(gpu::rms_norm(rows_, nullptr, final_norm_, rows_, R, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(gpu::rms_norm(rows_, nullptr, bf16(edges_[WeightSlot::kFinalNorm]), rows_, R,
+                                     E, c.rms_norm_eps, s));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = rows_, .w = lm_head_, .out_f32 = logits_, .m = R, .n = c.n_vocab, .k = E}, s));
+        {.x = rows_, .w = edges_[WeightSlot::kLmHead], .out_f32 = logits_, .m = R}, s));
   }
   return ok_status();
 }

@@ -1,4 +1,5 @@
-// The random weight source: the tensor list of a config, and values from the shared generator.
+// The random weight source: the tensors of a config's table (model_tensors), and values from the
+// shared generator.
 #include "pp/model/random-weights.h"
 
 #include <algorithm>
@@ -6,6 +7,7 @@
 #include <map>
 
 #include "pp/kernels/random-weights.h"
+#include "pp/model/arch-tensors.h"
 
 namespace pp::model {
 namespace {
@@ -17,33 +19,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 class RandomSource final : public WeightSource {
  public:
+  // Every tensor of a checkpoint of `c` (the table; a tied model has no lm_head.weight).
   RandomSource(const ModelConfig& c, uint64_t seed) : seed_(seed) {
-    const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim,
-                  V = c.n_vocab;
-    add("model.embed_tokens.weight", {V, E});
-    for (int64_t il = 0; il < c.n_layer; ++il) {
-      const std::string p = fmt::format("model.layers.{}.", il);
-      add(p + "input_layernorm.weight", {E});
-      add(p + "self_attn.q_proj.weight", {Q, E});
-      add(p + "self_attn.k_proj.weight", {KV, E});
-      add(p + "self_attn.v_proj.weight", {KV, E});
-      if (c.attention_bias) {
-        add(p + "self_attn.q_proj.bias", {Q});
-        add(p + "self_attn.k_proj.bias", {KV});
-        add(p + "self_attn.v_proj.bias", {KV});
-      }
-      if (c.qk_norm) {
-        add(p + "self_attn.q_norm.weight", {D});
-        add(p + "self_attn.k_norm.weight", {D});
-      }
-      add(p + "self_attn.o_proj.weight", {E, Q});
-      add(p + "post_attention_layernorm.weight", {E});
-      add(p + "mlp.gate_proj.weight", {F, E});
-      add(p + "mlp.up_proj.weight", {F, E});
-      add(p + "mlp.down_proj.weight", {E, F});
+    for (TensorSpec& t : model_tensors(c)) {
+      if (!t.optional) add(std::move(t.name), std::move(t.shape));
     }
-    add("model.norm.weight", {E});
-    if (!c.tie_word_embeddings) add("lm_head.weight", {V, E});
   }
 
   std::vector<std::string> names() const override {
@@ -73,13 +53,13 @@ class RandomSource final : public WeightSource {
   std::string describe() const override { return fmt::format("random weights (seed {})", seed_); }
 
  private:
-  void add(const std::string& name, std::vector<int64_t> shape) {
+  void add(std::string name, std::vector<int64_t> shape) {
     TensorInfo t;
     t.name = name;
     t.dtype = DType::kBF16;
     t.shape = std::move(shape);
     t.nbytes = uint64_t(t.numel()) * 2;
-    tensors_.emplace(name, std::move(t));
+    tensors_.emplace(std::move(name), std::move(t));
   }
   uint64_t seed_;
   std::map<std::string, TensorInfo> tensors_;

@@ -27,37 +27,28 @@ Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
   m->layer_begin_ = layer_begin;
   m->layer_end_ = layer_end;
   const ModelConfig& c = m->config_;
-  const int64_t E = c.n_embd, V = c.n_vocab;
 
-  if (m->has_embedding()) {
-    m->embed_.resize(size_t(V * E));
-    PP_RETURN_IF_ERROR(load_tensor(weights, "model.embed_tokens.weight", {V, E}, m->embed_));
-  }
+  // The table's tensors for this stage, in order: the edges into the stage's own slots, each
+  // layer's run of tensors into its layer.
+  const StageTensors st = stage_tensors(c, weights, layer_begin, layer_end);
+  const std::span<const TensorSpec> all(st.tensors);
   m->layers_.reserve(size_t(layer_end - layer_begin));
-  for (int64_t il = layer_begin; il < layer_end; ++il) {
-    PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, weights, il));
-    m->layers_.push_back(std::move(layer));
-  }
-  if (m->has_lm_head()) {
-    m->final_norm_.resize(size_t(E));
-    PP_RETURN_IF_ERROR(load_tensor(weights, "model.norm.weight", {E}, m->final_norm_));
-    // Tied embeddings read embed_tokens; so does a checkpoint without lm_head.weight.
-    const bool has_head = weights.find("lm_head.weight") != nullptr;
-    const bool has_embed = weights.find("model.embed_tokens.weight") != nullptr;
-    const bool use_embed = (c.tie_word_embeddings && has_embed) || !has_head;
-    if (use_embed && m->has_embedding()) {
-      m->lm_head_w_ = m->embed_.data();
+  for (size_t i = 0; i < all.size();) {
+    size_t j = i + 1;
+    while (j < all.size() && all[j].owner == all[i].owner && all[j].layer == all[i].layer) ++j;
+    const std::span<const TensorSpec> run = all.subspan(i, j - i);
+    if (all[i].owner == TensorOwner::kLayer) {
+      PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, weights, run));
+      m->layers_.push_back(std::move(layer));
     } else {
-      m->lm_head_.resize(size_t(V * E));
-      if (use_embed && !has_embed) {
-        return not_found("neither 'lm_head.weight' nor 'model.embed_tokens.weight' in '{}'",
-                         weights.describe());
-      }
-      PP_RETURN_IF_ERROR(load_tensor(weights,
-                                     use_embed ? "model.embed_tokens.weight" : "lm_head.weight",
-                                     {V, E}, m->lm_head_));
-      m->lm_head_w_ = m->lm_head_.data();
+      PP_RETURN_IF_ERROR(load_f32_slots(weights, run, m->edges_));
     }
+    i = j;
+  }
+  PP_ASSERT(int64_t(m->layers_.size()) == layer_end - layer_begin);
+  if (m->has_lm_head()) {
+    m->lm_head_ =
+        m->edges_[st.head_shares_embedding ? WeightSlot::kEmbedding : WeightSlot::kLmHead].view();
   }
 
   m->inv_freq_ = rope_inv_freq_for(c);
@@ -65,7 +56,8 @@ Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
 }
 
 int64_t StageModel::n_params() const {
-  int64_t n = int64_t(embed_.size() + final_norm_.size() + lm_head_.size());
+  int64_t n = 0;
+  for (const kernels::HostWeight& w : edges_.all()) n += w.numel();
   for (const DecoderLayer& l : layers_) n += l.n_params();
   return n;
 }
@@ -134,7 +126,7 @@ Status StageModel::forward(const Batch& batch, std::span<const float> input_hidd
     return ok_status();
   }
   if (has_embedding()) {
-    cpu::embedding({.table = embed_.data(),
+    cpu::embedding({.table = edges_[WeightSlot::kEmbedding].f32_data(),
                     .ids = batch.token_ids.data(),
                     .out = h.data(),
                     .n_vocab = V,
@@ -154,12 +146,12 @@ Status StageModel::forward(const Batch& batch, std::span<const float> input_hidd
   output.resize(size_t(R * V));
   if (R == 0) return ok_status();
   cpu::rms_norm({.x = rows_.data(),
-                 .weight = final_norm_.data(),
+                 .weight = edges_[WeightSlot::kFinalNorm].f32_data(),
                  .out = rows_.data(),
                  .n_rows = R,
                  .n = E,
                  .eps = config_.rms_norm_eps});
-  cpu::matmul({.x = rows_.data(), .w = lm_head_w_, .out = output.data(), .m = R, .n = V, .k = E});
+  cpu::linear({.x = rows_.data(), .w = lm_head_, .out = output.data(), .m = R});
   return ok_status();
 }
 

@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const char* name : {"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
                            "model.layers.7.self_attn.q_proj.weight", "model.norm.weight",
                            "lm_head.weight", "model.layers.99999999999.x", "rotary.inv_freq"}) {
-    const int s = stage_of_tensor(name, m->plan.stages);
+    const int s = stage_of_tensor(m->config, name, m->plan.stages);
     PP_FUZZ_CHECK(s >= -1 && s < n);
   }
   return 0;

@@ -1,14 +1,17 @@
 // Tests of the partition planner and its helpers: sha256 against the FIPS 180-2 vectors, byte
 // sizes, --layers parsing and its one-line errors, even/cost/manual plans, the exactness of the
 // cost DP (against brute force), the device-memory refusal, and that `cost` puts fewer layers on
-// the lm_head stage of a large-vocabulary model than `even`.
+// the lm_head stage of a large-vocabulary model than `even`; and that the planner's parameters
+// and the ownership of tensors follow the model's table.
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "pp/model/arch-tensors.h"
 #include "pp/partition/byte-size.h"
+#include "pp/partition/partition-reader.h"
 #include "pp/partition/planner.h"
 #include "pp/partition/sha256.h"
 #include "test-util.h"
@@ -186,6 +189,45 @@ TEST(PartitionPlanner, StageCostsAddUpToTheModel) {
   const StagePlan& last = plan->stages.back();
   double layers_only = double(last.layers.size()) * layer_flops_per_token(c, o.cost_model);
   EXPECT_NEAR(last.flops_per_token - layers_only, 2.0 * 4096 * 151936 + 5.0 * 151936, 1.0);
+}
+
+// The planner's parameters and pp-partition's ownership of tensors both come from the model's
+// table: a stage's parameters are those of its rows of the table (a tied head shared when one
+// stage holds both), and every tensor of the table belongs to the one stage that loads it.
+TEST(PartitionPlanner, ParamsAndOwnershipFollowTheTable) {
+  for (int round = 0; round < 8; ++round) {
+    ModelConfig c = random_small_config();
+    c.attention_bias = round & 1;
+    c.qk_norm = round & 2;
+    SCOPED_TRACE(::testing::Message()
+                 << "layers=" << c.n_layer << " bias=" << c.attention_bias
+                 << " qk_norm=" << c.qk_norm << " tied=" << c.tie_word_embeddings);
+    PlanOptions o;
+    o.n_stages = std::uniform_int_distribution<int>(1, int(c.n_layer))(test::rng());
+    auto plan = make_plan(c, o);
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    for (const StagePlan& s : plan->stages) {
+      const model::StageTensors st = model::stage_tensors(c, stage_parts(s), c.tie_word_embeddings);
+      EXPECT_EQ(s.params, model::tensor_params(st.tensors)) << "stage " << s.index;
+    }
+    for (const model::TensorSpec& t : model::model_tensors(c)) {
+      const int k = stage_of_tensor(c, t.name, plan->stages);
+      ASSERT_GE(k, 0) << t.name;
+      EXPECT_TRUE(model::stage_owns(stage_parts(plan->stages[size_t(k)]), t)) << t.name;
+      if (t.owner == model::TensorOwner::kEmbedding) {
+        EXPECT_EQ(k, 0);
+      } else if (t.owner == model::TensorOwner::kHead) {
+        EXPECT_EQ(k, o.n_stages - 1);
+      }
+    }
+    for (const std::string& name : std::vector<std::string>{
+             "model.layers.0.self_attn.rotary_emb.inv_freq", "rotary.inv_freq",
+             "model.layers." + std::to_string(c.n_layer) + ".input_layernorm.weight"}) {
+      EXPECT_EQ(stage_of_tensor(c, name, plan->stages), -1) << name;
+    }
+    EXPECT_EQ(stage_of_tensor(c, "model.layers.0.self_attn.q_proj.bias", plan->stages),
+              c.attention_bias ? 0 : -1);
+  }
 }
 
 // The lm_head (152k x 4096, streamed every step, plus sampling) makes the last stage heavy, so

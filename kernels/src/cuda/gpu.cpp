@@ -334,15 +334,19 @@ Result<std::unique_ptr<Blas>> Blas::create() {
   return b;
 }
 Status Blas::linear(const LinearArgs& a, Stream& s) {
+  if (a.w.format != WeightFormat::kBF16 || a.w.scale_kind != ScaleKind::kNone) {
+    return unimplemented("linear: weights in {} with {} scales are not supported on the GPU",
+                         weight_format_name(a.w.format), scale_kind_name(a.w.scale_kind));
+  }
   cuda::LinearParams p;
   p.x = bf(a.x);
-  p.w = bf(a.w);
+  p.w = bf(a.w.as<Bf16>());
   p.bias = bf(a.bias);
   p.out = bf(a.out);
   p.out_f32 = a.out_f32;
   p.m = a.m;
-  p.n = a.n;
-  p.k = a.k;
+  p.n = a.w.rows;
+  p.k = a.w.cols;
   p.accumulate = a.accumulate;
   return impl_->blas->linear(p, native(s));
 }

@@ -1,15 +1,19 @@
 // ArchSpec: what one decoder architecture adds to the shared code. Every family we serve is the
 // same pre-norm decoder (decoder-layer.h); a family differs only in names, defaults and a few
 // switches on ModelConfig (q/k/v bias, q/k norm, sliding window). Each family lives in its own
-// file (llama.cpp, mistral.cpp, qwen2.cpp, qwen3.cpp) and fills one of these.
+// file (llama.cpp, mistral.cpp, qwen2.cpp, qwen3.cpp) and fills one of these, pointing at the
+// table of its layer's tensors (arch-tensors.h): the dense families share the dense decoder's.
 #pragma once
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "pp/model/arch-tensors.h"
 #include "pp/model/config.h"
 #include "pp/status.h"
 
@@ -30,7 +34,13 @@ struct ArchSpec {
   Status (*read_gguf)(const GgufFile& f, ModelConfig& c) = nullptr;
   // Writes the family's own fields back into a config.json object.
   void (*write_hf)(const ModelConfig& c, nlohmann::json& j) = nullptr;
+  // The tensors of layer `il` (names under layer_prefix(il)), in load order.
+  std::vector<TensorSpec> (*layer_tensors)(const ModelConfig& c, int64_t il) = nullptr;
 };
+
+// "model.layers.<il>.": the prefix of every layer tensor's name, in every family we serve.
+constexpr std::string_view kLayerPrefix = "model.layers.";
+std::string layer_prefix(int64_t il);
 
 const ArchSpec& llama_arch();
 const ArchSpec& mistral_arch();

@@ -1,11 +1,12 @@
-// The shared decoder layer: loading with q|k|v and gate|up fused, and the forward pass over the
-// CPU kernels.
+// The shared decoder layer: its table of tensors (q|k|v and gate|up fused into one slot each),
+// loading from that table, and the forward pass over the CPU kernels.
 #include "arch/decoder-layer.h"
 
 #include <algorithm>
 #include <cmath>
 #include <span>
 
+#include "arch/arch.h"
 #include "arch/tensor-load.h"
 
 namespace pp::model {
@@ -49,53 +50,56 @@ void LayerWorkspace::reserve(const ModelConfig& c, int64_t n) {
   grow(act, n * c.n_ff);
 }
 
-Result<DecoderLayer> DecoderLayer::load(const ModelConfig& c, const WeightSource& w, int64_t il) {
-  DecoderLayer l;
-  l.c_ = &c;
-  const std::string p = fmt::format("model.layers.{}.", il);
+std::vector<TensorSpec> dense_layer_tensors(const ModelConfig& c, int64_t il) {
+  const std::string p = layer_prefix(il);
   const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim;
-
-  l.attn_norm_.resize(E);
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "input_layernorm.weight", {E}, l.attn_norm_));
-
+  using S = WeightSlot;
+  using Tp = TpSplit;
+  std::vector<TensorSpec> t;
+  auto add = [&](const char* suffix, std::vector<int64_t> shape, Tp split, S slot,
+                 int64_t row_offset = 0) {
+    t.push_back({.name = p + suffix,
+                 .shape = std::move(shape),
+                 .owner = TensorOwner::kLayer,
+                 .layer = il,
+                 .split = split,
+                 .slot = slot,
+                 .row_offset = row_offset});
+  };
+  add("input_layernorm.weight", {E}, Tp::kReplicated, S::kAttnNorm);
   // Fused [q; k; v] rows: a row-major [out, in] matrix is the concatenation of its parts.
-  l.wqkv_.resize(size_t((Q + 2 * KV) * E));
-  std::span<float> wqkv(l.wqkv_);
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.q_proj.weight", {Q, E}, wqkv.subspan(0, Q * E)));
-  PP_RETURN_IF_ERROR(
-      load_tensor(w, p + "self_attn.k_proj.weight", {KV, E}, wqkv.subspan(Q * E, KV * E)));
-  PP_RETURN_IF_ERROR(
-      load_tensor(w, p + "self_attn.v_proj.weight", {KV, E}, wqkv.subspan((Q + KV) * E, KV * E)));
+  add("self_attn.q_proj.weight", {Q, E}, Tp::kColumn, S::kQkv, 0);
+  add("self_attn.k_proj.weight", {KV, E}, Tp::kColumn, S::kQkv, Q);
+  add("self_attn.v_proj.weight", {KV, E}, Tp::kColumn, S::kQkv, Q + KV);
   if (c.attention_bias) {
-    l.bqkv_.resize(size_t(Q + 2 * KV));
-    std::span<float> b(l.bqkv_);
-    PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.q_proj.bias", {Q}, b.subspan(0, Q)));
-    PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.k_proj.bias", {KV}, b.subspan(Q, KV)));
-    PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.v_proj.bias", {KV}, b.subspan(Q + KV, KV)));
+    add("self_attn.q_proj.bias", {Q}, Tp::kColumn, S::kQkvBias, 0);
+    add("self_attn.k_proj.bias", {KV}, Tp::kColumn, S::kQkvBias, Q);
+    add("self_attn.v_proj.bias", {KV}, Tp::kColumn, S::kQkvBias, Q + KV);
   }
   if (c.qk_norm) {
-    l.q_norm_.resize(D);
-    l.k_norm_.resize(D);
-    PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.q_norm.weight", {D}, l.q_norm_));
-    PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.k_norm.weight", {D}, l.k_norm_));
+    add("self_attn.q_norm.weight", {D}, Tp::kReplicated, S::kQNorm);
+    add("self_attn.k_norm.weight", {D}, Tp::kReplicated, S::kKNorm);
   }
-  l.wo_.resize(size_t(E * Q));
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "self_attn.o_proj.weight", {E, Q}, l.wo_));
+  add("self_attn.o_proj.weight", {E, Q}, Tp::kRow, S::kO);
+  add("post_attention_layernorm.weight", {E}, Tp::kReplicated, S::kFfnNorm);
+  add("mlp.gate_proj.weight", {F, E}, Tp::kColumn, S::kGateUp, 0);
+  add("mlp.up_proj.weight", {F, E}, Tp::kColumn, S::kGateUp, F);
+  add("mlp.down_proj.weight", {E, F}, Tp::kRow, S::kDown);
+  return t;
+}
 
-  l.ffn_norm_.resize(E);
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "post_attention_layernorm.weight", {E}, l.ffn_norm_));
-  l.wgate_up_.resize(size_t(2 * F * E));
-  std::span<float> wgu(l.wgate_up_);
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "mlp.gate_proj.weight", {F, E}, wgu.subspan(0, F * E)));
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "mlp.up_proj.weight", {F, E}, wgu.subspan(F * E, F * E)));
-  l.wdown_.resize(size_t(E * F));
-  PP_RETURN_IF_ERROR(load_tensor(w, p + "mlp.down_proj.weight", {E, F}, l.wdown_));
+Result<DecoderLayer> DecoderLayer::load(const ModelConfig& c, const WeightSource& w,
+                                        std::span<const TensorSpec> tensors) {
+  DecoderLayer l;
+  l.c_ = &c;
+  PP_RETURN_IF_ERROR(load_f32_slots(w, tensors, l.w_));
   return l;
 }
 
 int64_t DecoderLayer::n_params() const {
-  return int64_t(attn_norm_.size() + wqkv_.size() + bqkv_.size() + q_norm_.size() + k_norm_.size() +
-                 wo_.size() + ffn_norm_.size() + wgate_up_.size() + wdown_.size());
+  int64_t n = 0;
+  for (const kernels::HostWeight& x : w_.all()) n += x.numel();
+  return n;
 }
 
 void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv& kv,
@@ -106,19 +110,19 @@ void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv
   const int64_t QKV = Q + 2 * KV;
   ws.reserve(c, T);
 
+  const SlotMap<kernels::HostWeight>& w = w_;
   cpu::rms_norm({.x = h,
-                 .weight = attn_norm_.data(),
+                 .weight = w[WeightSlot::kAttnNorm].f32_data(),
                  .out = ws.x.data(),
                  .n_rows = T,
                  .n = E,
                  .eps = c.rms_norm_eps});
-  cpu::matmul({.x = ws.x.data(),
-               .w = wqkv_.data(),
-               .bias = bqkv_.empty() ? nullptr : bqkv_.data(),
+  const kernels::HostWeight& bqkv = w[WeightSlot::kQkvBias];
+  cpu::linear({.x = ws.x.data(),
+               .w = w[WeightSlot::kQkv].view(),
+               .bias = bqkv.empty() ? nullptr : bqkv.f32_data(),
                .out = ws.qkv.data(),
-               .m = T,
-               .n = QKV,
-               .k = E});
+               .m = T});
   // Split the fused rows into contiguous q, k, v for the head-wise kernels.
   for (int64_t t = 0; t < T; ++t) {
     const float* row = ws.qkv.data() + t * QKV;
@@ -128,13 +132,13 @@ void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv
   }
   if (c.qk_norm) {
     cpu::rms_norm({.x = ws.q.data(),
-                   .weight = q_norm_.data(),
+                   .weight = w[WeightSlot::kQNorm].f32_data(),
                    .out = ws.q.data(),
                    .n_rows = T * c.n_head,
                    .n = D,
                    .eps = c.rms_norm_eps});
     cpu::rms_norm({.x = ws.k.data(),
-                   .weight = k_norm_.data(),
+                   .weight = w[WeightSlot::kKNorm].f32_data(),
                    .out = ws.k.data(),
                    .n_rows = T * c.n_head_kv,
                    .n = D,
@@ -166,25 +170,20 @@ void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv
                   .n_head = c.n_head,
                   .max_blocks = ctx.max_blocks,
                   .scale = 1.0f / std::sqrt(float(D))});
-  cpu::matmul(
-      {.x = ws.attn.data(), .w = wo_.data(), .out = ws.proj.data(), .m = T, .n = E, .k = Q});
+  cpu::linear({.x = ws.attn.data(), .w = w[WeightSlot::kO].view(), .out = ws.proj.data(), .m = T});
   // h += attention output, then x = rmsnorm(h): the fused residual add.
   cpu::rms_norm({.x = ws.proj.data(),
                  .residual = h,
-                 .weight = ffn_norm_.data(),
+                 .weight = w[WeightSlot::kFfnNorm].f32_data(),
                  .out = ws.x.data(),
                  .n_rows = T,
                  .n = E,
                  .eps = c.rms_norm_eps});
-  cpu::matmul({.x = ws.x.data(),
-               .w = wgate_up_.data(),
-               .out = ws.gate_up.data(),
-               .m = T,
-               .n = 2 * F,
-               .k = E});
+  cpu::linear(
+      {.x = ws.x.data(), .w = w[WeightSlot::kGateUp].view(), .out = ws.gate_up.data(), .m = T});
   cpu::swiglu({.gate_up = ws.gate_up.data(), .out = ws.act.data(), .n_tokens = T, .n_ff = F});
-  cpu::matmul(
-      {.x = ws.act.data(), .w = wdown_.data(), .out = ws.proj.data(), .m = T, .n = E, .k = F});
+  cpu::linear(
+      {.x = ws.act.data(), .w = w[WeightSlot::kDown].view(), .out = ws.proj.data(), .m = T});
   // The plain residual add that ends every layer: the stage boundary carries h alone.
   const int64_t n = T * E;
   const float* mlp = ws.proj.data();

@@ -1,7 +1,9 @@
 // DecoderLayer: the one pre-norm transformer block every family we serve shares
 // (Llama, Mistral, Qwen2, Qwen3), switched by ModelConfig: q/k/v bias (Qwen2), per-head q/k
-// RMSNorm before RoPE (Qwen3). Weights are f32; q|k|v and gate|up are fused at load into one
-// matrix each, so a layer is four matmuls.
+// RMSNorm before RoPE (Qwen3). Its tensors are listed once, in dense_layer_tensors (every dense
+// family's ArchSpec points there); the CPU layer, the GPU stage model, random weights and the
+// partitioner all read that table. Weights are typed (kernels::HostWeight, f32 on the CPU);
+// q|k|v and gate|up fill one fused slot each, so a layer is four linears.
 //
 //   x = rmsnorm(h) ; q,k,v = x Wqkv^T (+b) ; [q,k = rmsnorm_head(q,k)] ; rope(q,k) ;
 //   kv <- k,v ; a = attention(q, kv) ; h += a Wo^T ; x = rmsnorm(h) ;
@@ -12,14 +14,21 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "pp/kernels/cpu.h"
+#include "pp/kernels/weight.h"
+#include "pp/model/arch-tensors.h"
 #include "pp/model/config.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
 namespace pp::model {
+
+// The dense decoder's tensors of layer `il`: norms, q/k/v (+ biases with attention_bias, q/k
+// norms with qk_norm), o, gate/up, down, with their slots and tensor-parallel splits.
+std::vector<TensorSpec> dense_layer_tensors(const ModelConfig& c, int64_t il);
 
 // The model's RoPE inverse frequencies [head_dim / 2] (both backends compute them on the host).
 std::vector<float> rope_inv_freq_for(const ModelConfig& c);
@@ -50,8 +59,9 @@ struct LayerWorkspace {
 
 class DecoderLayer {
  public:
-  // Reads layer `il`'s tensors (Hugging Face names, model.layers.<il>.*) from `w`.
-  static Result<DecoderLayer> load(const ModelConfig& c, const WeightSource& w, int64_t il);
+  // Reads one layer's tensors (its rows of the table, layer_tensors) from `w` into f32 slots.
+  static Result<DecoderLayer> load(const ModelConfig& c, const WeightSource& w,
+                                   std::span<const TensorSpec> tensors);
 
   // h [n_tokens, n_embd] in place; writes the new tokens' K/V into `kv`.
   void forward(float* h, const LayerContext& ctx, const kernels::cpu::PagedKv& kv,
@@ -61,15 +71,9 @@ class DecoderLayer {
 
  private:
   const ModelConfig* c_ = nullptr;  // the owning stage's config (outlives the layer)
-  std::vector<float> attn_norm_;    // [n_embd]
-  std::vector<float> wqkv_;         // [q_dim + 2 kv_dim, n_embd]
-  std::vector<float> bqkv_;         // [q_dim + 2 kv_dim] (attention_bias) or empty
-  std::vector<float> q_norm_;       // [head_dim] (qk_norm) or empty
-  std::vector<float> k_norm_;       // [head_dim] (qk_norm) or empty
-  std::vector<float> wo_;           // [n_embd, q_dim]
-  std::vector<float> ffn_norm_;     // [n_embd]
-  std::vector<float> wgate_up_;     // [2 n_ff, n_embd]
-  std::vector<float> wdown_;        // [n_embd, n_ff]
+  // The layer's slots (shapes in arch-tensors.h): attn_norm, qkv, qkv_bias (attention_bias),
+  // q_norm and k_norm (qk_norm), o, ffn_norm, gate_up, down; the others stay empty.
+  SlotMap<kernels::HostWeight> w_;
 };
 
 }  // namespace pp::model

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "arch/arch.h"
+#include "arch/decoder-layer.h"
 #include "json-field.h"
 #include "pp/model/gguf.h"
 
@@ -43,6 +44,7 @@ const ArchSpec& mistral_arch() {
       .read_hf = read_hf,
       .read_gguf = read_gguf,
       .write_hf = write_hf,
+      .layer_tensors = dense_layer_tensors,
   };
   return kSpec;
 }

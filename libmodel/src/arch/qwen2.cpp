@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "arch/arch.h"
+#include "arch/decoder-layer.h"
 #include "pp/model/gguf.h"
 
 namespace pp::model {
@@ -33,6 +34,7 @@ const ArchSpec& qwen2_arch() {
       .read_hf = read_hf,
       .read_gguf = read_gguf,
       .write_hf = write_hf,
+      .layer_tensors = dense_layer_tensors,
   };
   return kSpec;
 }

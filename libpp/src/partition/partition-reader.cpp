@@ -2,11 +2,11 @@
 // against its manifest.
 #include "pp/partition/partition-reader.h"
 
-#include <charconv>
 #include <fstream>
-#include <set>
+#include <optional>
 #include <system_error>
 
+#include "pp/model/arch-tensors.h"
 #include "pp/partition/sha256.h"
 
 namespace pp::partition {
@@ -26,56 +26,38 @@ Result<PartitionManifest> open_partition(const fs::path& dir) {
   return manifest_from_json(j, mp.string());
 }
 
-int stage_of_tensor(const std::string& name, const std::vector<StagePlan>& stages) {
-  if (stages.empty()) return -1;
-  static constexpr std::string_view kLayers = "model.layers.";
-  if (name.starts_with(kLayers)) {
-    std::string_view rest = std::string_view(name).substr(kLayers.size());
-    int64_t layer = -1;
-    auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), layer);
-    if (ec != std::errc() || ptr == rest.data() || ptr == rest.data() + rest.size() ||
-        *ptr != '.') {
-      return -1;
-    }
-    for (const StagePlan& s : stages) {
-      if (layer >= s.layers.begin && layer < s.layers.end) return s.index;
-    }
-    return -1;
+int stage_of_tensor(const model::ModelConfig& c, const std::string& name,
+                    const std::vector<StagePlan>& stages) {
+  const std::optional<model::TensorSpec> t = model::find_tensor_spec(c, name);
+  if (!t) return -1;
+  for (const StagePlan& s : stages) {
+    if (model::stage_owns(stage_parts(s), *t)) return s.index;
   }
-  if (name.starts_with("model.embed_tokens.")) return 0;
-  if (name.starts_with("model.norm.") || name.starts_with("lm_head."))
-    return int(stages.size()) - 1;
   return -1;
 }
 
 namespace {
 
-// The tensor names a stage file must hold beyond its layers' own.
+// Every tensor of a stage file is one the table gives the stage, and every tensor the stage
+// loads (its part of the table, with the head rule) is there.
 Status check_stage_tensors(const model::WeightSource& w, const PartitionManifest& m, int k,
                            const std::string& file) {
   const StagePlan& s = m.plan.stages[k];
   const StageFile& f = m.files[k];
-  std::set<int64_t> layers_seen;
   for (const std::string& name : w.names()) {
-    int owner = stage_of_tensor(name, m.plan.stages);
-    // A tied model's last stage carries its own lm_head copy; stage_of_tensor agrees (lm_head.*).
+    const int owner = stage_of_tensor(m.config, name, m.plan.stages);
+    if (owner < 0)
+      return data_loss("'{}' holds tensor '{}', which the model does not use", file, name);
+    // A tied model's last stage carries its own lm_head copy, which the table gives that stage.
     if (owner != k) return data_loss("'{}' holds tensor '{}' of another stage", file, name);
-    if (name.starts_with("model.layers.")) {
-      layers_seen.insert(std::stoll(name.substr(13)));
-    }
   }
-  if (int64_t(layers_seen.size()) != s.layers.size()) {
-    return data_loss("'{}' holds tensors of {} layers, the stage has {}", file, layers_seen.size(),
-                     s.layers.size());
+  const model::StageTensors need =
+      model::stage_tensors(m.config, stage_parts(s), model::head_reads_embedding(m.config, w));
+  for (const model::TensorSpec& t : need.tensors) {
+    if (!w.find(t.name)) return data_loss("'{}' lacks '{}'", file, t.name);
   }
-  if (s.has_embedding && !w.find("model.embed_tokens.weight")) {
-    return data_loss("'{}' lacks 'model.embed_tokens.weight'", file);
-  }
-  if (s.has_lm_head) {
-    if (!w.find("model.norm.weight")) return data_loss("'{}' lacks 'model.norm.weight'", file);
-    if (f.lm_head_tensor.empty() || !w.find(f.lm_head_tensor)) {
-      return data_loss("'{}' lacks the lm_head tensor '{}'", file, f.lm_head_tensor);
-    }
+  if (s.has_lm_head && (f.lm_head_tensor.empty() || !w.find(f.lm_head_tensor))) {
+    return data_loss("'{}' lacks the lm_head tensor '{}'", file, f.lm_head_tensor);
   }
   if (f.n_tensors != int64_t(w.names().size())) {
     return data_loss("'{}' holds {} tensors, the manifest says {}", file, w.names().size(),

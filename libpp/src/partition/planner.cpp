@@ -133,20 +133,21 @@ Result<std::vector<LayerRange>> parse_layer_ranges(std::string_view text, int64_
   return out;
 }
 
+model::StageParts stage_parts(const StagePlan& s) {
+  return {.layer_begin = s.layers.begin,
+          .layer_end = s.layers.end,
+          .embedding = s.has_embedding,
+          .head = s.has_lm_head};
+}
+
 int64_t layer_params(const ModelConfig& c) {
-  int64_t p = 2 * c.n_embd;                               // input and post-attention norms
-  p += c.n_embd * (c.q_dim() + 2 * c.kv_dim());           // q, k, v
-  if (c.attention_bias) p += c.q_dim() + 2 * c.kv_dim();  // q, k, v biases
-  p += c.q_dim() * c.n_embd;                              // o
-  if (c.qk_norm) p += 2 * c.head_dim;                     // q_norm, k_norm
-  p += 3 * c.n_embd * c.n_ff;                             // gate, up, down
-  return p;
+  return model::tensor_params(model::layer_tensors(c, 0));
 }
 
 namespace {
 
 int64_t layer_matmul_params(const ModelConfig& c) {
-  return c.n_embd * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * c.n_embd + 3 * c.n_embd * c.n_ff;
+  return model::matrix_params(model::layer_tensors(c, 0));
 }
 
 }  // namespace
@@ -163,15 +164,13 @@ StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding
   s.has_embedding = has_embedding;
   s.has_lm_head = has_lm_head;
   const int64_t table = c.n_vocab * c.n_embd;
-  s.params = layers.size() * layer_params(c);
+  // The edges' tensors from the table (an empty layer range): the embedding, the final norm and
+  // the lm_head, which a tied model shares with the embedding only when the same stage holds both.
+  const model::StageTensors edges = model::stage_tensors(
+      c, {layers.begin, layers.begin, has_embedding, has_lm_head}, c.tie_word_embeddings);
+  s.params = layers.size() * layer_params(c) + model::tensor_params(edges.tensors);
   s.flops_per_token = double(layers.size()) * layer_flops_per_token(c, m);
-  if (has_embedding) s.params += table;
-  if (has_lm_head) {
-    s.params += c.n_embd;  // final norm
-    // A tied lm_head shares the embedding table only when the same stage holds both.
-    if (!(c.tie_word_embeddings && has_embedding)) s.params += table;
-    s.flops_per_token += 2.0 * double(table) + 5.0 * double(c.n_vocab);
-  }
+  if (has_lm_head) s.flops_per_token += 2.0 * double(table) + 5.0 * double(c.n_vocab);
   s.bytes = uint64_t(s.params) * uint64_t(shard_dtype_bytes(dtype));
   s.kv_bytes_per_token =
       uint64_t(layers.size()) * uint64_t(c.kv_bytes_per_token_layer(shard_dtype_bytes(dtype)));

@@ -20,6 +20,7 @@
 #include <system_error>
 
 #include "pp/assert.h"
+#include "pp/model/arch-tensors.h"
 #include "pp/model/safetensors-writer.h"
 #include "pp/model/safetensors.h"
 #include "pp/model/tokenizer.h"
@@ -34,9 +35,6 @@ using model::ModelSource;
 using model::SourceKind;
 
 namespace {
-
-constexpr const char* kEmbedName = "model.embed_tokens.weight";
-constexpr const char* kLmHeadName = "lm_head.weight";
 
 // Removes a temporary folder unless released.
 class TempFolderGuard {
@@ -316,33 +314,44 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
                       out.string());
   }
 
-  // Which tensors go where; the edges must be present.
+  // Which tensors go where, by the model's table (tensors the model does not read stay behind);
+  // the edges must be present.
   std::vector<std::vector<std::string>> names(n_stages);
   for (const std::string& name : w.names()) {
-    int k = stage_of_tensor(name, plan.stages);
+    int k = stage_of_tensor(c, name, plan.stages);
     if (k >= 0) names[k].push_back(name);
   }
   for (int k = 0; k < n_stages; ++k) {
     if (names[k].empty()) return not_found("'{}' has no tensors for stage {}", w.describe(), k);
   }
-  if (!w.find(kEmbedName)) return not_found("'{}' has no tensor '{}'", w.describe(), kEmbedName);
-  if (!w.find("model.norm.weight")) {
-    return not_found("'{}' has no tensor 'model.norm.weight'", w.describe());
+  // Every tensor a stage will load (its rows of the table, with the head rule) must be there.
+  for (const StagePlan& s : plan.stages) {
+    const model::StageTensors need =
+        model::stage_tensors(c, stage_parts(s), model::head_reads_embedding(c, w));
+    for (const model::TensorSpec& t : need.tensors) {
+      if (!w.find(t.name)) return not_found("'{}' has no tensor '{}'", w.describe(), t.name);
+    }
   }
-  const bool has_lm_head = w.find(kLmHeadName) != nullptr;
+  // The edges' names, from the table: the embedding and the lm_head's own tensor.
+  std::string embed_name, lm_head_name;
+  for (const model::TensorSpec& t : model::stage_tensors(c, {0, 0, true, true}, false).tensors) {
+    if (t.slot == model::WeightSlot::kEmbedding) embed_name = t.name;
+    if (t.slot == model::WeightSlot::kLmHead) lm_head_name = t.name;
+  }
+  const bool has_lm_head = w.find(lm_head_name) != nullptr;
   if (!has_lm_head && !c.tie_word_embeddings) {
     return not_found("'{}' has no tensor '{}' and the embeddings are not tied", w.describe(),
-                     kLmHeadName);
+                     lm_head_name);
   }
   std::vector<std::string> lm_head_tensor(n_stages);
   {
     const int last = n_stages - 1;
     if (has_lm_head) {
-      lm_head_tensor[last] = kLmHeadName;
+      lm_head_tensor[last] = lm_head_name;
     } else if (plan.stages[last].has_embedding) {
-      lm_head_tensor[last] = kEmbedName;  // tied, one stage: the table serves both
+      lm_head_tensor[last] = embed_name;  // tied, one stage: the table serves both
     } else {
-      lm_head_tensor[last] = kLmHeadName;  // tied: the last stage gets its own copy
+      lm_head_tensor[last] = lm_head_name;  // tied: the last stage gets its own copy
     }
   }
 
@@ -374,7 +383,7 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
     std::vector<std::pair<std::string, std::string>> items;
     for (const std::string& n : names[k]) items.emplace_back(n, n);
     if (k == n_stages - 1 && !has_lm_head && !plan.stages[k].has_embedding) {
-      items.emplace_back(kEmbedName, kLmHeadName);
+      items.emplace_back(embed_name, lm_head_name);
     }
     std::sort(items.begin(), items.end(),
               [](const auto& a, const auto& b) { return a.second < b.second; });

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "pp/kernels/weight.h"
+
 namespace pp::kernels::cpu {
 
 void set_num_threads(int n);  // n <= 0: all cores
@@ -71,6 +73,18 @@ struct MatmulParams {
   int64_t m = 0, n = 0, k = 0;
 };
 void matmul(const MatmulParams& p);
+
+// out = x @ w^T (+ bias) for a typed weight: the layers' entry point, dispatching on w.format.
+// The CPU backend is f32 (the reference): an f32 weight without scales runs matmul above; any
+// other format is a bug of the loader (it dequantizes to f32) and aborts naming the format.
+struct LinearParams {
+  const float* x = nullptr;     // [m, k]
+  WeightView w;                 // [n, k]: n = w.rows, k = w.cols
+  const float* bias = nullptr;  // [n] or nullptr
+  float* out = nullptr;         // [m, n]
+  int64_t m = 0;
+};
+void linear(const LinearParams& p);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, n_ff + i]: SwiGLU over the fused gate|up output.
 struct SwigluParams {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "pp/kernels/weight.h"
 #include "pp/status.h"
 
 namespace pp::kernels::gpu {
@@ -227,14 +228,16 @@ struct SampleArgs {
 Status sample(const SampleArgs& a, Stream& s);
 
 // y = x W^T (+ bias) through cuBLASLt; bf16 in, f32 compute. `accumulate`: y += x W^T (the
-// residual add fused into the GEMM); `out_f32`: write f32 instead of bf16 (logits).
+// residual add fused into the GEMM); `out_f32`: write f32 instead of bf16 (logits). The weight
+// is typed and the op dispatches on its format: bf16 without scales runs today; any other
+// format is kUnimplemented naming it (FP8 adds its kernels here, not in the model).
 struct LinearArgs {
   const Bf16* x = nullptr;     // [m, k]
-  const Bf16* w = nullptr;     // [n, k]
-  const Bf16* bias = nullptr;  // [n] or nullptr
+  WeightView w;                // [n, k] on the device: n = w.rows, k = w.cols
+  const Bf16* bias = nullptr;  // [n] (bf16, the activations' type) or nullptr
   Bf16* out = nullptr;         // [m, n] (bf16), or
   float* out_f32 = nullptr;    // [m, n] (f32)
-  int64_t m = 0, n = 0, k = 0;
+  int64_t m = 0;
   bool accumulate = false;
 };
 class Blas {

@@ -21,6 +21,8 @@
 #include <vector>
 
 #include "pp/kernels/gpu.h"
+#include "pp/kernels/weight.h"
+#include "pp/model/arch-tensors.h"
 #include "pp/model/batch.h"
 #include "pp/model/config.h"
 #include "pp/model/weights.h"
@@ -127,11 +129,13 @@ class GpuStageModel {
   int64_t graphs_captured() const { return int64_t(graphs_.size()); }
 
  private:
-  struct Layer;
+  using Layer = SlotMap<kernels::WeightView>;  // one layer's slots (arch-tensors.h), bf16
   GpuStageModel();
   Status init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
               const GpuStageOptions& options);
-  Status alloc_weights();
+  // Lays out the slots of `st` in one allocation and points the layers and edges at them;
+  // `where[i]` is the device address of st.tensors[i].
+  Status alloc_weights(const StageTensors& st, std::vector<kernels::gpu::Bf16*>& where);
   Status alloc_scratch();
   // Grows the attention workspace to what a batch of this shape needs (dropping graphs).
   Status ensure_workspace(int64_t n_tokens, int64_t n_seq, int64_t max_q_len, int64_t max_kv_len);
@@ -147,15 +151,13 @@ class GpuStageModel {
   kernels::gpu::Stream stream_, copy_stream_;
   std::unique_ptr<kernels::gpu::Blas> blas_;
 
-  // Weights: one allocation; each tensor a slice.
+  // Weights: one allocation (the owning storage); each slot a typed view of a slice of it.
   kernels::gpu::DeviceBuffer weights_;
-  kernels::gpu::Bf16* embed_ = nullptr;       // [n_vocab, n_embd] (stage 0)
-  kernels::gpu::Bf16* final_norm_ = nullptr;  // [n_embd] (last stage)
-  kernels::gpu::Bf16* lm_head_ = nullptr;     // [n_vocab, n_embd] (last stage; may be embed_)
-  bool head_tied_ = false;                    // the lm_head holds embed_tokens' values
+  // kEmbedding [n_vocab, n_embd] (stage 0); kFinalNorm [n_embd], kLmHead [n_vocab, n_embd] (last
+  // stage; the embedding's view when the head shares it).
+  SlotMap<kernels::WeightView> edges_;
   std::vector<Layer> layers_;
-  std::vector<std::pair<std::string, kernels::gpu::Bf16*>> tensors_;  // name -> where it lives
-  kernels::gpu::DeviceBuffer inv_freq_;                               // [head_dim / 2] f32
+  kernels::gpu::DeviceBuffer inv_freq_;  // [head_dim / 2] f32
 
   // KV pool and the attention workspace.
   kernels::gpu::DeviceBuffer kv_, attn_ws_;

@@ -1,8 +1,9 @@
 // StageModel: the layers [layer_begin, layer_end) of a model, with the token embedding when
 // layer_begin == 0 and the final norm and lm_head when layer_end == n_layer; one stage of the
 // pipeline, or the whole model when it holds every layer. Weights are f32 (dequantized on
-// load), q|k|v and gate|up fused. It loads only the tensors it needs, so a stage can be loaded
-// from a shard holding only its own tensors.
+// load), q|k|v and gate|up fused. It loads exactly the tensors the table lists for its parts
+// (stage_tensors in arch-tensors.h), so a stage can be loaded from a shard holding only its own
+// tensors.
 //
 // forward() takes a Batch and, at stage 0, its token ids, otherwise the previous stage's
 // residual stream h [n_tokens, n_embd]. A stage without the lm_head returns h; the last stage
@@ -18,6 +19,8 @@
 #include <span>
 #include <vector>
 
+#include "pp/kernels/weight.h"
+#include "pp/model/arch-tensors.h"
 #include "pp/model/batch.h"
 #include "pp/model/config.h"
 #include "pp/model/kv-cache.h"
@@ -69,10 +72,10 @@ class StageModel {
 
   ModelConfig config_;
   int64_t layer_begin_ = 0, layer_end_ = 0;
-  std::vector<float> embed_;          // [n_vocab, n_embd] (stage 0)
-  std::vector<float> final_norm_;     // [n_embd] (last stage)
-  std::vector<float> lm_head_;        // [n_vocab, n_embd] (last stage; empty when tied to embed_)
-  const float* lm_head_w_ = nullptr;  // lm_head_ or, tied, embed_
+  // The edges' slots: kEmbedding [n_vocab, n_embd] (stage 0); kFinalNorm [n_embd] and kLmHead
+  // [n_vocab, n_embd] (last stage; kLmHead empty when the head shares the embedding).
+  SlotMap<kernels::HostWeight> edges_;
+  kernels::WeightView lm_head_;  // edges_[kLmHead] or, shared, edges_[kEmbedding]
   std::vector<DecoderLayer> layers_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   std::unique_ptr<KvCache> kv_;

@@ -60,9 +60,11 @@ struct FileCheck {
 // with files are reported per file.
 Result<std::vector<FileCheck>> verify_partition(const std::filesystem::path& dir);
 
-// Which stage a Hugging Face tensor name belongs to, given the stages' layers: a layer's
-// tensors go to the stage holding that layer; model.embed_tokens.* to stage 0; model.norm.* and
-// lm_head.* to the last stage. -1 for a name that is none of these (rotary caches and the like).
-int stage_of_tensor(const std::string& name, const std::vector<StagePlan>& stages);
+// Which stage a Hugging Face tensor name belongs to, by the model's table of tensors
+// (model::find_tensor_spec): a layer's tensors go to the stage holding that layer, the embedding
+// to stage 0, the final norm and lm_head.weight to the last stage. -1 for a name the model does
+// not read (rotary caches, a bias the config does not use, a layer it does not have).
+int stage_of_tensor(const model::ModelConfig& c, const std::string& name,
+                    const std::vector<StagePlan>& stages);
 
 }  // namespace pp::partition

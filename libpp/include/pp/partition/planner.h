@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pp/model/arch-tensors.h"
 #include "pp/model/config.h"
 #include "pp/model/tensor-info.h"
 #include "pp/status.h"
@@ -77,6 +78,9 @@ struct StagePlan {
   uint64_t device_memory = 0;       // bytes of the stage's device; 0 when not given
 };
 
+// The parts of the model a planned stage holds (its rows of the model's table of tensors).
+model::StageParts stage_parts(const StagePlan& s);
+
 struct Plan {
   Strategy strategy = Strategy::kEven;
   model::DType dtype = model::DType::kBF16;
@@ -95,7 +99,8 @@ struct PlanOptions {
   CostModel cost_model;
 };
 
-// Per-layer and edge costs from the config's shapes.
+// Per-layer and edge costs from the model's table of tensors (model::layer_tensors): every
+// layer of a family has the same shapes.
 int64_t layer_params(const model::ModelConfig& c);
 double layer_flops_per_token(const model::ModelConfig& c, const CostModel& m);
 // Fills params, bytes, FLOPs, KV bytes and est_time_s of a stage with the given layers and edges.
