@@ -38,16 +38,16 @@ int stage_of_tensor(const model::ModelConfig& c, const std::string& name,
 
 namespace {
 
-// Every tensor of a stage file is one the table gives the stage, and every tensor the stage
-// loads (its part of the table, with the head rule) is there.
+// Every tensor of a stage file that the model reads is one the table gives the stage, and every
+// tensor the stage loads (its part of the table, with the head rule) is there.
 Status check_stage_tensors(const model::WeightSource& w, const PartitionManifest& m, int k,
                            const std::string& file) {
   const StagePlan& s = m.plan.stages[k];
   const StageFile& f = m.files[k];
   for (const std::string& name : w.names()) {
     const int owner = stage_of_tensor(m.config, name, m.plan.stages);
-    if (owner < 0)
-      return data_loss("'{}' holds tensor '{}', which the model does not use", file, name);
+    // A tensor the model does not read (a rotary cache an older writer kept) is left alone.
+    if (owner < 0) continue;
     // A tied model's last stage carries its own lm_head copy, which the table gives that stage.
     if (owner != k) return data_loss("'{}' holds tensor '{}' of another stage", file, name);
   }
