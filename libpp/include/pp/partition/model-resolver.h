@@ -1,0 +1,95 @@
+// The model source resolver: what the user named with --model, opened once and the same way by
+// every tool (pp-serve, pp-stage, pp-bench, the coordinator). Four kinds of source:
+//
+//   a partition folder (partition.json + stage-K.safetensors): its config, split and tokenizer;
+//     each stage opens only its own shard;
+//   a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or one GGUF file: the
+//     whole model, any split;
+//   a config (config.json or its folder) with random weights from a seed (--random-weights):
+//     a real-size model without a download; a tokenizer.json beside the config is used.
+//
+// Resolving reads metadata only (configs, manifests, file headers): weights are read by the
+// stage backend that loads them. A source that is none of these is one clear error naming it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pp/model/config.h"
+#include "pp/model/model-source.h"
+#include "pp/model/tokenizer.h"
+#include "pp/model/weights.h"
+#include "pp/partition/manifest.h"
+#include "pp/partition/planner.h"
+#include "pp/status.h"
+
+namespace pp::partition {
+
+enum class SourceKind : uint8_t { kPartition, kHfDir, kGguf, kRandomWeights };
+// "partition", "hf", "gguf", "random"
+const char* source_kind_name(SourceKind k);
+
+struct ResolveOptions {
+  // The path names a config (config.json or its folder); the weights are random from this seed,
+  // made where each stage loads (model::random_weights on the CPU, on the device on a GPU).
+  std::optional<uint64_t> random_weights;
+};
+
+// The weights of one stage, opened (not yet read).
+struct StageWeights {
+  model::ModelConfig config;  // the whole model's config
+  LayerRange layers;          // [begin, end), global layer indices
+  // The stage's tensors under Hugging Face names; null for random weights (random_seed set),
+  // which each backend makes itself.
+  std::shared_ptr<const model::WeightSource> weights;
+  std::optional<uint64_t> random_seed;
+};
+
+class ResolvedModel {
+ public:
+  const std::filesystem::path& path() const { return path_; }  // absolute
+  SourceKind kind() const { return kind_; }
+  const model::ModelConfig& config() const { return config_; }
+  std::optional<uint64_t> random_seed() const { return random_seed_; }
+  // The manifest of a partition folder; null for other kinds.
+  const PartitionManifest* partition() const { return partition_ ? &*partition_ : nullptr; }
+  // The split a partition folder fixes (one range per stage); empty for other kinds.
+  std::vector<LayerRange> fixed_layers() const;
+  // The dtype the planner assumes for the weights in memory: f32 for a model loaded on the CPU
+  // backend, bf16 for random weights and partitions (their stored dtype).
+  model::DType plan_dtype() const;
+  // The model's own Jinja chat template; empty when it has none.
+  const std::string& chat_template() const { return chat_template_; }
+  // Whether a tokenizer comes with the model (GGUF metadata, tokenizer.json).
+  bool has_tokenizer() const;
+  // Loads the tokenizer; kNotFound naming the path when the model has none. For a Hugging Face
+  // folder, BOS and EOS come from config.json (tokenizer.json only lets the tokenizer guess).
+  Result<std::shared_ptr<const model::Tokenizer>> load_tokenizer() const;
+
+  // Opens stage k of n with layers `layers` (for a partition: checked against its own split;
+  // only stage k's shard is opened). Errors: a stage count or range the source cannot serve,
+  // missing or malformed files.
+  Result<StageWeights> open_stage(int32_t k, int32_t n, LayerRange layers) const;
+
+ private:
+  friend Result<ResolvedModel> resolve_model(const std::filesystem::path&, const ResolveOptions&);
+  std::filesystem::path path_;
+  SourceKind kind_ = SourceKind::kHfDir;
+  model::ModelConfig config_;
+  std::optional<uint64_t> random_seed_;
+  std::optional<PartitionManifest> partition_;
+  std::shared_ptr<const model::ModelSource> source_;  // kHfDir, kGguf
+  std::filesystem::path tokenizer_json_;              // partition, HF folder, random: when present
+  std::string chat_template_;
+};
+
+// Resolves `path` (see the top of this file). kNotFound when it does not exist; the opener's
+// error for a malformed or unsupported model.
+Result<ResolvedModel> resolve_model(const std::filesystem::path& path,
+                                    const ResolveOptions& options = {});
+
+}  // namespace pp::partition
