@@ -115,8 +115,8 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
     }
     if (layers.end > 0 && shard.layers != layers) {
       return invalid_argument("partition '{}' stage {} holds layers [{}, {}), assigned [{}, {})",
-                              path_.string(), k, shard.layers.begin, shard.layers.end,
-                              layers.begin, layers.end);
+                              path_.string(), k, shard.layers.begin, shard.layers.end, layers.begin,
+                              layers.end);
     }
     out.config = shard.config;
     out.layers = shard.layers;
