@@ -64,7 +64,7 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
   if (!c.tokenizer.empty()) {
     PP_ASSIGN_OR_RETURN(tok, load_tokenizer(c.tokenizer));
   }
-  pipeline::EngineOptions eo = engine_options(o);
+  PP_ASSIGN_OR_RETURN(pipeline::EngineOptions eo, cli::engine_options(o));
   if (tok) eo.tokenizer = tok;
   // The engine's own tokenizer is needed only for text datasets.
   eo.load_tokenizer =
@@ -96,7 +96,7 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
                 {"Max request concurrency", concurrency_text(c.max_concurrency)}};
   run.params = common_params(c);
   run.params["mode"] = "offline";
-  run.params.update(offline_params(o));
+  run.params.update(cli::engine_params(o));
   run.parent_id = parent_id;
   run.outcome = &m.outcome;
   run.print_table = !quiet;

@@ -22,15 +22,16 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "engine-options.h"
 #include "pp/kernels/cpu.h"
 #include "pp/model/chat-template.h"
 #include "pp/model/generate.h"
 #include "pp/model/model-source.h"
 #include "pp/model/stage-model.h"
 #include "pp/model/tokenizer.h"
-#include "pp/partition/byte-size.h"
 #include "pp/partition/partition-reader.h"
 #include "pp/pipeline/engine.h"
 #include "serve.h"
@@ -53,31 +54,13 @@ struct ServeOptions {
   int32_t top_k = 0;
   float min_p = 0.0f;
   std::optional<uint64_t> seed;
-  int threads = 0;  // 0: all cores
-  int64_t max_batch_tokens = 512;
-  std::string log_level;
-
-  // The pipeline (used when pp or expect_stages is given).
-  std::optional<int32_t> pp;
-  int32_t async_depth = 1;
-  int32_t max_running_requests = 256;
-  int64_t kv_blocks = 0;
-  std::string kv_memory;
-  int32_t threads_per_stage = 0;
-  std::string listen;
-  std::optional<int32_t> expect_stages;
-  std::string trace;
+  int threads = 0;  // 0: all cores (the one-shot's name for --threads-per-stage)
   std::string db;
-  int32_t stage_restarts = 3;
-  double stage_timeout_s = 5.0;
-  std::string device = "cpu";  // cpu or cuda
-  std::vector<int> gpus;
-  double mem_fraction = 0.85;
-  bool disable_cuda_graph = false;
-  std::optional<uint64_t> random_weights;
-  std::string layers;
+  std::string log_level;
+  cli::EngineArgs engine;  // --model, --pp and the rest of the engine's options
   bool use_pipeline() const {
-    return pp.has_value() || expect_stages.has_value() || device != "cpu" || random_weights;
+    return engine.pp != 0 || engine.expect_stages.has_value() || engine.device != "cpu" ||
+           engine.random_weights;
   }
 };
 
@@ -99,7 +82,7 @@ Result<std::vector<int32_t>> prompt_ids(const ServeOptions& o, const std::string
                                         const Tokenizer& tok) {
   if (o.no_chat_template || chat_template.empty()) {
     if (!o.system.empty() && !o.no_chat_template) {
-      return invalid_argument("--system needs a chat template, and '{}' has none", o.model);
+      return invalid_argument("--system needs a chat template, and '{}' has none", o.engine.model);
     }
     return tok.encode(*o.prompt, /*add_special=*/true);
   }
@@ -123,7 +106,7 @@ Result<std::vector<int32_t>> prompt_ids(const ServeOptions& o, const std::string
 Status run_one_shot(const ServeOptions& o) {
   if (o.prompt->empty()) return invalid_argument("empty prompt");
   kernels::cpu::set_num_threads(o.threads);
-  PP_ASSIGN_OR_RETURN(ModelSource src, open_model(o.model));
+  PP_ASSIGN_OR_RETURN(ModelSource src, open_model(o.engine.model));
   PP_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, load_tokenizer(src));
   PP_ASSIGN_OR_RETURN(std::vector<int32_t> ids, prompt_ids(o, src.chat_template, *tok));
   if (ids.empty()) return invalid_argument("the prompt encodes to no tokens");
@@ -144,7 +127,7 @@ Status run_one_shot(const ServeOptions& o) {
     std::fflush(stdout);
     if (!piece.empty()) ends_in_newline = piece.back() == '\n';
   };
-  Generator gen(*model, tok.get(), {.max_batch_tokens = o.max_batch_tokens});
+  Generator gen(*model, tok.get(), {.max_batch_tokens = o.engine.max_batch_tokens});
   PP_ASSIGN_OR_RETURN(std::vector<GenerationResult> out, gen.generate(std::span(&req, 1)));
   if (!ends_in_newline) std::fputc('\n', stdout);
   std::fflush(stdout);
@@ -170,52 +153,23 @@ Result<std::string> chat_template_of(const std::string& path) {
   return src.chat_template;
 }
 
-// The engine's options (one-shot through the pipeline, and server mode). Without --pp and
-// --expect-stages: one stage, or a partition folder's own count.
+// The engine's options (one-shot through the pipeline, and server mode): the shared engine
+// options, and what pp-serve adds to them (the run store, the seed, the configuration recorded
+// with the run).
 Result<pipeline::EngineOptions> engine_options(const ServeOptions& o, const char* mode) {
-  using namespace pp::pipeline;
-  EngineOptions e;
-  e.model_path = o.model;
-  e.n_stages = o.expect_stages ? *o.expect_stages : o.pp.value_or(0);
-  if (o.pp && o.expect_stages && *o.pp != *o.expect_stages) {
-    return invalid_argument("--pp {} and --expect-stages {} disagree", *o.pp, *o.expect_stages);
-  }
-  e.async_depth = o.async_depth;
-  e.max_running_requests = o.max_running_requests;
-  e.max_batch_tokens = int32_t(o.max_batch_tokens);
-  e.kv_blocks = o.kv_blocks;
-  if (!o.kv_memory.empty()) {
-    PP_ASSIGN_OR_RETURN(uint64_t bytes, pp::partition::parse_byte_size(o.kv_memory));
-    e.kv_memory = int64_t(bytes);
-  }
-  e.threads_per_stage = o.threads_per_stage;
-  e.listen = o.listen;
-  if (o.expect_stages) {
-    if (o.listen.empty()) return invalid_argument("--expect-stages needs --listen tcp://HOST:PORT");
-    e.launch_local_stages = false;
-    e.register_timeout = std::chrono::minutes(10);
-    e.on_listening = [&](const std::string& endpoint) {
-      std::fprintf(stderr, "%s: waiting for %d stages at %s\n", kTool, *o.expect_stages,
-                   endpoint.c_str());
+  PP_ASSIGN_OR_RETURN(pipeline::EngineOptions e, cli::engine_options(o.engine));
+  if (o.engine.expect_stages) {
+    e.on_listening = [n = *o.engine.expect_stages](const std::string& endpoint) {
+      std::fprintf(stderr, "%s: waiting for %d stages at %s\n", kTool, n, endpoint.c_str());
     };
   }
-  e.stage_restarts = o.stage_restarts;
-  e.stage_timeout = std::chrono::milliseconds(int64_t(o.stage_timeout_s * 1000.0));
-  e.trace_path = o.trace;
   e.db_path = std::filesystem::path(o.db);  // empty: the default run store
-  e.config_json = fmt::format(
-      R"({{"model":"{}","pp":{},"async_depth":{},"max_running_requests":{},"max_batch_tokens":{},)"
-      R"("kv_blocks":{},"kv_memory":"{}","listen":"{}","mode":"{}"}})",
-      o.model, e.n_stages, o.async_depth, o.max_running_requests, o.max_batch_tokens, o.kv_blocks,
-      o.kv_memory, o.listen, mode);
   e.seed = o.seed;
-  e.device = o.device;
-  e.gpus = o.gpus;
-  e.mem_fraction = o.mem_fraction;
-  e.cuda_graphs = !o.disable_cuda_graph;
-  e.random_weights = o.random_weights;
-  e.layer_split = o.layers;
-  if (o.random_weights) e.load_tokenizer = true;
+  nlohmann::json config = cli::engine_params(o.engine);
+  config["stage_restarts"] = o.engine.stage_restarts;
+  config["stage_timeout_s"] = o.engine.stage_timeout_s;
+  config["mode"] = mode;
+  e.config_json = config.dump();
   return e;
 }
 
@@ -226,15 +180,15 @@ Status run_pipeline_one_shot(const ServeOptions& o) {
   PP_ASSIGN_OR_RETURN(EngineOptions e, engine_options(o, "one-shot"));
 
   std::string chat_template;  // a random-weights model (a config alone) has none
-  if (!o.random_weights) {
-    PP_ASSIGN_OR_RETURN(chat_template, chat_template_of(o.model));
+  if (!o.engine.random_weights) {
+    PP_ASSIGN_OR_RETURN(chat_template, chat_template_of(o.engine.model));
   }
   const auto t0 = std::chrono::steady_clock::now();
   PP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::start(e));
   const double start_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!engine->tokenizer()) {
-    return not_found("'{}' has no tokenizer, so a text prompt cannot be encoded", o.model);
+    return not_found("'{}' has no tokenizer, so a text prompt cannot be encoded", o.engine.model);
   }
   PP_ASSIGN_OR_RETURN(std::vector<int32_t> ids, prompt_ids(o, chat_template, *engine->tokenizer()));
   if (ids.empty()) return invalid_argument("the prompt encodes to no tokens");
@@ -278,7 +232,7 @@ Status run_pipeline_one_shot(const ServeOptions& o) {
         kTool, (long long)r.n_prompt_tokens, (long long)r.n_output_tokens,
         pipeline::finish_reason_name(r.finish_reason), first_token_s.value_or(0.0),
         r.n_output_tokens > 1 && decode_s > 0 ? double(r.n_output_tokens - 1) / decode_s : 0.0,
-        e.n_stages > 0 ? e.n_stages : int(engine->stages().size()), o.async_depth, start_s);
+        e.n_stages > 0 ? e.n_stages : int(engine->stages().size()), o.engine.async_depth, start_s);
     break;
   }
   return engine->shutdown();
@@ -294,9 +248,8 @@ int main(int argc, char** argv) {
       "(--prompt): generate one completion, streamed to stdout, with a summary line on stderr; "
       "sampling is greedy (temperature 0) unless --temperature is given.",
       kTool);
-  app.add_option("--model", o.model,
-                 "model: a Hugging Face folder, a .gguf file, or (with --pp) a partition folder")
-      ->required();
+  cli::add_engine_options(app, o.engine,
+                          {.kv_memory = true, .remote_stages = true, .stage_faults = true});
   app.add_option("--prompt", o.prompt, "one-shot mode: the user message to complete");
   app.add_option("--system", o.system, "system message (with the chat template)");
   app.add_flag("--no-chat-template", o.no_chat_template,
@@ -311,60 +264,6 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "random seed (default: a fresh one)");
   app.add_option("--threads", o.threads, "CPU threads (default 0: all cores)")
       ->check(CLI::Range(0, 4096));
-  app.add_option("--max-batch-tokens", o.max_batch_tokens,
-                 "most tokens per forward pass: the prefill chunk (default 512)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
-  app.add_option("--pp", o.pp,
-                 "pipeline stages: run through N local pp-stage processes (a partition folder "
-                 "as --model fixes N)")
-      ->check(CLI::Range(0, 1024));
-  app.add_option("--async-depth", o.async_depth,
-                 "micro-batch groups in flight beyond one per stage (default 1)")
-      ->check(CLI::Range(0, 64));
-  app.add_option("--max-running-requests", o.max_running_requests,
-                 "requests running at once at most (default 256)")
-      ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--kv-blocks", o.kv_blocks,
-                 "KV cache blocks of 16 tokens (default: what the stages' memory holds)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
-  app.add_option("--kv-memory", o.kv_memory, "KV cache memory per stage, e.g. 4GiB")
-      ->excludes("--kv-blocks");
-  app.add_option("--threads-per-stage", o.threads_per_stage,
-                 "compute threads of each local stage (default 0: all cores)")
-      ->check(CLI::Range(0, 4096));
-  app.add_option("--listen", o.listen,
-                 "the coordinator's endpoint for stages, tcp://HOST:PORT (default: a private "
-                 "ipc:// socket)");
-  app.add_option("--expect-stages", o.expect_stages,
-                 "wait for N remote pp-stage processes to connect to --listen instead of "
-                 "starting local ones")
-      ->check(CLI::Range(1, 1024));
-  app.add_option("--stage-restarts", o.stage_restarts,
-                 "times a lost local stage is restarted, all stages together, before requests "
-                 "fail (default 3)")
-      ->check(CLI::Range(0, 1 << 20));
-  app.add_option("--stage-timeout", o.stage_timeout_s,
-                 "seconds of heartbeat silence after which a stage is lost, and that a lost "
-                 "remote stage has to rejoin (default 5)")
-      ->check(CLI::Range(0.1, 86400.0));
-  app.add_option("--device", o.device, "run the stages on cpu or cuda (default cpu)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--gpus", o.gpus,
-                 "cuda: the GPUs to use, stage k on the (k mod n)-th (default: every visible one)")
-      ->delimiter(',');
-  app.add_option("--mem-fraction", o.mem_fraction,
-                 "cuda: share of each GPU's memory for weights, buffers and the KV cache "
-                 "(default 0.85)")
-      ->check(CLI::Range(0.01, 1.0));
-  app.add_flag("--disable-cuda-graph", o.disable_cuda_graph,
-               "cuda: run decode steps eagerly instead of replaying CUDA graphs");
-  app.add_option("--random-weights", o.random_weights,
-                 "--model is a config.json (or its folder): random weights from this seed, made "
-                 "on each stage");
-  app.add_option("--layers", o.layers,
-                 "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
-  app.add_option("--trace", o.trace,
-                 "write a Chrome trace of every micro-batch on every stage to FILE at the end");
   serve::HttpOptions http;
   serve::add_http_options(app, &http);
   cli::add_db_option(app, o.db);
