@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "pp/bench/progress.h"
 #include "pp/model/gguf.h"
+#include "pp/partition/model-resolver.h"
 #include "pp/store/run-store.h"
 #include "pp/version.h"
 
@@ -129,15 +130,27 @@ Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& 
   return o;
 }
 
-Result<std::unique_ptr<model::Tokenizer>> load_tokenizer(const std::string& path) {
-  fs::path p = path;
-  if (fs::is_directory(p)) p /= "tokenizer.json";
-  if (!fs::exists(p)) return not_found("cannot open tokenizer '{}'", p.string());
+Result<std::shared_ptr<const model::Tokenizer>> load_tokenizer(const std::string& path) {
+  const fs::path p = path;
+  std::error_code ec;
+  if (!fs::exists(p, ec)) return not_found("cannot open tokenizer '{}'", path);
+  // A model pp opens: its tokenizer as pp-serve loads it (for a Hugging Face folder, BOS and EOS
+  // from config.json).
+  if (p.extension() != ".json") {
+    Result<partition::ResolvedModel> m = partition::resolve_model(p);
+    if (m.ok() && m->has_tokenizer()) return m->load_tokenizer();
+  }
+  // Any other model (pp-bench serve measures servers of models pp may not run): its GGUF
+  // tokenizer or its tokenizer.json as they are.
   if (p.extension() == ".gguf") {
     PP_ASSIGN_OR_RETURN(auto gguf, model::GgufFile::open(p));
-    return model::Tokenizer::from_gguf(*gguf);
+    PP_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tok, model::Tokenizer::from_gguf(*gguf));
+    return std::shared_ptr<const model::Tokenizer>(std::move(tok));
   }
-  return model::Tokenizer::from_hf_file(p);
+  const fs::path json = fs::is_directory(p, ec) ? p / "tokenizer.json" : p;
+  if (!fs::exists(json, ec)) return not_found("cannot open tokenizer '{}'", json.string());
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tok, model::Tokenizer::from_hf_file(json));
+  return std::shared_ptr<const model::Tokenizer>(std::move(tok));
 }
 
 namespace {

@@ -69,8 +69,10 @@ Result<bench::DatasetOptions> dataset_options(const CommonArgs& a);
 Result<bench::TrafficOptions> traffic_options(const CommonArgs& a);
 Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& s);
 
-// The tokenizer at PATH: a tokenizer.json, a model folder holding one, or a .gguf file.
-Result<std::unique_ptr<model::Tokenizer>> load_tokenizer(const std::string& path);
+// The tokenizer at PATH: of a model pp opens (a Hugging Face or partition folder, a .gguf file:
+// through the model source resolver, as pp-serve loads it), else a tokenizer.json, a folder
+// holding one, or any .gguf file's.
+Result<std::shared_ptr<const model::Tokenizer>> load_tokenizer(const std::string& path);
 
 // A progress function drawing on stderr when it is a terminal (none with --disable-progress).
 bench::ProgressFn make_progress(const CommonArgs& a);
