@@ -1,5 +1,5 @@
 // The pipeline through its binaries: pp-stage's --help and man page agree; pp-serve's one-shot
-// mode through the pipeline (--pp 2) prints what the single-process path prints; and the
+// mode (through the engine, one stage or two) prints what the in-process Generator makes; and the
 // coordinator with stages on different "hosts": distinct loopback addresses over tcp://, and
 // (when network namespaces can be made) separate network namespaces joined by veth pairs.
 #include <signal.h>
@@ -14,6 +14,8 @@
 #include <sstream>
 
 #include "../pp/test-engine-util.h"
+#include "pp/model/chat-template.h"
+#include "pp/partition/model-resolver.h"
 #include "pp/pipeline/launcher.h"
 #include "pp/transport/channel.h"
 
@@ -107,26 +109,79 @@ TEST(PpStage, ExitsWhenTheCoordinatorGoesAway) {
   EXPECT_EQ(p->poll().value_or(""), "exited with status 1");
 }
 
-TEST(PpServe, OneShotThroughThePipelineMatchesTheSingleProcessPath) {
+// What the in-process Generator (the reference) writes for `prompt` through the model's chat
+// template, greedy, as pp-serve's one-shot mode prints it: the text, then a newline.
+std::string reference_one_shot(const fs::path& model, const std::string& prompt,
+                               int64_t max_tokens) {
+  auto m = partition::resolve_model(model);
+  EXPECT_TRUE(m.ok()) << m.status().message();
+  if (!m.ok()) return {};
+  auto tok = m->load_tokenizer();
+  EXPECT_TRUE(tok.ok()) << tok.status().message();
+  if (!tok.ok()) return {};
+  const model::Tokenizer& t = **tok;
+  auto tmpl = model::ChatTemplate::from_jinja(m->chat_template(), t.id_to_token(*t.bos_id()),
+                                              t.id_to_token(*t.eos_id()));
+  EXPECT_TRUE(tmpl.ok()) << tmpl.status().message();
+  if (!tmpl.ok()) return {};
+  const std::vector<model::ChatMessage> messages = {{"user", prompt}};
+  auto text = tmpl->apply(messages, /*add_generation_prompt=*/true);
+  EXPECT_TRUE(text.ok());
+  if (!text.ok()) return {};
+  auto src = model::open_model(model);
+  EXPECT_TRUE(src.ok()) << src.status().message();
+  if (!src.ok()) return {};
+  auto sm = model::StageModel::load(src->config, *src->weights, 0, src->config.n_layer);
+  EXPECT_TRUE(sm.ok()) << sm.status().message();
+  if (!sm.ok()) return {};
+  model::GenerationRequest req;
+  req.prompt_ids = t.encode(*text, /*add_special=*/false);
+  req.params.max_tokens = max_tokens;
+  req.params.temperature = 0.0f;
+  model::Generator gen(**sm, &t);
+  auto out = gen.generate(std::span(&req, 1));
+  EXPECT_TRUE(out.ok()) << out.status().message();
+  if (!out.ok()) return {};
+  std::string printed = (*out)[0].text;
+  if (!printed.empty() && printed.back() != '\n') printed += '\n';
+  return printed;
+}
+
+// pp-serve's one-shot mode runs through the engine, one stage unless --pp says otherwise; its
+// text is the in-process Generator's, token for token, with one stage or two, and its summary is
+// one line on stderr.
+TEST(PpServe, OneShotThroughTheEngineMatchesTheInProcessGenerator) {
   const fs::path model = default_model_path();
   if (!fs::exists(model)) GTEST_SKIP() << "default model missing: " << model;
+  const std::string expected = reference_one_shot(model, "Name three colours.", 24);
+  ASSERT_FALSE(expected.empty());
   TempDir dir;
   const std::string base = tool("pp-serve").string() + " --model '" + model.string() +
-                           "' --prompt 'Name three colours.' --max-tokens 24";
+                           "' --prompt 'Name three colours.' --max-tokens 24 --db '" +
+                           (dir.path() / "runs.db").string() + "'";
   int rc = 0;
-  const std::string single = run_capture(base + " 2>/dev/null", &rc);
+  const fs::path err = dir.path() / "stderr.txt";
+  const std::string single = run_capture(base + " --threads 1 2>'" + err.string() + "'", &rc);
   ASSERT_EQ(rc, 0);
-  ASSERT_FALSE(single.empty());
+  EXPECT_EQ(single, expected);
+  std::ifstream f(err);
+  std::stringstream summary;
+  summary << f.rdbuf();
+  EXPECT_TRUE(std::regex_search(summary.str(),
+                                std::regex(R"(^pp-serve: \d+ prompt tokens, 24 generated tokens )"
+                                           R"(\(length\), prefill [0-9.]+ tok/s, decode [0-9.]+ )"
+                                           R"(tok/s, 1 threads, 1 stage \(async depth 1\))")))
+      << summary.str();
   for (int P : {1, 2}) {
     const fs::path trace = dir.path() / fmt::format("trace-{}.json", P);
-    const std::string piped = run_capture(
-        base +
-            fmt::format(" --pp {} --async-depth 1 --threads-per-stage 1 --db '{}' --trace '{}'", P,
-                        (dir.path() / "runs.db").string(), trace.string()) +
-            " 2>/dev/null",
-        &rc);
+    const std::string piped =
+        run_capture(base +
+                        fmt::format(" --pp {} --async-depth 1 --threads-per-stage 1 --trace '{}'",
+                                    P, trace.string()) +
+                        " 2>/dev/null",
+                    &rc);
     EXPECT_EQ(rc, 0);
-    EXPECT_EQ(piped, single) << P << " stages";
+    EXPECT_EQ(piped, expected) << P << " stages";
     EXPECT_TRUE(fs::exists(trace));
   }
 }

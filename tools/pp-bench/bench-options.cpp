@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "pp/bench/progress.h"
 #include "pp/model/gguf.h"
+#include "pp/partition/model-resolver.h"
 #include "pp/store/run-store.h"
 #include "pp/version.h"
 
@@ -67,35 +68,6 @@ void add_serve_options(CLI::App* app, ServeArgs& a, bool model_option) {
   app->add_flag("--disable-stream", a.disable_stream, "ask for whole responses, not streams");
   app->add_option("--extra-request-body", a.extra_request_body,
                   "JSON object merged into every request body");
-}
-
-void add_offline_options(CLI::App* app, OfflineArgs& a, bool model_option) {
-  if (model_option) {
-    app->add_option("--model", a.model, "model folder, .gguf or partition folder")->required();
-  }
-  app->add_option("--pp", a.pp, "pipeline stages (default 1)");
-  app->add_option("--async-depth", a.async_depth, "micro-batch groups beyond pp (default 1)");
-  app->add_option("--max-running-requests", a.max_running_requests,
-                  "requests running at once in the engine (default 256)");
-  app->add_option("--max-batch-tokens", a.max_batch_tokens,
-                  "tokens per micro-batch at most (default 512)");
-  app->add_option("--kv-blocks", a.kv_blocks, "KV blocks (default: what fits)");
-  app->add_option("--threads-per-stage", a.threads_per_stage,
-                  "compute threads per stage (default: all cores)");
-  app->add_option("--trace", a.trace, "write a Chrome trace of every micro-batch to FILE");
-  app->add_option("--device", a.device, "run the stages on cpu or cuda (default cpu)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  app->add_option("--gpus", a.gpus, "cuda: the GPUs, stage k on the (k mod n)-th (default: all)")
-      ->delimiter(',');
-  app->add_option("--mem-fraction", a.mem_fraction,
-                  "cuda: share of each GPU's memory for weights, buffers and KV (default 0.85)")
-      ->check(CLI::Range(0.01, 1.0));
-  app->add_flag("--disable-cuda-graph", a.disable_cuda_graph,
-                "cuda: run decode steps eagerly instead of replaying CUDA graphs");
-  app->add_option("--random-weights", a.random_weights,
-                  "--model is a config.json (or its folder): random weights from this seed");
-  app->add_option("--layers", a.layers,
-                  "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
 }
 
 Result<double> parse_rate(const std::string& text) {
@@ -158,34 +130,27 @@ Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& 
   return o;
 }
 
-pipeline::EngineOptions engine_options(const OfflineArgs& o) {
-  pipeline::EngineOptions e;
-  e.model_path = o.model;
-  e.n_stages = o.pp;
-  e.async_depth = o.async_depth;
-  e.max_running_requests = o.max_running_requests;
-  e.max_batch_tokens = o.max_batch_tokens;
-  e.kv_blocks = o.kv_blocks;
-  e.threads_per_stage = o.threads_per_stage;
-  e.trace_path = o.trace;
-  e.device = o.device;
-  e.gpus = o.gpus;
-  e.mem_fraction = o.mem_fraction;
-  e.cuda_graphs = !o.disable_cuda_graph;
-  e.random_weights = o.random_weights;
-  e.layer_split = o.layers;
-  return e;
-}
-
-Result<std::unique_ptr<model::Tokenizer>> load_tokenizer(const std::string& path) {
-  fs::path p = path;
-  if (fs::is_directory(p)) p /= "tokenizer.json";
-  if (!fs::exists(p)) return not_found("cannot open tokenizer '{}'", p.string());
+Result<std::shared_ptr<const model::Tokenizer>> load_tokenizer(const std::string& path) {
+  const fs::path p = path;
+  std::error_code ec;
+  if (!fs::exists(p, ec)) return not_found("cannot open tokenizer '{}'", path);
+  // A model pp opens: its tokenizer as pp-serve loads it (for a Hugging Face folder, BOS and EOS
+  // from config.json).
+  if (p.extension() != ".json") {
+    Result<partition::ResolvedModel> m = partition::resolve_model(p);
+    if (m.ok() && m->has_tokenizer()) return m->load_tokenizer();
+  }
+  // Any other model (pp-bench serve measures servers of models pp may not run): its GGUF
+  // tokenizer or its tokenizer.json as they are.
   if (p.extension() == ".gguf") {
     PP_ASSIGN_OR_RETURN(auto gguf, model::GgufFile::open(p));
-    return model::Tokenizer::from_gguf(*gguf);
+    PP_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tok, model::Tokenizer::from_gguf(*gguf));
+    return std::shared_ptr<const model::Tokenizer>(std::move(tok));
   }
-  return model::Tokenizer::from_hf_file(p);
+  const fs::path json = fs::is_directory(p, ec) ? p / "tokenizer.json" : p;
+  if (!fs::exists(json, ec)) return not_found("cannot open tokenizer '{}'", json.string());
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tok, model::Tokenizer::from_hf_file(json));
+  return std::shared_ptr<const model::Tokenizer>(std::move(tok));
 }
 
 namespace {
@@ -245,27 +210,6 @@ nlohmann::json serve_params(const ServeArgs& s, const std::string& model_id) {
   j["model"] = model_id;
   j["stream"] = !s.disable_stream;
   if (!s.extra_request_body.empty()) j["extra_request_body"] = s.extra_request_body;
-  return j;
-}
-
-nlohmann::json offline_params(const OfflineArgs& o) {
-  nlohmann::json j;
-  j["model"] = o.model;
-  j["pp"] = o.pp;
-  j["async_depth"] = o.async_depth;
-  j["max_running_requests"] = o.max_running_requests;
-  j["max_batch_tokens"] = o.max_batch_tokens;
-  j["kv_blocks"] = o.kv_blocks;
-  j["threads_per_stage"] = o.threads_per_stage;
-  if (!o.trace.empty()) j["trace"] = o.trace;
-  j["device"] = o.device;
-  if (o.device != "cpu") {
-    j["gpus"] = o.gpus;
-    j["mem_fraction"] = o.mem_fraction;
-    j["cuda_graphs"] = !o.disable_cuda_graph;
-  }
-  if (o.random_weights) j["random_weights"] = *o.random_weights;
-  if (!o.layers.empty()) j["layers"] = o.layers;
   return j;
 }
 

@@ -1,6 +1,7 @@
-// pp-bench's options and the steps every measuring subcommand shares: the dataset, traffic,
-// server and engine options as structs filled by CLI11, the tokenizer, the progress bar, and
-// writing a finished run (the result table, the run store, the --output-file JSON line).
+// pp-bench's options and the steps every measuring subcommand shares: the dataset, traffic and
+// server options as structs filled by CLI11 (the engine's come from tools/common), the
+// tokenizer, the progress bar, and writing a finished run (the result table, the run store, the
+// --output-file JSON line).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "engine-options.h"
 #include "pp/bench/dataset.h"
 #include "pp/bench/http-client.h"
 #include "pp/bench/offline-bench.h"
@@ -53,35 +55,24 @@ struct ServeArgs {
   std::string extra_request_body;
 };
 
-struct OfflineArgs {
-  std::string model;
-  int32_t pp = 1;
-  int32_t async_depth = 1;
-  int32_t max_running_requests = 256;
-  int32_t max_batch_tokens = 512;
-  int64_t kv_blocks = 0;
-  int32_t threads_per_stage = 0;
-  std::string trace;
-  std::string device = "cpu";
-  std::vector<int> gpus;
-  double mem_fraction = 0.85;
-  bool disable_cuda_graph = false;
-  std::optional<uint64_t> random_weights;
-  std::string layers;  // manual split, inclusive ranges "0-19,20-35"
+// The engine's options for offline runs (tools/common/engine-options.h); pp-bench's default is
+// one stage (--pp 1), not a partition folder's own count.
+struct OfflineArgs : cli::EngineArgs {
+  OfflineArgs() { pp = 1; }
 };
 
 void add_common_options(CLI::App* app, CommonArgs& a);
 void add_serve_options(CLI::App* app, ServeArgs& a, bool model_option);
-void add_offline_options(CLI::App* app, OfflineArgs& a, bool model_option);
 
 Result<double> parse_rate(const std::string& text);
 Result<bench::DatasetOptions> dataset_options(const CommonArgs& a);
 Result<bench::TrafficOptions> traffic_options(const CommonArgs& a);
 Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& s);
-pipeline::EngineOptions engine_options(const OfflineArgs& o);
 
-// The tokenizer at PATH: a tokenizer.json, a model folder holding one, or a .gguf file.
-Result<std::unique_ptr<model::Tokenizer>> load_tokenizer(const std::string& path);
+// The tokenizer at PATH: of a model pp opens (a Hugging Face or partition folder, a .gguf file:
+// through the model source resolver, as pp-serve loads it), else a tokenizer.json, a folder
+// holding one, or any .gguf file's.
+Result<std::shared_ptr<const model::Tokenizer>> load_tokenizer(const std::string& path);
 
 // A progress function drawing on stderr when it is a terminal (none with --disable-progress).
 bench::ProgressFn make_progress(const CommonArgs& a);
@@ -90,7 +81,6 @@ void end_progress(const CommonArgs& a);
 // Every parameter of a run as JSON (the run store's params, the JSON line's first keys).
 nlohmann::json common_params(const CommonArgs& c);
 nlohmann::json serve_params(const ServeArgs& s, const std::string& model_id);
-nlohmann::json offline_params(const OfflineArgs& o);
 
 // Prints the table, records the run (returns its id) and appends the JSON line.
 struct FinishedRun {

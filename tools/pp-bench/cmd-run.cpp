@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "pp/partition/model-resolver.h"
 #include "pp/pipeline/engine.h"
 
 namespace pp::bench_tool {
@@ -19,7 +20,7 @@ std::string concurrency_text(int64_t c) { return c > 0 ? std::to_string(c) : "no
 Result<Measured> measure_serve(const CommonArgs& c, const ServeArgs& s,
                                std::optional<int64_t> parent_id, bool quiet) {
   PP_ASSIGN_OR_RETURN(bench::ServeOptions so, serve_options(c, s));
-  std::unique_ptr<model::Tokenizer> tok;
+  std::shared_ptr<const model::Tokenizer> tok;
   if (!c.tokenizer.empty()) {
     PP_ASSIGN_OR_RETURN(tok, load_tokenizer(c.tokenizer));
   }
@@ -60,18 +61,24 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
                                  std::optional<int64_t> parent_id, bool quiet) {
   PP_ASSIGN_OR_RETURN(bench::TrafficOptions traffic, traffic_options(c));
   PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
-  std::shared_ptr<model::Tokenizer> tok;
+  PP_ASSIGN_OR_RETURN(pipeline::EngineOptions eo, cli::engine_options(o));
+  std::shared_ptr<const model::Tokenizer> tok;
   if (!c.tokenizer.empty()) {
     PP_ASSIGN_OR_RETURN(tok, load_tokenizer(c.tokenizer));
+  } else if (dopt.kind == bench::DatasetKind::kRandom ||
+             dopt.kind == bench::DatasetKind::kShareGpt) {
+    // Text datasets need the model's own tokenizer, found by the model source resolver as
+    // pp-serve finds it; id datasets need none.
+    PP_ASSIGN_OR_RETURN(partition::ResolvedModel m,
+                        partition::resolve_model(o.model, {.random_weights = o.random_weights}));
+    if (m.has_tokenizer()) {
+      PP_ASSIGN_OR_RETURN(tok, m.load_tokenizer());
+    }
   }
-  pipeline::EngineOptions eo = engine_options(o);
-  if (tok) eo.tokenizer = tok;
-  // The engine's own tokenizer is needed only for text datasets.
-  eo.load_tokenizer =
-      dopt.kind == bench::DatasetKind::kRandom || dopt.kind == bench::DatasetKind::kShareGpt;
+  eo.tokenizer = tok;
+  eo.load_tokenizer = false;
   PP_ASSIGN_OR_RETURN(auto engine, pipeline::Engine::start(eo));
-  const model::Tokenizer* t = tok ? tok.get() : engine->tokenizer();
-  auto requests = bench::make_dataset(dopt, engine->model_config().n_vocab, t);
+  auto requests = bench::make_dataset(dopt, engine->model_config().n_vocab, tok.get());
   if (!requests.ok()) {
     (void)engine->shutdown();
     return requests.status();
@@ -96,7 +103,7 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
                 {"Max request concurrency", concurrency_text(c.max_concurrency)}};
   run.params = common_params(c);
   run.params["mode"] = "offline";
-  run.params.update(offline_params(o));
+  run.params.update(cli::engine_params(o));
   run.parent_id = parent_id;
   run.outcome = &m.outcome;
   run.print_table = !quiet;

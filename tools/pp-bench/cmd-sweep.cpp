@@ -75,12 +75,13 @@ Status sweep_command(SweepArgs a) {
   for (const auto& p : points) {
     SweepArgs b = a;
     for (const auto& [k, v] : p) PP_RETURN_IF_ERROR(apply(k, v, b));
+    if (offline) PP_RETURN_IF_ERROR(cli::engine_options(b.offline).status());
   }
 
   nlohmann::json params = common_params(a.common);
   params["mode"] = a.mode;
   params["grid"] = a.grid;
-  params.update(offline ? offline_params(a.offline) : serve_params(a.serve, a.model));
+  params.update(offline ? cli::engine_params(a.offline) : serve_params(a.serve, a.model));
   BenchRecord parent;
   parent.kind = BenchKind::kSweep;
   parent.label = a.common.label;

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   auto* offline_cmd =
       app.add_subcommand("offline", "benchmark the engine in this process, without HTTP");
   add_common_options(offline_cmd, offline_common);
-  add_offline_options(offline_cmd, offline, true);
+  cli::add_engine_options(*offline_cmd, offline);
 
   SweepArgs sweep;
   auto* sweep_cmd = app.add_subcommand("sweep", "one run per point of a grid, and a plot");
@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
   sweep_cmd->add_flag("--disable-stream", sweep.serve.disable_stream, "serve: no streaming");
   sweep_cmd->add_option("--extra-request-body", sweep.serve.extra_request_body,
                         "serve: JSON object merged into every request body");
-  add_offline_options(sweep_cmd, sweep.offline, false);
+  cli::add_engine_options(*sweep_cmd, sweep.offline, {.model = false});
 
   HistoryArgs history;
   auto* history_cmd = app.add_subcommand("history", "list recorded benchmark runs");

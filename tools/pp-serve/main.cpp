@@ -1,20 +1,21 @@
-// pp-serve: the coordinator. For now its one-shot mode: apply the chat template, generate one
-// completion streamed to stdout, and print a one-line summary (prompt and generated tokens,
-// speed) to stderr. Without --pp the whole model runs in this process on the CPU; with --pp N
-// (or --expect-stages N) it runs through the asynchronous pipeline of N pp-stage processes,
-// local ones it spawns or remote ones that connect to --listen.
+// pp-serve: the coordinator. Without --prompt it is the HTTP server (serve.cpp): the
+// OpenAI-compatible and SGLang-native API over the pipeline, on --host/--port, until SIGTERM
+// drains it. With --prompt it is one-shot: apply the chat template, generate one completion
+// through the same engine (one stage unless --pp, --expect-stages or a partition folder say
+// otherwise), stream it to stdout, and print a one-line summary (prompt and generated tokens,
+// finish reason, prefill and decode speed, threads, stages) to stderr.
 //   pp-serve --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]
-//            [--top-k K] [--min-p M] [--seed S] [--threads T] [--max-batch-tokens N]
-//            [--no-chat-template] [--system TEXT]
-//            [--pp N] [--async-depth D] [--max-running-requests R] [--kv-blocks B |
-//            --kv-memory BYTES] [--threads-per-stage T] [--listen tcp://HOST:PORT
-//            --expect-stages N] [--stage-restarts N] [--stage-timeout SECONDS] [--trace FILE]
-//            [--device cpu|cuda] [--gpus 0,1] [--mem-fraction F] [--disable-cuda-graph]
-//            [--random-weights SEED] [--layers RANGES] [--db PATH]
-// Without --prompt it is the HTTP server (serve.cpp): the OpenAI-compatible and SGLang-native API
-// over the pipeline, on --host/--port, until SIGTERM drains it.
+//            [--top-k K] [--min-p M] [--seed S] [--threads T] [--no-chat-template]
+//            [--system TEXT] [engine options]
+//   pp-serve --model PATH [--host ADDR] [--port PORT] [server options] [engine options]
+// The engine options (--pp, --async-depth, --kv-blocks, --device, --listen, ...) are those of
+// tools/common/engine-options.h. The model is opened once, by the model source resolver: its
+// chat template, and its tokenizer, which the engine then uses too.
 // Exit codes: 0 ok, 1 a failure while working, 2 bad usage or bad input.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,16 +23,14 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "cli.h"
+#include "engine-options.h"
 #include "pp/kernels/cpu.h"
 #include "pp/model/chat-template.h"
-#include "pp/model/generate.h"
-#include "pp/model/model-source.h"
-#include "pp/model/stage-model.h"
 #include "pp/model/tokenizer.h"
-#include "pp/partition/byte-size.h"
-#include "pp/partition/partition-reader.h"
+#include "pp/partition/model-resolver.h"
 #include "pp/pipeline/engine.h"
 #include "serve.h"
 
@@ -43,7 +42,6 @@ using namespace pp::model;
 constexpr const char* kTool = "pp-serve";
 
 struct ServeOptions {
-  std::string model;
   std::optional<std::string> prompt;
   std::string system;
   bool no_chat_template = false;
@@ -53,44 +51,58 @@ struct ServeOptions {
   int32_t top_k = 0;
   float min_p = 0.0f;
   std::optional<uint64_t> seed;
-  int threads = 0;  // 0: all cores
-  int64_t max_batch_tokens = 512;
-  std::string log_level;
-
-  // The pipeline (used when pp or expect_stages is given).
-  std::optional<int32_t> pp;
-  int32_t async_depth = 1;
-  int32_t max_running_requests = 256;
-  int64_t kv_blocks = 0;
-  std::string kv_memory;
-  int32_t threads_per_stage = 0;
-  std::string listen;
-  std::optional<int32_t> expect_stages;
-  std::string trace;
+  int32_t threads = 0;  // each stage's compute threads, as --threads-per-stage; 0: all cores
   std::string db;
-  int32_t stage_restarts = 3;
-  double stage_timeout_s = 5.0;
-  std::string device = "cpu";  // cpu or cuda
-  std::vector<int> gpus;
-  double mem_fraction = 0.85;
-  bool disable_cuda_graph = false;
-  std::optional<uint64_t> random_weights;
-  std::string layers;
-  bool use_pipeline() const {
-    return pp.has_value() || expect_stages.has_value() || device != "cpu" || random_weights;
-  }
+  std::string log_level;
+  cli::EngineArgs engine;  // --model, --pp and the rest of the engine's options
 };
 
-Result<std::unique_ptr<Tokenizer>> load_tokenizer(const ModelSource& src) {
-  if (src.gguf) return Tokenizer::from_gguf(*src.gguf);
-  if (src.tokenizer_json.empty()) {
-    return not_found("'{}' has no tokenizer.json", src.path.string());
+// What pp-serve needs of the model beyond the engine: its chat template and its tokenizer (null
+// when it has none), from the model source resolver.
+struct ServedModel {
+  std::string chat_template;
+  std::shared_ptr<const Tokenizer> tokenizer;
+};
+
+Result<ServedModel> open_served_model(const cli::EngineArgs& a) {
+  PP_ASSIGN_OR_RETURN(partition::ResolvedModel m,
+                      partition::resolve_model(a.model, {.random_weights = a.random_weights}));
+  ServedModel s;
+  s.chat_template = m.chat_template();
+  if (m.has_tokenizer()) {
+    PP_ASSIGN_OR_RETURN(s.tokenizer, m.load_tokenizer());
   }
-  PP_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::from_hf_file(src.tokenizer_json));
-  // config.json knows BOS and EOS; tokenizer.json only lets the tokenizer guess.
-  if (!src.config.bos_token_ids.empty()) tok->set_bos_id(src.config.bos_token_ids.front());
-  if (!src.config.eos_token_ids.empty()) tok->set_eos_id(src.config.eos_token_ids.front());
-  return tok;
+  return s;
+}
+
+// The engine's options (either mode): the shared engine options, and what pp-serve adds to them
+// (--threads, the run store, the seed, the tokenizer, the configuration recorded with the run).
+Result<pipeline::EngineOptions> engine_options(const ServeOptions& o, const ServedModel& model,
+                                               const char* mode) {
+  cli::EngineArgs a = o.engine;
+  if (o.threads > 0) {
+    if (a.threads_per_stage > 0 && a.threads_per_stage != o.threads) {
+      return invalid_argument("--threads {} and --threads-per-stage {} disagree", o.threads,
+                              a.threads_per_stage);
+    }
+    a.threads_per_stage = o.threads;
+  }
+  PP_ASSIGN_OR_RETURN(pipeline::EngineOptions e, cli::engine_options(a));
+  if (a.expect_stages) {
+    e.on_listening = [n = *a.expect_stages](const std::string& endpoint) {
+      std::fprintf(stderr, "%s: waiting for %d stages at %s\n", kTool, n, endpoint.c_str());
+    };
+  }
+  e.db_path = std::filesystem::path(o.db);  // empty: the default run store
+  e.seed = o.seed;
+  e.tokenizer = model.tokenizer;  // the resolver has looked: no tokenizer means none
+  e.load_tokenizer = false;
+  nlohmann::json config = cli::engine_params(a);
+  config["stage_restarts"] = a.stage_restarts;
+  config["stage_timeout_s"] = a.stage_timeout_s;
+  config["mode"] = mode;
+  e.config_json = config.dump();
+  return e;
 }
 
 // The prompt's token ids: through the model's chat template unless told otherwise (or the model
@@ -99,7 +111,7 @@ Result<std::vector<int32_t>> prompt_ids(const ServeOptions& o, const std::string
                                         const Tokenizer& tok) {
   if (o.no_chat_template || chat_template.empty()) {
     if (!o.system.empty() && !o.no_chat_template) {
-      return invalid_argument("--system needs a chat template, and '{}' has none", o.model);
+      return invalid_argument("--system needs a chat template, and '{}' has none", o.engine.model);
     }
     return tok.encode(*o.prompt, /*add_special=*/true);
   }
@@ -120,147 +132,49 @@ Result<std::vector<int32_t>> prompt_ids(const ServeOptions& o, const std::string
   return tok.encode(text, /*add_special=*/false);
 }
 
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// One-shot: encode the prompt, start the engine, submit, stream the text as it comes.
 Status run_one_shot(const ServeOptions& o) {
   if (o.prompt->empty()) return invalid_argument("empty prompt");
-  kernels::cpu::set_num_threads(o.threads);
-  PP_ASSIGN_OR_RETURN(ModelSource src, open_model(o.model));
-  PP_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, load_tokenizer(src));
-  PP_ASSIGN_OR_RETURN(std::vector<int32_t> ids, prompt_ids(o, src.chat_template, *tok));
+  PP_ASSIGN_OR_RETURN(ServedModel model, open_served_model(o.engine));
+  if (!model.tokenizer) {
+    return not_found("'{}' has no tokenizer, so a text prompt cannot be encoded", o.engine.model);
+  }
+  PP_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                      prompt_ids(o, model.chat_template, *model.tokenizer));
   if (ids.empty()) return invalid_argument("the prompt encodes to no tokens");
-  PP_ASSIGN_OR_RETURN(std::unique_ptr<StageModel> model,
-                      StageModel::load(src.config, *src.weights, 0, src.config.n_layer));
+  PP_ASSIGN_OR_RETURN(pipeline::EngineOptions e, engine_options(o, model, "one-shot"));
 
-  GenerationRequest req;
-  req.prompt_ids = std::move(ids);
-  req.params.max_tokens = o.max_tokens;
-  req.params.temperature = o.temperature;
-  req.params.top_p = o.top_p;
-  req.params.top_k = o.top_k;
-  req.params.min_p = o.min_p;
-  req.params.seed = o.seed;
-  bool ends_in_newline = true;
-  req.on_text = [&](std::string_view piece) {
-    std::fwrite(piece.data(), 1, piece.size(), stdout);
-    std::fflush(stdout);
-    if (!piece.empty()) ends_in_newline = piece.back() == '\n';
-  };
-  Generator gen(*model, tok.get(), {.max_batch_tokens = o.max_batch_tokens});
-  PP_ASSIGN_OR_RETURN(std::vector<GenerationResult> out, gen.generate(std::span(&req, 1)));
-  if (!ends_in_newline) std::fputc('\n', stdout);
-  std::fflush(stdout);
-
-  const GenerationStats& s = gen.stats();
-  std::fprintf(stderr,
-               "%s: %lld prompt tokens, %lld generated tokens (%s), prefill %.1f tok/s, decode "
-               "%.1f tok/s, %d threads\n",
-               kTool, (long long)s.n_prompt_tokens, (long long)s.n_generated_tokens,
-               finish_reason_name(out[0].finish_reason), s.prefill_tokens_per_second(),
-               s.decode_tokens_per_second(), kernels::cpu::num_threads());
-  return ok_status();
-}
-
-// The chat template of a model or a partition folder.
-Result<std::string> chat_template_of(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::exists(std::filesystem::path(path) / pp::partition::kManifestName, ec)) {
-    PP_ASSIGN_OR_RETURN(auto m, pp::partition::open_partition(path));
-    return m.chat_template;
-  }
-  PP_ASSIGN_OR_RETURN(ModelSource src, open_model(path));
-  return src.chat_template;
-}
-
-// The engine's options (one-shot through the pipeline, and server mode). Without --pp and
-// --expect-stages: one stage, or a partition folder's own count.
-Result<pipeline::EngineOptions> engine_options(const ServeOptions& o, const char* mode) {
-  using namespace pp::pipeline;
-  EngineOptions e;
-  e.model_path = o.model;
-  e.n_stages = o.expect_stages ? *o.expect_stages : o.pp.value_or(0);
-  if (o.pp && o.expect_stages && *o.pp != *o.expect_stages) {
-    return invalid_argument("--pp {} and --expect-stages {} disagree", *o.pp, *o.expect_stages);
-  }
-  e.async_depth = o.async_depth;
-  e.max_running_requests = o.max_running_requests;
-  e.max_batch_tokens = int32_t(o.max_batch_tokens);
-  e.kv_blocks = o.kv_blocks;
-  if (!o.kv_memory.empty()) {
-    PP_ASSIGN_OR_RETURN(uint64_t bytes, pp::partition::parse_byte_size(o.kv_memory));
-    e.kv_memory = int64_t(bytes);
-  }
-  e.threads_per_stage = o.threads_per_stage;
-  e.listen = o.listen;
-  if (o.expect_stages) {
-    if (o.listen.empty()) return invalid_argument("--expect-stages needs --listen tcp://HOST:PORT");
-    e.launch_local_stages = false;
-    e.register_timeout = std::chrono::minutes(10);
-    e.on_listening = [&](const std::string& endpoint) {
-      std::fprintf(stderr, "%s: waiting for %d stages at %s\n", kTool, *o.expect_stages,
-                   endpoint.c_str());
-    };
-  }
-  e.stage_restarts = o.stage_restarts;
-  e.stage_timeout = std::chrono::milliseconds(int64_t(o.stage_timeout_s * 1000.0));
-  e.trace_path = o.trace;
-  e.db_path = std::filesystem::path(o.db);  // empty: the default run store
-  e.config_json = fmt::format(
-      R"({{"model":"{}","pp":{},"async_depth":{},"max_running_requests":{},"max_batch_tokens":{},)"
-      R"("kv_blocks":{},"kv_memory":"{}","listen":"{}","mode":"{}"}})",
-      o.model, e.n_stages, o.async_depth, o.max_running_requests, o.max_batch_tokens, o.kv_blocks,
-      o.kv_memory, o.listen, mode);
-  e.seed = o.seed;
-  e.device = o.device;
-  e.gpus = o.gpus;
-  e.mem_fraction = o.mem_fraction;
-  e.cuda_graphs = !o.disable_cuda_graph;
-  e.random_weights = o.random_weights;
-  e.layer_split = o.layers;
-  if (o.random_weights) e.load_tokenizer = true;
-  return e;
-}
-
-// One-shot through the pipeline: start the stages, submit the prompt, stream its text.
-Status run_pipeline_one_shot(const ServeOptions& o) {
-  using namespace pp::pipeline;
-  if (o.prompt->empty()) return invalid_argument("empty prompt");
-  PP_ASSIGN_OR_RETURN(EngineOptions e, engine_options(o, "one-shot"));
-
-  std::string chat_template;  // a random-weights model (a config alone) has none
-  if (!o.random_weights) {
-    PP_ASSIGN_OR_RETURN(chat_template, chat_template_of(o.model));
-  }
   const auto t0 = std::chrono::steady_clock::now();
-  PP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::start(e));
-  const double start_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!engine->tokenizer()) {
-    return not_found("'{}' has no tokenizer, so a text prompt cannot be encoded", o.model);
-  }
-  PP_ASSIGN_OR_RETURN(std::vector<int32_t> ids, prompt_ids(o, chat_template, *engine->tokenizer()));
-  if (ids.empty()) return invalid_argument("the prompt encodes to no tokens");
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<pipeline::Engine> engine, pipeline::Engine::start(e));
+  const double start_s = seconds_since(t0);
 
   SamplingParams params;
-  params.max_tokens = o.max_tokens;
+  // As many tokens as asked, but no more than the context leaves: the one-shot ends with
+  // "length" there rather than refusing the prompt.
+  const int64_t room = engine->model_config().max_context() - int64_t(ids.size());
+  params.max_tokens = room > 0 ? std::min(o.max_tokens, room) : o.max_tokens;
   params.temperature = o.temperature;
   params.top_p = o.top_p;
   params.top_k = o.top_k;
   params.min_p = o.min_p;
   params.seed = o.seed;
-  EventQueue q;
+  pipeline::EventQueue q;
   const auto t1 = std::chrono::steady_clock::now();
   PP_RETURN_IF_ERROR(engine->submit(ids, params, q.sink()).status());
   bool ends_in_newline = true;
   std::optional<double> first_token_s;
   for (;;) {
-    std::optional<EngineEvent> ev = q.pop(std::chrono::milliseconds(1000));
+    std::optional<pipeline::EngineEvent> ev = q.pop(std::chrono::milliseconds(1000));
     if (!ev) {
       PP_RETURN_IF_ERROR(engine->health());
       continue;
     }
     const pipeline::RequestEvent& r = ev->event;
-    if (!first_token_s && !r.token_ids.empty()) {
-      first_token_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    }
+    if (!first_token_s && !r.token_ids.empty()) first_token_s = seconds_since(t1);
     std::fwrite(r.text.data(), 1, r.text.size(), stdout);
     std::fflush(stdout);
     if (!r.text.empty()) ends_in_newline = r.text.back() == '\n';
@@ -268,20 +182,30 @@ Status run_pipeline_one_shot(const ServeOptions& o) {
     if (!ends_in_newline) std::fputc('\n', stdout);
     std::fflush(stdout);
     if (!ev->error.ok()) return ev->error;
-    const double total_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    const double decode_s = total_s - first_token_s.value_or(0.0);
+    // Prefill is the time to the first token (which prefill samples); decode is the rest.
+    const double prefill_s = first_token_s.value_or(0.0);
+    const double decode_s = seconds_since(t1) - prefill_s;
+    const int n_stages = int(engine->stages().size());
     std::fprintf(
         stderr,
-        "%s: %lld prompt tokens, %lld generated tokens (%s), first token %.3f s, decode "
-        "%.1f tok/s, %d stages (async depth %d), started in %.2f s\n",
+        "%s: %lld prompt tokens, %lld generated tokens (%s), prefill %.1f tok/s, decode "
+        "%.1f tok/s, %d threads, %d stage%s (async depth %d), started in %.2f s\n",
         kTool, (long long)r.n_prompt_tokens, (long long)r.n_output_tokens,
-        pipeline::finish_reason_name(r.finish_reason), first_token_s.value_or(0.0),
+        pipeline::finish_reason_name(r.finish_reason),
+        prefill_s > 0 ? double(r.n_prompt_tokens) / prefill_s : 0.0,
         r.n_output_tokens > 1 && decode_s > 0 ? double(r.n_output_tokens - 1) / decode_s : 0.0,
-        e.n_stages > 0 ? e.n_stages : int(engine->stages().size()), o.async_depth, start_s);
+        e.threads_per_stage > 0 ? e.threads_per_stage : kernels::cpu::num_threads(), n_stages,
+        n_stages == 1 ? "" : "s", e.async_depth, start_s);
     break;
   }
   return engine->shutdown();
+}
+
+// Server mode: the HTTP API over the engine (serve.cpp).
+Status run_server(const ServeOptions& o, const serve::HttpOptions& http) {
+  PP_ASSIGN_OR_RETURN(ServedModel model, open_served_model(o.engine));
+  PP_ASSIGN_OR_RETURN(pipeline::EngineOptions e, engine_options(o, model, "serve"));
+  return serve::run_http_server(http, std::move(e), model.chat_template);
 }
 
 }  // namespace
@@ -291,12 +215,12 @@ int main(int argc, char** argv) {
   CLI::App app(
       "pp-serve: serve a language model. Server mode (the default): an OpenAI-compatible and "
       "SGLang-native HTTP API on --host:--port over a pipeline of --pp stages. One-shot mode "
-      "(--prompt): generate one completion, streamed to stdout, with a summary line on stderr; "
-      "sampling is greedy (temperature 0) unless --temperature is given.",
+      "(--prompt): generate one completion through the same pipeline, streamed to stdout, with "
+      "a summary line on stderr; sampling is greedy (temperature 0) unless --temperature is "
+      "given.",
       kTool);
-  app.add_option("--model", o.model,
-                 "model: a Hugging Face folder, a .gguf file, or (with --pp) a partition folder")
-      ->required();
+  cli::add_engine_options(app, o.engine,
+                          {.kv_memory = true, .remote_stages = true, .stage_faults = true});
   app.add_option("--prompt", o.prompt, "one-shot mode: the user message to complete");
   app.add_option("--system", o.system, "system message (with the chat template)");
   app.add_flag("--no-chat-template", o.no_chat_template,
@@ -309,62 +233,9 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", o.top_k, "keep the k most likely tokens (default 0: off)");
   app.add_option("--min-p", o.min_p, "drop tokens below min-p x the top probability (default 0)");
   app.add_option("--seed", o.seed, "random seed (default: a fresh one)");
-  app.add_option("--threads", o.threads, "CPU threads (default 0: all cores)")
+  app.add_option("--threads", o.threads,
+                 "CPU threads of each stage, as --threads-per-stage (default 0: all cores)")
       ->check(CLI::Range(0, 4096));
-  app.add_option("--max-batch-tokens", o.max_batch_tokens,
-                 "most tokens per forward pass: the prefill chunk (default 512)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
-  app.add_option("--pp", o.pp,
-                 "pipeline stages: run through N local pp-stage processes (a partition folder "
-                 "as --model fixes N)")
-      ->check(CLI::Range(0, 1024));
-  app.add_option("--async-depth", o.async_depth,
-                 "micro-batch groups in flight beyond one per stage (default 1)")
-      ->check(CLI::Range(0, 64));
-  app.add_option("--max-running-requests", o.max_running_requests,
-                 "requests running at once at most (default 256)")
-      ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--kv-blocks", o.kv_blocks,
-                 "KV cache blocks of 16 tokens (default: what the stages' memory holds)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 31));
-  app.add_option("--kv-memory", o.kv_memory, "KV cache memory per stage, e.g. 4GiB")
-      ->excludes("--kv-blocks");
-  app.add_option("--threads-per-stage", o.threads_per_stage,
-                 "compute threads of each local stage (default 0: all cores)")
-      ->check(CLI::Range(0, 4096));
-  app.add_option("--listen", o.listen,
-                 "the coordinator's endpoint for stages, tcp://HOST:PORT (default: a private "
-                 "ipc:// socket)");
-  app.add_option("--expect-stages", o.expect_stages,
-                 "wait for N remote pp-stage processes to connect to --listen instead of "
-                 "starting local ones")
-      ->check(CLI::Range(1, 1024));
-  app.add_option("--stage-restarts", o.stage_restarts,
-                 "times a lost local stage is restarted, all stages together, before requests "
-                 "fail (default 3)")
-      ->check(CLI::Range(0, 1 << 20));
-  app.add_option("--stage-timeout", o.stage_timeout_s,
-                 "seconds of heartbeat silence after which a stage is lost, and that a lost "
-                 "remote stage has to rejoin (default 5)")
-      ->check(CLI::Range(0.1, 86400.0));
-  app.add_option("--device", o.device, "run the stages on cpu or cuda (default cpu)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--gpus", o.gpus,
-                 "cuda: the GPUs to use, stage k on the (k mod n)-th (default: every visible one)")
-      ->delimiter(',');
-  app.add_option("--mem-fraction", o.mem_fraction,
-                 "cuda: share of each GPU's memory for weights, buffers and the KV cache "
-                 "(default 0.85)")
-      ->check(CLI::Range(0.01, 1.0));
-  app.add_flag("--disable-cuda-graph", o.disable_cuda_graph,
-               "cuda: run decode steps eagerly instead of replaying CUDA graphs");
-  app.add_option("--random-weights", o.random_weights,
-                 "--model is a config.json (or its folder): random weights from this seed, made "
-                 "on each stage");
-  app.add_option("--layers", o.layers,
-                 "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
-  app.add_option("--trace", o.trace,
-                 "write a Chrome trace of every micro-batch on every stage to FILE at the end");
   serve::HttpOptions http;
   serve::add_http_options(app, &http);
   cli::add_db_option(app, o.db);
@@ -376,11 +247,5 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   cli::apply_log_level(o.log_level);
 
-  if (!o.prompt) {  // server mode
-    Result<pipeline::EngineOptions> e = engine_options(o, "serve");
-    if (!e.ok()) return cli::report(kTool, e.status());
-    return cli::report(kTool, serve::run_http_server(http, std::move(*e)));
-  }
-  if (o.use_pipeline()) return cli::report(kTool, run_pipeline_one_shot(o));
-  return cli::report(kTool, run_one_shot(o));
+  return cli::report(kTool, o.prompt ? run_one_shot(o) : run_server(o, http));
 }

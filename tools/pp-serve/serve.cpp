@@ -13,9 +13,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "pp/model/model-source.h"
-#include "pp/partition/manifest.h"
-#include "pp/partition/partition-reader.h"
 #include "pp/server/http-server.h"
 
 namespace pp::serve {
@@ -33,17 +30,6 @@ void install_signal_handlers() {
   sigaction(SIGINT, &sa, nullptr);
   // A client that goes away must not kill the server.
   signal(SIGPIPE, SIG_IGN);
-}
-
-// The chat template of a model or a partition folder.
-Result<std::string> chat_template_of(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::exists(std::filesystem::path(path) / partition::kManifestName, ec)) {
-    PP_ASSIGN_OR_RETURN(auto m, partition::open_partition(path));
-    return m.chat_template;
-  }
-  PP_ASSIGN_OR_RETURN(model::ModelSource src, model::open_model(path));
-  return src.chat_template;
 }
 
 // The name clients use for the model: the file or folder name ("SmolLM2-135M-Instruct.Q4_1").
@@ -83,19 +69,16 @@ void add_http_options(CLI::App& app, HttpOptions* o) {
       ->check(CLI::Range(0.0, 86400.0));
 }
 
-Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e) {
+Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e,
+                       std::string chat_template) {
   install_signal_handlers();
-  std::string chat_template;  // a random-weights model (a config alone) has none
-  if (!e.random_weights) {
-    PP_ASSIGN_OR_RETURN(chat_template, chat_template_of(e.model_path));
-  }
   server::ServerOptions so;
   so.host = http.host;
   so.port = http.port;
   so.api_key = http.api_key;
   so.served_model_name =
       http.served_model_name.empty() ? default_model_name(e.model_path) : http.served_model_name;
-  so.chat_template = chat_template;
+  so.chat_template = std::move(chat_template);
   so.max_request_bytes = http.max_request_bytes;
   so.max_running_requests = e.max_running_requests;
   so.max_queued_requests = http.max_queued_requests;

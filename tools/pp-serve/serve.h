@@ -29,6 +29,8 @@ void add_http_options(CLI::App& app, HttpOptions* o);
 // Starts the engine, serves HTTP until SIGTERM / SIGINT, then drains: new requests get 503,
 // running ones get up to shutdown_timeout_s to finish (then they are cancelled), the stages are
 // stopped. Prints "pp-serve: listening on http://HOST:PORT" to stderr once it accepts requests.
-Status run_http_server(const HttpOptions& http, pipeline::EngineOptions engine);
+// `chat_template` is the model's Jinja template for /v1/chat/completions (empty: none).
+Status run_http_server(const HttpOptions& http, pipeline::EngineOptions engine,
+                       std::string chat_template);
 
 }  // namespace pp::serve

@@ -1,0 +1,189 @@
+// The engine's options for every tool (see engine-options.h). Each option's range is written
+// once, in the table below: CLI11 checks it while parsing, and engine_options() checks it again
+// for values set otherwise (a pp-bench sweep's grid axes).
+#include "engine-options.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "pp/partition/byte-size.h"
+
+namespace pp::cli {
+
+namespace {
+
+template <class T>
+struct Bound {
+  const char* name;
+  T lo, hi;
+  CLI::Range range() const { return CLI::Range(lo, hi); }
+  Status check(T v) const {
+    if (v >= lo && v <= hi) return ok_status();
+    return invalid_argument("{} must be in [{}, {}], not {}", name, lo, hi, v);
+  }
+};
+
+constexpr Bound<int32_t> kPp{"--pp", 0, 1024};
+constexpr Bound<int32_t> kAsyncDepth{"--async-depth", 0, 64};
+constexpr Bound<int32_t> kMaxRunning{"--max-running-requests", 1, 1 << 20};
+constexpr Bound<int32_t> kMaxBatchTokens{"--max-batch-tokens", 1, 1 << 30};
+constexpr Bound<int64_t> kKvBlocks{"--kv-blocks", 0, int64_t(1) << 31};
+constexpr Bound<int32_t> kThreads{"--threads-per-stage", 0, 4096};
+constexpr Bound<int32_t> kExpectStages{"--expect-stages", 1, 1024};
+constexpr Bound<int32_t> kStageRestarts{"--stage-restarts", 0, 1 << 20};
+constexpr Bound<double> kStageTimeout{"--stage-timeout", 0.1, 86400.0};
+constexpr Bound<double> kMemFraction{"--mem-fraction", 0.01, 1.0};
+
+}  // namespace
+
+void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups) {
+  if (groups.model) {
+    app.add_option("--model", a.model,
+                   "the model: a Hugging Face folder, a .gguf file or a partition folder")
+        ->required();
+  }
+  const std::string pp_default =
+      a.pp == 0 ? "default: 1, or a partition folder's own count" : fmt::format("default {}", a.pp);
+  app.add_option("--pp", a.pp,
+                 "pipeline stages, each a local pp-stage process (" + pp_default + ")")
+      ->check(kPp.range());
+  app.add_option("--async-depth", a.async_depth,
+                 "micro-batch groups in flight beyond one per stage (default 1)")
+      ->check(kAsyncDepth.range());
+  app.add_option("--max-running-requests", a.max_running_requests,
+                 "requests running at once at most (default 256)")
+      ->check(kMaxRunning.range());
+  app.add_option("--max-batch-tokens", a.max_batch_tokens,
+                 "most tokens per micro-batch: the prefill chunk (default 512)")
+      ->check(kMaxBatchTokens.range());
+  CLI::Option* kv_blocks =
+      app.add_option("--kv-blocks", a.kv_blocks,
+                     "KV cache blocks of 16 tokens (default: what the stages' memory holds)")
+          ->check(kKvBlocks.range());
+  if (groups.kv_memory) {
+    app.add_option("--kv-memory", a.kv_memory, "KV cache memory per stage, e.g. 4GiB")
+        ->excludes(kv_blocks);
+  }
+  app.add_option("--threads-per-stage", a.threads_per_stage,
+                 "compute threads of each local stage (default 0: all cores)")
+      ->check(kThreads.range());
+  if (groups.remote_stages) {
+    app.add_option("--listen", a.listen,
+                   "the coordinator's endpoint for stages, tcp://HOST:PORT (default: a private "
+                   "ipc:// socket)");
+    app.add_option("--expect-stages", a.expect_stages,
+                   "wait for N remote pp-stage processes to connect to --listen instead of "
+                   "starting local ones")
+        ->check(kExpectStages.range());
+  }
+  if (groups.stage_faults) {
+    app.add_option("--stage-restarts", a.stage_restarts,
+                   "times a lost local stage is restarted, all stages together, before requests "
+                   "fail (default 3)")
+        ->check(kStageRestarts.range());
+    app.add_option("--stage-timeout", a.stage_timeout_s,
+                   "seconds of heartbeat silence after which a stage is lost, and that a lost "
+                   "remote stage has to rejoin (default 5)")
+        ->check(kStageTimeout.range());
+  }
+  app.add_option("--device", a.device, "run the stages on cpu or cuda (default cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--gpus", a.gpus,
+                 "cuda: the GPUs to use, stage k on the (k mod n)-th (default: every visible one)")
+      ->delimiter(',');
+  app.add_option("--mem-fraction", a.mem_fraction,
+                 "cuda: share of each GPU's memory for weights, buffers and the KV cache "
+                 "(default 0.85)")
+      ->check(kMemFraction.range());
+  app.add_flag("--disable-cuda-graph", a.disable_cuda_graph,
+               "cuda: run decode steps eagerly instead of replaying CUDA graphs");
+  app.add_option("--random-weights", a.random_weights,
+                 "--model is a config.json (or its folder): random weights from this seed, made "
+                 "on each stage");
+  app.add_option("--layers", a.layers,
+                 "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
+  app.add_option("--trace", a.trace,
+                 "write a Chrome trace of every micro-batch on every stage to FILE at the end");
+}
+
+Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
+  if (a.model.empty()) return invalid_argument("no model given (--model)");
+  PP_RETURN_IF_ERROR(kPp.check(a.pp));
+  PP_RETURN_IF_ERROR(kAsyncDepth.check(a.async_depth));
+  PP_RETURN_IF_ERROR(kMaxRunning.check(a.max_running_requests));
+  PP_RETURN_IF_ERROR(kMaxBatchTokens.check(a.max_batch_tokens));
+  PP_RETURN_IF_ERROR(kKvBlocks.check(a.kv_blocks));
+  PP_RETURN_IF_ERROR(kThreads.check(a.threads_per_stage));
+  PP_RETURN_IF_ERROR(kStageRestarts.check(a.stage_restarts));
+  PP_RETURN_IF_ERROR(kStageTimeout.check(a.stage_timeout_s));
+  PP_RETURN_IF_ERROR(kMemFraction.check(a.mem_fraction));
+  if (a.device != "cpu" && a.device != "cuda") {
+    return invalid_argument("--device must be cpu or cuda, not '{}'", a.device);
+  }
+
+  pipeline::EngineOptions e;
+  e.model_path = a.model;
+  e.n_stages = a.pp;
+  if (a.expect_stages) {
+    PP_RETURN_IF_ERROR(kExpectStages.check(*a.expect_stages));
+    if (a.pp > 0 && a.pp != *a.expect_stages) {
+      return invalid_argument("--pp {} and --expect-stages {} disagree", a.pp, *a.expect_stages);
+    }
+    if (a.listen.empty()) return invalid_argument("--expect-stages needs --listen tcp://HOST:PORT");
+    e.n_stages = *a.expect_stages;
+    e.launch_local_stages = false;
+    e.register_timeout = std::chrono::minutes(10);
+  }
+  e.listen = a.listen;
+  e.layer_split = a.layers;
+  e.random_weights = a.random_weights;
+
+  e.device = a.device;
+  e.gpus = a.gpus;
+  e.mem_fraction = a.mem_fraction;
+  e.cuda_graphs = !a.disable_cuda_graph;
+
+  e.async_depth = a.async_depth;
+  e.max_running_requests = a.max_running_requests;
+  e.max_batch_tokens = a.max_batch_tokens;
+  e.kv_blocks = a.kv_blocks;
+  if (!a.kv_memory.empty()) {
+    if (a.kv_blocks > 0) return invalid_argument("--kv-memory and --kv-blocks exclude each other");
+    PP_ASSIGN_OR_RETURN(uint64_t bytes, partition::parse_byte_size(a.kv_memory));
+    e.kv_memory = int64_t(bytes);
+  }
+  e.threads_per_stage = a.threads_per_stage;
+
+  e.stage_restarts = a.stage_restarts;
+  e.stage_timeout = std::chrono::milliseconds(int64_t(a.stage_timeout_s * 1000.0));
+  e.trace_path = std::filesystem::path(a.trace);
+  return e;
+}
+
+nlohmann::json engine_params(const EngineArgs& a) {
+  nlohmann::json j;
+  j["model"] = a.model;
+  j["pp"] = a.expect_stages ? *a.expect_stages : a.pp;
+  j["async_depth"] = a.async_depth;
+  j["max_running_requests"] = a.max_running_requests;
+  j["max_batch_tokens"] = a.max_batch_tokens;
+  j["kv_blocks"] = a.kv_blocks;
+  if (!a.kv_memory.empty()) j["kv_memory"] = a.kv_memory;
+  j["threads_per_stage"] = a.threads_per_stage;
+  if (!a.trace.empty()) j["trace"] = a.trace;
+  j["device"] = a.device;
+  if (a.device != "cpu") {
+    j["gpus"] = a.gpus;
+    j["mem_fraction"] = a.mem_fraction;
+    j["cuda_graphs"] = !a.disable_cuda_graph;
+  }
+  if (a.random_weights) j["random_weights"] = *a.random_weights;
+  if (!a.layers.empty()) j["layers"] = a.layers;
+  if (!a.listen.empty()) j["listen"] = a.listen;
+  if (a.expect_stages) j["expect_stages"] = *a.expect_stages;
+  return j;
+}
+
+}  // namespace pp::cli
