@@ -1,5 +1,5 @@
 // Names and sizes of the weight formats, and the host-owned weight.
-#include "pp/kernels/weight.h"
+#include "pp/kernels/host-weight.h"
 
 #include "pp/assert.h"
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "pp/kernels/cpu.h"
-#include "pp/kernels/weight.h"
+#include "pp/kernels/host-weight.h"
 #include "test-util.h"
 
 namespace pp::kernels::cpu {

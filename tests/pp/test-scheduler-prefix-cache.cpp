@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "pp/pipeline/scheduler.h"
+#include "test-fake-model.h"
 #include "test-util.h"
 
 namespace pp::pipeline {
@@ -35,17 +36,9 @@ using transport::Tokens;
 
 constexpr int32_t kVocab = 97;
 
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // What the fake model samples for request `id` at generation step `step`.
-int32_t fake_token(uint64_t id, uint64_t step) {
-  return int32_t(mix(id * 1000003ull + step) % uint64_t(kVocab));
-}
+int32_t fake_token(uint64_t id, uint64_t step) { return test::fake_token(id, step, kVocab); }
+using test::mix;
 
 struct Spec {
   uint64_t id = 0;

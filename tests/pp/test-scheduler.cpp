@@ -19,6 +19,7 @@
 
 #include "pp/model/tokenizer.h"
 #include "pp/pipeline/scheduler.h"
+#include "test-fake-model.h"
 #include "test-util.h"
 
 namespace pp::pipeline {
@@ -29,17 +30,8 @@ using transport::PlanEntry;
 using transport::SampledToken;
 using transport::Tokens;
 
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// What the fake model samples for request `id` at generation step `step`.
-int32_t fake_token(uint64_t id, uint64_t step, int32_t n_vocab) {
-  return int32_t(mix(id * 1000003ull + step) % uint64_t(n_vocab));
-}
+using test::fake_token;
+using test::mix;
 
 struct Spec {
   uint64_t id = 0;

@@ -21,6 +21,10 @@ namespace pp::model {
 
 class GgufFile;
 
+// The tensors of layer `il` of the dense pre-norm decoder (decoder-layer.cpp) that every family
+// we serve shares: the default table of an ArchSpec.
+std::vector<TensorSpec> dense_layer_tensors(const ModelConfig& c, int64_t il);
+
 struct ArchSpec {
   Arch arch = Arch::kLlama;
   const char* hf_class = "";            // "LlamaForCausalLM"
@@ -34,8 +38,9 @@ struct ArchSpec {
   Status (*read_gguf)(const GgufFile& f, ModelConfig& c) = nullptr;
   // Writes the family's own fields back into a config.json object.
   void (*write_hf)(const ModelConfig& c, nlohmann::json& j) = nullptr;
-  // The tensors of layer `il` (names under layer_prefix(il)), in load order.
-  std::vector<TensorSpec> (*layer_tensors)(const ModelConfig& c, int64_t il) = nullptr;
+  // The tensors of layer `il` (names under layer_prefix(il)), in load order: the dense
+  // decoder's unless the family (an MoE one, say) has its own.
+  std::vector<TensorSpec> (*layer_tensors)(const ModelConfig& c, int64_t il) = dense_layer_tensors;
 };
 
 // "model.layers.<il>.": the prefix of every layer tensor's name, in every family we serve.

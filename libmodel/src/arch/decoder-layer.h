@@ -1,7 +1,7 @@
 // DecoderLayer: the one pre-norm transformer block every family we serve shares
 // (Llama, Mistral, Qwen2, Qwen3), switched by ModelConfig: q/k/v bias (Qwen2), per-head q/k
-// RMSNorm before RoPE (Qwen3). Its tensors are listed once, in dense_layer_tensors (every dense
-// family's ArchSpec points there); the CPU layer, the GPU stage model, random weights and the
+// RMSNorm before RoPE (Qwen3). Its tensors are listed once, in dense_layer_tensors (the default
+// table of every family's ArchSpec); the CPU layer, the GPU stage model, random weights and the
 // partitioner all read that table. Weights are typed (kernels::HostWeight, f32 on the CPU);
 // q|k|v and gate|up fill one fused slot each, so a layer is four linears.
 //
@@ -17,8 +17,9 @@
 #include <span>
 #include <vector>
 
+#include "arch/arch.h"
 #include "pp/kernels/cpu.h"
-#include "pp/kernels/weight.h"
+#include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
 #include "pp/model/config.h"
 #include "pp/model/weights.h"
@@ -26,9 +27,9 @@
 
 namespace pp::model {
 
-// The dense decoder's tensors of layer `il`: norms, q/k/v (+ biases with attention_bias, q/k
-// norms with qk_norm), o, gate/up, down, with their slots and tensor-parallel splits.
-std::vector<TensorSpec> dense_layer_tensors(const ModelConfig& c, int64_t il);
+// dense_layer_tensors (declared in arch.h, the default table of every family): norms, q/k/v
+// (+ biases with attention_bias, q/k norms with qk_norm), o, gate/up, down, with their slots and
+// tensor-parallel splits.
 
 // The model's RoPE inverse frequencies [head_dim / 2] (both backends compute them on the host).
 std::vector<float> rope_inv_freq_for(const ModelConfig& c);

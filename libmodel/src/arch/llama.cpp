@@ -38,11 +38,9 @@ const ArchSpec& llama_arch() {
       .model_type = "llama",
       .gguf_name = "llama",
       .default_max_position = 2048,
-      .default_rope_theta = 10000.0f,
       .read_hf = read_hf,
       .read_gguf = read_gguf,
       .write_hf = write_hf,
-      .layer_tensors = dense_layer_tensors,
   };
   return kSpec;
 }

@@ -40,11 +40,9 @@ const ArchSpec& mistral_arch() {
       .model_type = "mistral",
       .gguf_name = "mistral",
       .default_max_position = 4096 * 32,
-      .default_rope_theta = 10000.0f,
       .read_hf = read_hf,
       .read_gguf = read_gguf,
       .write_hf = write_hf,
-      .layer_tensors = dense_layer_tensors,
   };
   return kSpec;
 }

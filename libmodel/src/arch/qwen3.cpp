@@ -41,11 +41,9 @@ const ArchSpec& qwen3_arch() {
       .model_type = "qwen3",
       .gguf_name = "qwen3",
       .default_max_position = 32768,
-      .default_rope_theta = 10000.0f,
       .read_hf = read_hf,
       .read_gguf = read_gguf,
       .write_hf = write_hf,
-      .layer_tensors = dense_layer_tensors,
   };
   return kSpec;
 }

@@ -5,7 +5,7 @@
 
 #include <span>
 
-#include "pp/kernels/weight.h"
+#include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"

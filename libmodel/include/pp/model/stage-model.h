@@ -19,7 +19,7 @@
 #include <span>
 #include <vector>
 
-#include "pp/kernels/weight.h"
+#include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
 #include "pp/model/batch.h"
 #include "pp/model/config.h"
