@@ -74,7 +74,10 @@ class HttpOverloadTest : public ::testing::Test {
     return false;
   }
 
-  // The 400 of a request that can never fit, naming `param`, within half a second.
+  // The 400 of a request that can never fit, naming `param`, at once: within 2 s. A request that
+  // was queued instead would never be answered (it can never fit), so any bound tells the two
+  // apart; 2 s rather than less leaves room for a 2-core CI machine running other tests (a
+  // refusal took 0.58 s there once while the soak test ran).
   static void expect_never_fits(const std::string& path, const json& body,
                                 const std::string& param) {
     SCOPED_TRACE(path + " " + body.dump().substr(0, 160));
@@ -83,7 +86,7 @@ class HttpOverloadTest : public ::testing::Test {
     const auto dt = std::chrono::steady_clock::now() - t0;
     ASSERT_TRUE(r) << httplib::to_string(r.error());
     EXPECT_EQ(r->status, 400) << r->body;
-    EXPECT_LT(dt, 500ms) << "refused at once, not after waiting";
+    EXPECT_LT(dt, 2000ms) << "refused at once, not after waiting";
     const json j = json::parse(r->body, nullptr, false);
     ASSERT_TRUE(j.is_object() && j.contains("error")) << r->body;
     EXPECT_EQ(j["error"]["type"], "invalid_request_error");
