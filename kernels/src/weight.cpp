@@ -1,36 +1,21 @@
 // Names and sizes of the weight formats, and the host-owned weight.
 #include "pp/kernels/host-weight.h"
 
+#include <iterator>
+
 #include "pp/assert.h"
 
 namespace pp::kernels {
 
+// Names in the order of the enumerators.
 const char* weight_format_name(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kF32:
-      return "f32";
-    case WeightFormat::kBF16:
-      return "bf16";
-    case WeightFormat::kF16:
-      return "f16";
-    case WeightFormat::kFp8E4M3:
-      return "fp8_e4m3";
-  }
-  return "?";
+  static constexpr const char* kNames[] = {"f32", "bf16", "f16", "fp8_e4m3"};
+  return size_t(f) < std::size(kNames) ? kNames[size_t(f)] : "?";
 }
 
 const char* scale_kind_name(ScaleKind s) {
-  switch (s) {
-    case ScaleKind::kNone:
-      return "none";
-    case ScaleKind::kPerTensor:
-      return "per-tensor";
-    case ScaleKind::kPerChannel:
-      return "per-channel";
-    case ScaleKind::kBlock128x128:
-      return "128x128";
-  }
-  return "?";
+  static constexpr const char* kNames[] = {"none", "per-tensor", "per-channel", "128x128"};
+  return size_t(s) < std::size(kNames) ? kNames[size_t(s)] : "?";
 }
 
 int64_t weight_format_bytes(WeightFormat f) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <iterator>
 
 #include <fmt/format.h>
 
@@ -47,35 +48,12 @@ TensorSpec lm_head_spec(const ModelConfig& c, bool reads_embedding) {
 }  // namespace
 
 const char* weight_slot_name(WeightSlot s) {
-  switch (s) {
-    case WeightSlot::kEmbedding:
-      return "embedding";
-    case WeightSlot::kFinalNorm:
-      return "final_norm";
-    case WeightSlot::kLmHead:
-      return "lm_head";
-    case WeightSlot::kAttnNorm:
-      return "attn_norm";
-    case WeightSlot::kQkv:
-      return "qkv";
-    case WeightSlot::kQkvBias:
-      return "qkv_bias";
-    case WeightSlot::kQNorm:
-      return "q_norm";
-    case WeightSlot::kKNorm:
-      return "k_norm";
-    case WeightSlot::kO:
-      return "o";
-    case WeightSlot::kFfnNorm:
-      return "ffn_norm";
-    case WeightSlot::kGateUp:
-      return "gate_up";
-    case WeightSlot::kDown:
-      return "down";
-    case WeightSlot::kCount:
-      break;
-  }
-  return "?";
+  // In the order of the enumerators.
+  static constexpr const char* kNames[] = {"embedding", "final_norm", "lm_head", "attn_norm",
+                                           "qkv",       "qkv_bias",   "q_norm",  "k_norm",
+                                           "o",         "ffn_norm",   "gate_up", "down"};
+  static_assert(std::size(kNames) == size_t(WeightSlot::kCount));
+  return size_t(s) < std::size(kNames) ? kNames[size_t(s)] : "?";
 }
 
 std::string layer_prefix(int64_t il) { return fmt::format("{}{}.", kLayerPrefix, il); }
