@@ -69,6 +69,7 @@ void Sha256::block(const uint8_t* p) {
 }
 
 void Sha256::update(const void* data, size_t n) {
+  if (n == 0) return;  // an empty span's data() may be null, which memcpy must never get
   const auto* p = static_cast<const uint8_t*>(data);
   total_ += n;
   if (buf_len_ > 0) {
