@@ -7,8 +7,10 @@
 // and migrate, so a bad file is never overwritten or recreated.
 #include "pp/store/run-store.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <system_error>
+#include <thread>
 
 #include "store/migrations.h"
 #include "store/run-store-detail.h"
@@ -20,6 +22,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kBusyTimeoutMs = 10'000;
+// Tries of the whole set-up of a connection that meets a lock (see open()).
+constexpr int kOpenAttempts = 8;
 constexpr int kQuickCheckMaxErrors = 8;
 
 // Reads only: schema version, application id, quick_check.
@@ -82,6 +86,25 @@ Status set_wal(sqlite::Database& db) {
   return last;
 }
 
+// Everything opening does on a fresh connection: validation, then (read-write) WAL and the
+// migrations.
+Status set_up(sqlite::Database& db, RunStore::OpenMode mode) {
+  PP_RETURN_IF_ERROR(validate(db, mode));
+  // Per connection: foreign keys are off by default in SQLite.
+  PP_RETURN_IF_ERROR(db.exec("PRAGMA foreign_keys = ON", "enabling foreign keys"));
+  if (mode != RunStore::OpenMode::kReadWrite) return ok_status();
+  PP_RETURN_IF_ERROR(set_wal(db));
+  // In WAL mode NORMAL keeps the database consistent through any crash; only a power loss may
+  // drop the last transactions.
+  PP_RETURN_IF_ERROR(db.exec("PRAGMA synchronous = NORMAL", "setting synchronous mode"));
+  PP_ASSIGN_OR_RETURN(int64_t version, db.query_int64("PRAGMA user_version"));
+  if (version < RunStore::kSchemaVersion) {
+    PP_RETURN_IF_ERROR(
+        store_detail::migrate(db, store_detail::migrations(), RunStore::kApplicationId));
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 RunStore::RunStore(fs::path path, OpenMode mode, std::unique_ptr<sqlite::Database> db)
@@ -129,20 +152,16 @@ Result<std::unique_ptr<RunStore>> RunStore::open(const fs::path& db_path, OpenMo
   PP_ASSIGN_OR_RETURN(std::unique_ptr<sqlite::Database> db,
                       sqlite::Database::open(path, flags, label));
   db->set_busy_timeout_ms(kBusyTimeoutMs);
-  PP_RETURN_IF_ERROR(validate(*db, mode));
-
-  // Per connection: foreign keys are off by default in SQLite.
-  PP_RETURN_IF_ERROR(db->exec("PRAGMA foreign_keys = ON", "enabling foreign keys"));
-  if (mode == OpenMode::kReadWrite) {
-    PP_RETURN_IF_ERROR(set_wal(*db));
-    // In WAL mode NORMAL keeps the database consistent through any crash; only a power loss may
-    // drop the last transactions.
-    PP_RETURN_IF_ERROR(db->exec("PRAGMA synchronous = NORMAL", "setting synchronous mode"));
-    PP_ASSIGN_OR_RETURN(int64_t version, db->query_int64("PRAGMA user_version"));
-    if (version < kSchemaVersion) {
-      PP_RETURN_IF_ERROR(store_detail::migrate(*db, store_detail::migrations(), kApplicationId));
-    }
+  // Other processes may be creating, switching to WAL or migrating the same file this moment,
+  // and SQLite answers some statements then with SQLITE_BUSY at once, without its busy handler
+  // (seen: several processes opening one fresh file). Setting up is idempotent: try again.
+  Status s;
+  for (int attempt = 0; attempt < kOpenAttempts; ++attempt) {
+    s = set_up(*db, mode);
+    if (s.ok() || !sqlite::is_busy(s)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 * (attempt + 1)));
   }
+  PP_RETURN_IF_ERROR(s);
   return std::unique_ptr<RunStore>(new RunStore(std::move(path), mode, std::move(db)));
 }
 
