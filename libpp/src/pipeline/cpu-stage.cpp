@@ -17,10 +17,10 @@
 
 #include "pp/assert.h"
 #include "pp/kernels/cpu.h"
+#include "pp/kernels/device.h"
 #include "pp/model/random-weights.h"
 #include "pp/model/stage-model.h"
 #include "pp/pipeline/stage-backend.h"
-#include "pp/pipeline/stage-worker.h"
 #include "pp/pipeline/trace.h"
 
 namespace pp::pipeline {
@@ -81,7 +81,8 @@ class CpuStage final : public StageBackend {
   }
   Result<int64_t> kv_capacity(int64_t block_size) const override {
     const int64_t per_block = kv_bytes_per_block(block_size);
-    const int64_t budget = spec_.kv_memory > 0 ? spec_.kv_memory : host_available_memory() / 4;
+    const int64_t budget =
+        spec_.kv_memory > 0 ? spec_.kv_memory : kernels::cpu_device().free_bytes / 4;
     return per_block > 0 ? budget / per_block : 0;
   }
   Status allocate_kv(int64_t n_blocks, int64_t block_size) override {

@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
-#include <fstream>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -40,18 +39,6 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 namespace {
-
-int64_t meminfo_field(const char* name) {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (f >> key >> kb) {
-    std::getline(f, unit);
-    if (key == name) return kb * 1024;
-  }
-  return 0;
-}
 
 std::string host_name() {
   char buf[256] = {};
@@ -538,9 +525,6 @@ Status StageWorker::run() {
 }
 
 }  // namespace
-
-int64_t host_available_memory() { return meminfo_field("MemAvailable:"); }
-int64_t host_total_memory() { return meminfo_field("MemTotal:"); }
 
 Status run_stage_worker(const StageWorkerOptions& options) {
   StageWorker worker(options);

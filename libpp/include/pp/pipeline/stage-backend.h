@@ -55,9 +55,9 @@ struct StageSpec {
   int32_t max_batch_tokens = 512;  // tokens of one micro-batch at most
   int32_t max_running = 256;       // sequences of one micro-batch at most
   int32_t threads = 0;             // CPU compute threads (0: all cores)
-  int64_t kv_memory = 0;           // CPU: bytes offered for the KV pool (0: a quarter of RAM)
-  double mem_fraction = 0.85;      // GPU: device share for weights, buffers and KV
-  bool cuda_graphs = true;         // GPU: replay CUDA graphs for decode steps
+  int64_t kv_memory = 0;       // CPU: bytes offered for the KV pool (0: a quarter of MemAvailable)
+  double mem_fraction = 0.85;  // GPU: device share for weights, buffers and KV
+  bool cuda_graphs = true;     // GPU: replay CUDA graphs for decode steps
 
   bool first() const { return stage == 0; }
   bool last() const { return stage == n_stages - 1; }

@@ -62,9 +62,4 @@ struct StageWorkerOptions {
 // the coordinator as StageError), an interrupt (kCancelled).
 Status run_stage_worker(const StageWorkerOptions& options);
 
-// Bytes of memory available for new allocations (MemAvailable), and in all (MemTotal); 0 when
-// unknown.
-int64_t host_available_memory();
-int64_t host_total_memory();
-
 }  // namespace pp::pipeline
