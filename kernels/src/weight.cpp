@@ -1,9 +1,13 @@
 // Names and sizes of the weight formats, and the host-owned weight.
 #include "pp/kernels/host-weight.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <iterator>
 
 #include "pp/assert.h"
+#include "pp/kernels/float-convert.h"
 
 namespace pp::kernels {
 
@@ -52,6 +56,115 @@ HostWeight HostWeight::f32(int64_t rows, int64_t cols) {
   w.rows_ = rows;
   w.cols_ = cols;
   w.data_.resize(size_t(rows * cols) * sizeof(float));
+  return w;
+}
+
+Result<HostWeight> HostWeight::from_bytes(WeightFormat format, ScaleKind scale_kind, int64_t rows,
+                                          int64_t cols, std::vector<std::byte> data,
+                                          std::vector<float> scales) {
+  if (rows < 0 || cols < 0) return invalid_argument("weight of shape [{}, {}]", rows, cols);
+  const size_t want = size_t(rows * cols * weight_format_bytes(format));
+  if (data.size() != want) {
+    return invalid_argument("a {} weight of [{}, {}] takes {} bytes, got {}",
+                            weight_format_name(format), rows, cols, want, data.size());
+  }
+  if (format != WeightFormat::kFp8E4M3 && scale_kind != ScaleKind::kNone) {
+    return invalid_argument("a {} weight carries no scales ({} given)", weight_format_name(format),
+                            scale_kind_name(scale_kind));
+  }
+  if (format == WeightFormat::kFp8E4M3 && scale_kind == ScaleKind::kNone) {
+    return invalid_argument("an fp8 weight needs scales");
+  }
+  const size_t n_scales = size_t(scale_count(scale_kind, rows, cols));
+  if (scales.size() != n_scales) {
+    return invalid_argument("{} scales of a [{}, {}] weight are {} floats, got {}",
+                            scale_kind_name(scale_kind), rows, cols, n_scales, scales.size());
+  }
+  HostWeight w;
+  w.format_ = format;
+  w.scale_kind_ = scale_kind;
+  w.rows_ = rows;
+  w.cols_ = cols;
+  w.data_ = std::move(data);
+  w.scales_ = std::move(scales);
+  return w;
+}
+
+namespace {
+
+// The index of the scale of element (r, c).
+int64_t scale_index(ScaleKind s, int64_t r, int64_t c, int64_t cols) {
+  switch (s) {
+    case ScaleKind::kNone:
+    case ScaleKind::kPerTensor:
+      return 0;
+    case ScaleKind::kPerChannel:
+      return r;
+    case ScaleKind::kBlock128x128:
+      return (r / 128) * ((cols + 127) / 128) + c / 128;
+  }
+  PP_ASSERT_MSG(false, "unknown scale kind");
+}
+
+}  // namespace
+
+HostWeight HostWeight::quantize_fp8(std::span<const float> values, int64_t rows, int64_t cols,
+                                    ScaleKind scale_kind) {
+  PP_ASSERT(scale_kind != ScaleKind::kNone && int64_t(values.size()) == rows * cols);
+  HostWeight w;
+  w.format_ = WeightFormat::kFp8E4M3;
+  w.scale_kind_ = scale_kind;
+  w.rows_ = rows;
+  w.cols_ = cols;
+  w.data_.resize(size_t(rows * cols));
+  w.scales_.assign(size_t(scale_count(scale_kind, rows, cols)), 0.0f);
+  // Each group's absolute maximum, then its scale.
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      float& amax = w.scales_[size_t(scale_index(scale_kind, r, c, cols))];
+      amax = std::max(amax, std::fabs(values[size_t(r * cols + c)]));
+    }
+  }
+  for (float& s : w.scales_) s = s > 0.0f ? s / kFp8E4M3Max : 1.0f;
+  auto* out = reinterpret_cast<uint8_t*>(w.data_.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float s = w.scales_[size_t(scale_index(scale_kind, r, c, cols))];
+      out[r * cols + c] = fp8_e4m3_from_float(values[size_t(r * cols + c)] / s);
+    }
+  }
+  return w;
+}
+
+void HostWeight::dequantize(std::span<float> out) const {
+  PP_ASSERT(int64_t(out.size()) == numel());
+  const auto* p = reinterpret_cast<const uint8_t*>(data_.data());
+  switch (format_) {
+    case WeightFormat::kF32:
+      if (!data_.empty()) std::memcpy(out.data(), p, data_.size());
+      return;
+    case WeightFormat::kBF16:
+      for (size_t i = 0; i < out.size(); ++i) out[i] = bf16_to_f32(load_u16(p + 2 * i));
+      return;
+    case WeightFormat::kF16:
+      for (size_t i = 0; i < out.size(); ++i) out[i] = f16_to_f32(load_u16(p + 2 * i));
+      return;
+    case WeightFormat::kFp8E4M3:
+      for (int64_t r = 0; r < rows_; ++r) {
+        for (int64_t c = 0; c < cols_; ++c) {
+          const int64_t i = r * cols_ + c;
+          out[size_t(i)] =
+              fp8_e4m3_to_float(p[i]) * scales_[size_t(scale_index(scale_kind_, r, c, cols_))];
+        }
+      }
+      return;
+  }
+  PP_ASSERT_MSG(false, "unknown weight format");
+}
+
+HostWeight HostWeight::to_f32() const {
+  HostWeight w = f32(rows_, cols_);
+  dequantize(w.f32_rows(0, rows_));
   return w;
 }
 

@@ -25,6 +25,8 @@ const char* dtype_name(DType t) {
       return "U8";
     case DType::kBool:
       return "BOOL";
+    case DType::kF8E4M3:
+      return "F8_E4M3";
     case DType::kQ4_0:
       return "Q4_0";
     case DType::kQ4_1:

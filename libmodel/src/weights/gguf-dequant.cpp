@@ -12,12 +12,16 @@
 
 #include <cstring>
 
+#include "pp/kernels/float-convert.h"
 #include "pp/model/gguf.h"
-#include "weights/float-convert.h"
 #include "weights/ggml-types.h"
 
 namespace pp::model {
 namespace detail {
+using kernels::bf16_to_f32;
+using kernels::f16_to_f32;
+using kernels::load_u16;
+using kernels::load_u32;
 namespace {
 
 struct TypeRow {
@@ -345,6 +349,7 @@ Status dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n) {
       break;
     case DType::kU8:
     case DType::kBool:
+    case DType::kF8E4M3:
       return unimplemented("cannot dequantize type {}", dtype_name(t));
   }
   return ok_status();

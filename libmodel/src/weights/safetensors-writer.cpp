@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "weights/float-convert.h"
+#include "pp/kernels/float-convert.h"
 
 namespace pp::model {
 namespace {
@@ -66,8 +66,8 @@ Status write_tensor(int fd, const SafetensorsEntry& e, const std::filesystem::pa
   for (size_t i = 0; i < e.data.size(); i += kChunkElems) {
     const size_t n = std::min(kChunkElems, e.data.size() - i);
     for (size_t k = 0; k < n; ++k) {
-      buf[k] = e.dtype == DType::kF16 ? detail::f32_to_f16(e.data[i + k])
-                                      : detail::f32_to_bf16(e.data[i + k]);
+      buf[k] = e.dtype == DType::kF16 ? kernels::f32_to_f16(e.data[i + k])
+                                      : kernels::f32_to_bf16(e.data[i + k]);
     }
     PP_RETURN_IF_ERROR(write_all(fd, buf.data(), n * sizeof(uint16_t), path));
   }

@@ -14,9 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include "pp/assert.h"
+#include "pp/kernels/float-convert.h"
 #include "pp/model/gguf.h"
 #include "pp/model/safetensors.h"
-#include "weights/float-convert.h"
 #include "weights/mapped-file.h"
 
 namespace pp::model {

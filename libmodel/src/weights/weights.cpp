@@ -11,4 +11,13 @@ Result<std::vector<float>> WeightSource::read_f32(std::string_view name) const {
   return out;
 }
 
+Result<kernels::HostWeight> WeightSource::read_weight(std::string_view name) const {
+  const TensorInfo* t = find(name);
+  if (t == nullptr) return not_found("no tensor '{}' in '{}'", name, describe());
+  const int64_t rows = t->shape.empty() ? 1 : t->shape[0];
+  kernels::HostWeight w = kernels::HostWeight::f32(rows, rows == 0 ? 0 : t->numel() / rows);
+  PP_RETURN_IF_ERROR(read_f32(name, w.f32_rows(0, rows)));
+  return w;
+}
+
 }  // namespace pp::model

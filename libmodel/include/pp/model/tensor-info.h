@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "pp/kernels/weight.h"
+
 namespace pp::model {
 
 enum class DType : uint8_t {
@@ -18,6 +20,7 @@ enum class DType : uint8_t {
   kI64,
   kU8,
   kBool,
+  kF8E4M3,  // OCP fp8 e4m3 ("F8_E4M3" in safetensors), with scales (TensorInfo::scale_kind)
   // GGML block-quantized types (GGUF only), dequantized on load.
   kQ4_0,
   kQ4_1,
@@ -40,6 +43,9 @@ struct TensorInfo {
   uint64_t offset = 0;         // byte offset of the data inside its file's data section
   uint64_t nbytes = 0;         // bytes of stored (possibly quantized) data
   int file_index = 0;          // which file of a sharded checkpoint
+  // How a quantized (kF8E4M3) tensor's values are scaled back; kNone for every other dtype. The
+  // scale tensors themselves are not listed as tensors of a source.
+  kernels::ScaleKind scale_kind = kernels::ScaleKind::kNone;
 
   int64_t numel() const {
     int64_t n = 1;

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pp/kernels/host-weight.h"
 #include "pp/model/tensor-info.h"
 #include "pp/status.h"
 
@@ -29,6 +30,10 @@ class WeightSource {
   virtual Status read_f32(std::string_view name, std::span<float> out) const = 0;
   // Convenience: allocates. kNotFound naming the tensor and the source when absent.
   Result<std::vector<float>> read_f32(std::string_view name) const;
+  // The tensor as stored where the format has a HostWeight twin: an fp8 tensor with its scales
+  // (find(name)->dtype == kF8E4M3); every other tensor as f32 values (read_f32). A 1-D tensor is
+  // [n, 1]. GPU loaders upload fp8 weights as they are; the CPU reference dequantizes.
+  virtual Result<kernels::HostWeight> read_weight(std::string_view name) const;
   // A human name for messages ("model.safetensors", "x.gguf").
   virtual std::string describe() const = 0;
 };

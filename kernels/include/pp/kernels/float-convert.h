@@ -1,13 +1,20 @@
-// Bit-exact conversions between f32 and the 16-bit float formats (IEEE f16, bfloat16), shared by
-// the GGUF dequantizer and the safetensors reader and writer. f32 -> 16-bit rounds to nearest,
-// ties to even, like numpy's astype(float16) and ggml's fp32 -> bf16; NaN stays NaN (quiet).
+// Bit-exact conversions between f32 and the smaller float formats on the host: IEEE f16 and
+// bfloat16 (f32 -> 16-bit rounds to nearest, ties to even, like numpy's astype(float16) and
+// ggml's fp32 -> bf16; NaN stays NaN, quiet), and the OCP fp8 e4m3 ("e4m3fn": finite, no
+// infinities) format, bit-identical to CUDA's __nv_cvt_float_to_fp8(x, __NV_SATFINITE,
+// __NV_E4M3) (round to nearest even, saturating to +-448, NaN to 0x7f). Shared by the GGUF
+// dequantizer, the safetensors reader and writer, the fp8 quantizer and HostWeight. C++20.
+//
+// e4m3: 1 sign bit, 4 exponent bits (bias 7), 3 mantissa bits. Normal values 2^-6 .. 448,
+// subnormals k * 2^-9 for k = 1..7; 0x7f and 0xff are NaN.
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
-namespace pp::model::detail {
+namespace pp::kernels {
 
 static_assert(std::endian::native == std::endian::little,
               "weight files are little-endian and are read in place");
@@ -83,4 +90,36 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(r);
 }
 
-}  // namespace pp::model::detail
+inline constexpr float kFp8E4M3Max = 448.0f;
+
+inline float fp8_e4m3_to_float(uint8_t v) {
+  const float sign = (v & 0x80) ? -1.0f : 1.0f;
+  const int exp = (v >> 3) & 0xf, mant = v & 0x7;
+  if (exp == 0xf && mant == 0x7) return std::nanf("");
+  if (exp == 0) return sign * std::ldexp(float(mant), -9);  // subnormal: mant * 2^-9
+  return sign * std::ldexp(float(8 + mant), exp - 10);      // (1 + mant / 8) * 2^(exp - 7)
+}
+
+inline uint8_t fp8_e4m3_from_float(float x) {
+  if (std::isnan(x)) return 0x7f;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const float a = std::fabs(x);
+  if (a >= kFp8E4M3Max) return sign | 0x7e;  // saturate (finite)
+  if (a < 0x1p-6f) {
+    // Subnormal range: a multiple of 2^-9, rounded to nearest even (8 is the smallest normal,
+    // whose code is 0x08 too).
+    return uint8_t(sign | uint8_t(std::nearbyint(a * 0x1p9f)));
+  }
+  int e = 0;
+  (void)std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1)
+  e -= 1;                   // a = (1 + m) * 2^e, m in [0, 1), e in [-6, 8]
+  int q = int(std::nearbyint(std::ldexp(a, -e) * 8.0f)) - 8;  // exact: a power-of-two scaling
+  if (q == 8) {
+    q = 0;
+    ++e;
+  }
+  const int code = ((e + 7) << 3) | q;
+  return uint8_t(sign | (code > 0x7e ? 0x7e : code));
+}
+
+}  // namespace pp::kernels
