@@ -303,7 +303,7 @@ def make_wire(out):
     assign = (struct.pack("<ii", 1, 2) + struct.pack("<I", 1) + wstr("cuda:1") + struct.pack("<i", 0)
               + wstr("/models/p") + struct.pack("<qq", 2, 4)
               + wstr("tcp://b:1") + struct.pack("<qi", 16, 2) + wstr("") + wstr("n" * 128)
-              + struct.pack("<iif??Q", 512, 256, 0.85, True, False, 0))
+              + struct.pack("<iif??Q", 512, 256, 0.85, True, False, 0) + wstr("fp8"))
     write(out, t, "assign", frame(2, assign))
     write(out, t, "loaded", frame(3, struct.pack("<iqqd", 0, 4096, 1000, 1.5)))
     write(out, t, "allocate-kv", frame(4, struct.pack("<qq", 900, 16)))

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "pp/kernels/device.h"
+#include "pp/model/quantization.h"
 #include "pp/model/random-weights.h"
 #include "pp/model/stage-model.h"
 #include "pp/partition/model-resolver.h"
@@ -249,6 +250,76 @@ TEST(ModelResolver, EachKindOfSourceAndStageRanges) {
     ASSERT_TRUE(s.ok()) << s.status().message();
     EXPECT_NE(s->weights, nullptr);
   }
+}
+
+// --quantization fp8 reaches every stage the same way: a source's layer linears read as fp8 per
+// channel (and only those), the planner sizes fp8, and a CPU stage over random weights computes
+// exactly the quantized model (StageModel over quantize_on_load(random_weights)) whole and split.
+TEST(ModelResolver, QuantizationOnLoadReachesEveryStage) {
+  std::mt19937_64& g = test::rng();
+  test::TempDir tmp;
+  const uint64_t seed = g();
+  const fs::path cfg = write_tiny_config(tmp.path() / "m", g);
+  auto m = partition::resolve_model(
+      cfg, {.random_weights = seed, .quantization = model::Quantization::kFp8});
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_EQ(m->quantization(), model::Quantization::kFp8);
+  EXPECT_EQ(m->plan_dtype(), model::DType::kF8E4M3);
+  const model::ModelConfig& c = m->config();
+  auto whole = m->open_stage(0, 1, {0, c.n_layer});
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->quantization, model::Quantization::kFp8);
+
+  // The quantized model on the CPU, and the same without quantization: they differ.
+  auto rw = model::random_weights(c, seed);
+  ASSERT_TRUE(rw.ok());
+  std::shared_ptr<const model::WeightSource> plain = std::move(*rw);
+  auto q = model::quantize_on_load(plain, c, model::Quantization::kFp8);
+  const std::string q_name = "model.layers.0.self_attn.q_proj.weight";
+  ASSERT_NE(q->find(q_name), nullptr);
+  EXPECT_EQ(q->find(q_name)->dtype, model::DType::kF8E4M3);
+  EXPECT_EQ(q->find(q_name)->scale_kind, kernels::ScaleKind::kPerChannel);
+  EXPECT_EQ(q->find("model.embed_tokens.weight")->dtype,
+            plain->find("model.embed_tokens.weight")->dtype);
+  const int32_t bs = 16;
+  Prefill p = make_prefill(c.n_vocab, bs, g);
+  auto logits_of = [&](const model::WeightSource& w) {
+    auto sm = model::StageModel::load(c, w, 0, c.n_layer);
+    EXPECT_TRUE(sm.ok()) << sm.status().message();
+    EXPECT_TRUE((*sm)->allocate_kv(64, bs).ok());
+    std::vector<float> out;
+    EXPECT_TRUE((*sm)->forward(p.batch, {}, out).ok());
+    return out;
+  };
+  const std::vector<float> ref_q = logits_of(*q), ref_plain = logits_of(*plain);
+  EXPECT_NE(ref_q, ref_plain);
+  const std::vector<int32_t> want = greedy(ref_q, c.n_vocab);
+
+  Collected got;
+  auto b = make_stage_backend(spec_for(*m, 0, 1, {0, c.n_layer}), env_for(&got));
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  ASSERT_TRUE((*b)->allocate_kv(64, bs).ok());
+  ASSERT_TRUE((*b)->run(p.plan, p.batch, p.rows, 0).ok());
+  EXPECT_TRUE((*b)->drain(std::chrono::milliseconds(1000)));
+  ASSERT_EQ(got.tokens.size(), 1u);
+  std::vector<int32_t> tokens;
+  for (const transport::SampledToken& t : got.tokens[0].tokens) tokens.push_back(t.token);
+  EXPECT_EQ(tokens, want);
+
+  // A model that is not random: the resolver wraps the stage's weights.
+  const fs::path gguf = test::default_model_path();
+  if (fs::exists(gguf)) {
+    auto d = partition::resolve_model(
+        gguf, {.random_weights = std::nullopt, .quantization = model::Quantization::kFp8});
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    auto s = d->open_stage(1, 2, {13, d->config().n_layer});
+    ASSERT_TRUE(s.ok()) << s.status().message();
+    const model::TensorInfo* t = s->weights->find("model.layers.20.mlp.down_proj.weight");
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->dtype, model::DType::kF8E4M3);
+    EXPECT_NE(s->weights->find("model.norm.weight")->dtype, model::DType::kF8E4M3);
+  }
+  EXPECT_FALSE(model::parse_quantization("int4").ok());
 }
 
 }  // namespace

@@ -552,10 +552,34 @@ TEST_F(PpBench, OfflineDrivesTheEngine) {
   EXPECT_NE(t.out.find("stage 1: busy"), std::string::npos) << t.out;
 }
 
+// quality: the model against itself quantized, teacher-forced; the numbers are sane (a
+// quantization changes the logits a little: KL above zero, most top-1 choices kept) and recorded.
+TEST_F(PpBench, QualityMeasuresAQuantization) {
+  const fs::path model = test::fixture_dir() / "models" / "tiny-qwen3";
+  ToolRun r =
+      run("quality --model " + quote(model.string()) + " --tokens 48 --label q-fp8 --db " + db());
+  ASSERT_EQ(r.rc, 0) << r.err << r.out;
+  const double top1 = table_value(r.out, "Top-1 agreement"),
+               kl = table_value(r.out, "KL mean (nats)");
+  EXPECT_GE(top1, 0.5) << r.out;
+  EXPECT_LE(top1, 1.0) << r.out;
+  EXPECT_GT(kl, 0.0) << r.out;
+  EXPECT_LT(kl, 0.5) << r.out;
+  EXPECT_GE(table_value(r.out, "KL max (nats)"), table_value(r.out, "KL p99 (nats)")) << r.out;
+  ToolRun h = run("history --db " + db());
+  ASSERT_EQ(h.rc, 0) << h.err;
+  EXPECT_NE(h.out.find("q-fp8"), std::string::npos) << h.out;
+  ToolRun bad = run("quality --model " + quote(model.string()) + " --tokens 0 --db " + db());
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
+  EXPECT_EQ(run("quality --model " + quote(model.string()) + " --quantization int4").rc, 2);
+}
+
 TEST_F(PpBench, HelpAndManPageNameTheSameOptions) {
   std::regex opt("--([a-z][a-z0-9-]*)");
   std::set<std::string> help;
-  for (const char* sub : {"", "serve", "offline", "sweep", "history", "compare", "timeline"}) {
+  for (const char* sub :
+       {"", "serve", "offline", "sweep", "history", "compare", "quality", "timeline"}) {
     ToolRun r = run(std::string(sub) + " --help");
     ASSERT_EQ(r.rc, 0) << sub << ": " << r.err;
     for (std::sregex_iterator it(r.out.begin(), r.out.end(), opt), end; it != end; ++it) {

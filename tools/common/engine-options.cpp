@@ -102,6 +102,10 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
   app.add_option("--random-weights", a.random_weights,
                  "--model is a config.json (or its folder): random weights from this seed, made "
                  "on each stage");
+  app.add_option("--quantization", a.quantization,
+                 "quantize the weights as they load: fp8 (e4m3, one scale per output channel; "
+                 "activations per token). An fp8 checkpoint needs no flag")
+      ->check(CLI::IsMember({"fp8", "none"}));
   app.add_option("--layers", a.layers,
                  "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
   app.add_option("--trace", a.trace,
@@ -139,6 +143,9 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   e.listen = a.listen;
   e.layer_split = a.layers;
   e.random_weights = a.random_weights;
+  if (!a.quantization.empty()) {
+    PP_ASSIGN_OR_RETURN(e.quantization, model::parse_quantization(a.quantization));
+  }
 
   e.device = a.device;
   e.gpus = a.gpus;
@@ -180,6 +187,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
     j["cuda_graphs"] = !a.disable_cuda_graph;
   }
   if (a.random_weights) j["random_weights"] = *a.random_weights;
+  if (!a.quantization.empty() && a.quantization != "none") j["quantization"] = a.quantization;
   if (!a.layers.empty()) j["layers"] = a.layers;
   if (!a.listen.empty()) j["listen"] = a.listen;
   if (a.expect_stages) j["expect_stages"] = *a.expect_stages;

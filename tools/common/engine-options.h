@@ -28,6 +28,7 @@ struct EngineArgs {
   int32_t pp = 0;      // stages; 0: one, or a partition folder's own count
   std::string layers;  // the split as inclusive ranges "0-19,20-35"
   std::optional<uint64_t> random_weights;  // model names a config; weights from this seed
+  std::string quantization;                // "fp8": quantize the weights on load; empty: none
 
   // --- the device
   std::string device = "cpu";  // cpu or cuda
@@ -54,7 +55,8 @@ struct EngineArgs {
 
 // The groups of options a tool offers beyond the ones every engine tool has (--pp,
 // --async-depth, --max-running-requests, --max-batch-tokens, --kv-blocks, --threads-per-stage,
-// --device, --gpus, --mem-fraction, --disable-cuda-graph, --random-weights, --layers, --trace).
+// --device, --gpus, --mem-fraction, --disable-cuda-graph, --random-weights, --quantization,
+// --layers, --trace).
 struct EngineOptionGroups {
   bool model = true;           // --model (pp-bench sweep names the model itself)
   bool kv_memory = false;      // --kv-memory

@@ -70,7 +70,8 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
     // Text datasets need the model's own tokenizer, found by the model source resolver as
     // pp-serve finds it; id datasets need none.
     PP_ASSIGN_OR_RETURN(partition::ResolvedModel m,
-                        partition::resolve_model(o.model, {.random_weights = o.random_weights}));
+                        partition::resolve_model(o.model, {.random_weights = o.random_weights,
+                                                           .quantization = eo.quantization}));
     if (m.has_tokenizer()) {
       PP_ASSIGN_OR_RETURN(tok, m.load_tokenizer());
     }

@@ -54,6 +54,21 @@ struct CompareArgs {
 // Returns whether a regression was flagged (through *regressed).
 Status compare_command(const CompareArgs& a, bool* regressed);
 
+struct QualityArgs {
+  std::string model;
+  std::optional<uint64_t> random_weights;
+  std::string device = "cpu";
+  int gpu = 0;
+  std::string quantization = "fp8";
+  int64_t tokens = 512;
+  uint64_t seed = 1;
+  std::string label;
+  std::string db;
+};
+// The model as stored against it quantized, teacher-forced on random ids: top-1 agreement and
+// KL, printed and recorded.
+Status quality_command(const QualityArgs& a);
+
 struct TimelineArgs {
   std::string trace;
   std::string output;

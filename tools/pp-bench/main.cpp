@@ -2,6 +2,7 @@
 //   pp-bench serve --base-url URL [--backend openai|openai-chat|sglang] [dataset, traffic options]
 //   pp-bench offline --model M --pp N --async-depth D [dataset, traffic options]
 //   pp-bench sweep --mode serve|offline --grid "max-concurrency=1,4,16" [--plot FILE.svg] ...
+//   pp-bench quality --model M [--random-weights S] --device cpu|cuda --quantization fp8
 //   pp-bench history | compare RUN_A RUN_B [--threshold 5%] | timeline TRACE -o FILE.svg
 // Every run is recorded in the run store (--db). Exit codes: 0 ok, 1 a failure while working
 // (compare --fail-on-regression: a regression), 2 bad usage or bad input.
@@ -94,6 +95,25 @@ int main(int argc, char** argv) {
                         "exit 1 when a regression is flagged");
   cli::add_db_option(*compare_cmd, compare.db);
 
+  QualityArgs quality;
+  auto* quality_cmd = app.add_subcommand(
+      "quality", "accuracy of a quantization: top-1 agreement and KL against the model as stored");
+  quality_cmd->add_option("--model", quality.model, "model folder, .gguf file, or a config")
+      ->required();
+  quality_cmd->add_option(
+      "--random-weights", quality.random_weights,
+      "--model is a config.json (or its folder): random weights from this seed");
+  quality_cmd->add_option("--device", quality.device, "cpu or cuda (default cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  quality_cmd->add_option("--gpu", quality.gpu, "cuda: the GPU (default 0)");
+  quality_cmd->add_option("--quantization", quality.quantization, "the quantization (default fp8)")
+      ->check(CLI::IsMember({"fp8"}));
+  quality_cmd->add_option("--tokens", quality.tokens,
+                          "positions compared, one sequence of random ids (default 512)");
+  quality_cmd->add_option("--seed", quality.seed, "seed of the token ids (default 1)");
+  quality_cmd->add_option("--label", quality.label, "label stored with the run");
+  cli::add_db_option(*quality_cmd, quality.db);
+
   TimelineArgs timeline;
   auto* timeline_cmd =
       app.add_subcommand("timeline", "draw a pp-serve --trace file; stage busy and idle time");
@@ -125,6 +145,8 @@ int main(int argc, char** argv) {
     bool regressed = false;
     st = compare_command(compare, &regressed);
     if (st.ok() && regressed && compare.fail_on_regression) return cli::kExitFailure;
+  } else if (*quality_cmd) {
+    st = quality_command(quality);
   } else if (*timeline_cmd) {
     st = timeline_command(timeline);
   }

@@ -28,6 +28,7 @@ Result<ResolvedModel> resolve_model(const fs::path& given, const ResolveOptions&
   r.path_ = fs::absolute(given, ec);
   if (ec) r.path_ = given;
   const fs::path& path = r.path_;
+  r.quantization_ = options.quantization;
   if (options.random_weights) {
     r.kind_ = SourceKind::kRandomWeights;
     r.random_seed_ = options.random_weights;
@@ -66,6 +67,7 @@ std::vector<LayerRange> ResolvedModel::fixed_layers() const {
 }
 
 model::DType ResolvedModel::plan_dtype() const {
+  if (quantization_ == model::Quantization::kFp8) return model::DType::kF8E4M3;
   switch (kind_) {
     case SourceKind::kPartition:
       return partition_->plan.dtype;
@@ -107,6 +109,7 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
   out.config = config_;
   out.layers = layers;
   out.random_seed = random_seed_;
+  out.quantization = quantization_;
   if (kind_ == SourceKind::kPartition) {
     PP_ASSIGN_OR_RETURN(StageShard shard, partition::open_stage(path_, *partition_, k));
     if (shard.n_stages != n) {
@@ -131,6 +134,7 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
     return invalid_argument("stage {} of {} was assigned layers [{}, {}) of {}", k, n, r.begin,
                             r.end, L);
   }
+  if (out.weights) out.weights = model::quantize_on_load(out.weights, out.config, quantization_);
   return out;
 }
 

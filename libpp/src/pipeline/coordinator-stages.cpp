@@ -119,6 +119,9 @@ Status Coordinator::send_assign(int32_t k) {
   a.cuda_graphs = options_.cuda_graphs;
   a.random_weights = options_.random_weights.has_value();
   a.random_seed = options_.random_weights.value_or(0);
+  if (options_.quantization != model::Quantization::kNone) {
+    a.quantization = model::quantization_name(options_.quantization);
+  }
   PP_RETURN_IF_ERROR(gpu_links(k, a));
   PP_RETURN_IF_ERROR(server_->send(s.peer, a));
   s.assigned = true;

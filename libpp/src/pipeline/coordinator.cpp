@@ -85,9 +85,9 @@ Status Coordinator::resolve_model() {
     return invalid_argument("async depth must be 0 or more, not {}", options_.async_depth);
   }
   if (options_.n_stages < 0) return invalid_argument("bad stage count {}", options_.n_stages);
-  PP_ASSIGN_OR_RETURN(
-      model_,
-      partition::resolve_model(options_.model_path, {.random_weights = options_.random_weights}));
+  PP_ASSIGN_OR_RETURN(model_, partition::resolve_model(options_.model_path,
+                                                       {.random_weights = options_.random_weights,
+                                                        .quantization = options_.quantization}));
   config_ = model_.config();
   layers_ = model_.fixed_layers();
   if (!layers_.empty()) {

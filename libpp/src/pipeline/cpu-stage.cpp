@@ -18,6 +18,7 @@
 #include "pp/assert.h"
 #include "pp/kernels/cpu.h"
 #include "pp/kernels/device.h"
+#include "pp/model/quantization.h"
 #include "pp/model/random-weights.h"
 #include "pp/model/stage-model.h"
 #include "pp/pipeline/stage-backend.h"
@@ -104,7 +105,7 @@ class CpuStage final : public StageBackend {
 
   StageSpec spec_;
   StageEnv env_;
-  std::unique_ptr<model::WeightSource> random_;  // random weights, when the spec asks
+  std::shared_ptr<const model::WeightSource> random_;  // random weights (quantized on load)
   std::unique_ptr<model::StageModel> model_;
   int64_t n_embd_ = 0, n_vocab_ = 0;
   VectorRing send_ring_{4};
@@ -119,7 +120,9 @@ Status CpuStage::load() {
   const model::WeightSource* weights = w.weights.get();
   if (!weights) {
     PP_ASSERT_MSG(w.random_seed.has_value(), "a stage spec without weights or a random seed");
-    PP_ASSIGN_OR_RETURN(random_, model::random_weights(w.config, *w.random_seed));
+    PP_ASSIGN_OR_RETURN(std::unique_ptr<model::WeightSource> random,
+                        model::random_weights(w.config, *w.random_seed));
+    random_ = model::quantize_on_load(std::move(random), w.config, w.quantization);
     weights = random_.get();
   }
   PP_ASSIGN_OR_RETURN(model_,

@@ -65,6 +65,7 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
   o.max_tokens = std::max(spec.max_batch_tokens, 1);
   o.max_seqs = std::max(spec.max_running, 1);
   o.cuda_graphs = spec.cuda_graphs;
+  o.quantization = spec.weights.quantization;
   const partition::StageWeights& w = spec.weights;
   if (w.weights) {
     PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,

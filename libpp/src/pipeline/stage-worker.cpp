@@ -314,6 +314,9 @@ Status StageWorker::load(const transport::Assign& a) {
   }
   partition::ResolveOptions ro;
   if (a.random_weights) ro.random_weights = a.random_seed;
+  if (!a.quantization.empty()) {
+    PP_ASSIGN_OR_RETURN(ro.quantization, model::parse_quantization(a.quantization));
+  }
   PP_ASSIGN_OR_RETURN(partition::ResolvedModel source, partition::resolve_model(a.model_path, ro));
   PP_ASSIGN_OR_RETURN(spec.weights,
                       source.open_stage(a.stage, a.n_stages, {a.layer_begin, a.layer_end}));

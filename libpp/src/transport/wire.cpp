@@ -63,6 +63,7 @@ void fields(Io& io, M& m) {
   io(m.cuda_graphs, "cuda_graphs");
   io(m.random_weights, "random_weights");
   io(m.random_seed, "random_seed");
+  io(m.quantization, "quantization");
 }
 
 template <class Io, class M>

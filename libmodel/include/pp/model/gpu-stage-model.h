@@ -25,6 +25,7 @@
 #include "pp/model/arch-tensors.h"
 #include "pp/model/batch.h"
 #include "pp/model/config.h"
+#include "pp/model/quantization.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -36,6 +37,8 @@ struct GpuStageOptions {
   int64_t max_seqs = 256;      // most sequences in one forward
   int64_t max_logit_rows = 0;  // most logit rows in one forward (0: max_seqs)
   bool cuda_graphs = true;     // replay captured graphs for decode steps
+  // random(): quantize the layers' linear weights as they are made (quantization.h).
+  Quantization quantization = Quantization::kNone;
 };
 
 // One logit row's sampling: the parameters of gpu::SampleRow, and its penalties.

@@ -21,6 +21,7 @@
 
 #include "pp/model/config.h"
 #include "pp/model/model-source.h"
+#include "pp/model/quantization.h"
 #include "pp/model/tokenizer.h"
 #include "pp/model/weights.h"
 #include "pp/partition/manifest.h"
@@ -37,6 +38,8 @@ struct ResolveOptions {
   // The path names a config (config.json or its folder); the weights are random from this seed,
   // made where each stage loads (model::random_weights on the CPU, on the device on a GPU).
   std::optional<uint64_t> random_weights;
+  // Quantize the weights as each stage loads them (`--quantization fp8`): every source kind.
+  model::Quantization quantization = model::Quantization::kNone;
 };
 
 // The weights of one stage, opened (not yet read).
@@ -47,6 +50,9 @@ struct StageWeights {
   // which each backend makes itself.
   std::shared_ptr<const model::WeightSource> weights;
   std::optional<uint64_t> random_seed;
+  // Quantization on load. `weights` already reads quantized (model::quantize_on_load); random
+  // weights are made and then quantized by the backend, the same way on the CPU and the GPU.
+  model::Quantization quantization = model::Quantization::kNone;
 };
 
 class ResolvedModel {
@@ -60,8 +66,10 @@ class ResolvedModel {
   // The split a partition folder fixes (one range per stage); empty for other kinds.
   std::vector<LayerRange> fixed_layers() const;
   // The dtype the planner assumes for the weights in memory: f32 for a model loaded on the CPU
-  // backend, bf16 for random weights and partitions (their stored dtype).
+  // backend, bf16 for random weights and partitions (their stored dtype); kF8E4M3 when the
+  // layers' weights are fp8 (an fp8 checkpoint or partition, or quantization on load).
   model::DType plan_dtype() const;
+  model::Quantization quantization() const { return quantization_; }
   // The model's own Jinja chat template; empty when it has none.
   const std::string& chat_template() const { return chat_template_; }
   // Whether a tokenizer comes with the model (GGUF metadata, tokenizer.json).
@@ -81,6 +89,7 @@ class ResolvedModel {
   SourceKind kind_ = SourceKind::kHfDir;
   model::ModelConfig config_;
   std::optional<uint64_t> random_seed_;
+  model::Quantization quantization_ = model::Quantization::kNone;
   std::optional<PartitionManifest> partition_;
   std::shared_ptr<const model::ModelSource> source_;  // kHfDir, kGguf
   std::filesystem::path tokenizer_json_;              // partition, HF folder, random: when present

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "pp/model/config.h"
+#include "pp/model/quantization.h"
 #include "pp/model/sampling-params.h"
 #include "pp/model/tokenizer.h"
 #include "pp/partition/planner.h"
@@ -71,6 +72,8 @@ struct EngineOptions {
   // model_path names a config (config.json or its folder); weights are random from this seed,
   // made on each stage (a real-size model without a download).
   std::optional<uint64_t> random_weights;
+  // Quantize the weights as each stage loads them (`--quantization fp8`).
+  model::Quantization quantization = model::Quantization::kNone;
 
   // --- scheduling
   int32_t async_depth = 1;  // D: M = P + D micro-batch groups in flight at most

@@ -16,7 +16,7 @@
 namespace pp::transport {
 
 inline constexpr uint32_t kWireMagic = 0x31505050;  // "PPP1" little-endian
-inline constexpr uint16_t kWireVersion = 3;
+inline constexpr uint16_t kWireVersion = 4;
 
 // A stage is a group of devices, one worker process per device; a worker's index in its group is
 // its rank (the group's size is 1 until tensor parallelism lands).
@@ -60,6 +60,8 @@ struct Assign {
   // model_path is a config (config.json or its folder), the weights random from this seed.
   bool random_weights = false;
   uint64_t random_seed = 0;
+  // Weights quantized as they load: "" (as stored) or "fp8" (model::Quantization's names).
+  std::string quantization;
 
   friend bool operator==(const Assign&, const Assign&) = default;
 };
