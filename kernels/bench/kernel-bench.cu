@@ -20,6 +20,7 @@
 
 #include "pp/kernels/cpu.h"
 #include "pp/kernels/cuda/attention.h"
+#include "pp/kernels/cuda/fp8.h"
 #include "pp/kernels/cuda/linear.h"
 #include "pp/kernels/cuda/rms-norm.h"
 #include "pp/kernels/cuda/rope.h"
@@ -306,6 +307,67 @@ int main() {
                   ms * 1e3, tf, gbs);
       CHECK(cudaFree(x));
       CHECK(cudaFree(w));
+      CHECK(cudaFree(y));
+    }
+  }
+
+  // Decode linears at Qwen3-8B shapes (qkv, o, gate|up, down): the fp8 GEMV (per-channel
+  // scales) next to cuBLASLt bf16, as bytes moved (weight, x, y, scales) over time.
+  std::printf("\n| kernel | shape | us | GB/s | of copy |\n|---|---|---|---|---|\n");
+  {
+    auto blas = ck::Blas::create();
+    if (!blas.ok()) {
+      std::fprintf(stderr, "%s\n", blas.status().message().c_str());
+      return 1;
+    }
+    for (auto [n, k] :
+         {std::pair<int64_t, int64_t>{6144, 4096}, {4096, 4096}, {24576, 4096}, {4096, 12288}}) {
+      // fp8 bytes: random bf16 bits reinterpreted (a few NaN codes time the same).
+      auto* w8 = reinterpret_cast<uint8_t*>(random_bf16(size_t(n * k / 2)));
+      bf16* w16 = random_bf16(size_t(n * k));
+      float* scales = alloc<float>(size_t(n));
+      fill_random_f32<<<1024, 256>>>(scales, size_t(n), 5, 0.01f);
+      CHECK(cudaGetLastError());
+      bf16* x = random_bf16(size_t(8 * k));
+      bf16* y = alloc<bf16>(size_t(8 * n));
+      for (int64_t m : {1, 4, 8}) {
+        char shape[96];
+        std::snprintf(shape, sizeof shape, "m=%lld n=%lld k=%lld", (long long)m, (long long)n,
+                      (long long)k);
+        ck::Fp8GemvParams gp;
+        gp.x = x;
+        gp.w = w8;
+        gp.scale_kind = pp::kernels::ScaleKind::kPerChannel;
+        gp.scales = scales;
+        gp.out = y;
+        gp.m = m;
+        gp.n = n;
+        gp.k = k;
+        const double ms8 = time_ms([&] { CHECK(ck::fp8_gemv(gp, nullptr)); }, 20);
+        report_bw("fp8 gemv (per-channel)", shape, ms8,
+                  double(n * k + m * k * 2 + m * n * 2 + n * 4));
+        ck::LinearParams lp;
+        lp.x = x;
+        lp.w = w16;
+        lp.out = y;
+        lp.m = m;
+        lp.n = n;
+        lp.k = k;
+        const double ms16 = time_ms(
+            [&] {
+              auto st = (*blas)->linear(lp, nullptr);
+              if (!st.ok()) {
+                std::fprintf(stderr, "%s\n", st.message().c_str());
+                std::exit(1);
+              }
+            },
+            20);
+        report_bw("cublasLt linear bf16", shape, ms16, double(n * k * 2 + m * k * 2 + m * n * 2));
+      }
+      CHECK(cudaFree(w8));
+      CHECK(cudaFree(w16));
+      CHECK(cudaFree(scales));
+      CHECK(cudaFree(x));
       CHECK(cudaFree(y));
     }
   }

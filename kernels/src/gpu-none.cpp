@@ -83,6 +83,12 @@ Blas::Blas() = default;
 Blas::~Blas() = default;
 Result<std::unique_ptr<Blas>> Blas::create() { return no_cuda(); }
 Status Blas::linear(const LinearArgs&, Stream&) { return no_cuda(); }
+Status Blas::reserve_fp8(int64_t, int64_t, int64_t, int64_t) { return no_cuda(); }
+Result<LinearPath> Blas::path_for(const LinearArgs&) { return no_cuda(); }
+void Blas::set_log(std::function<void(const std::string&)>) {}
+Status quantize_fp8_rows(const Bf16*, void*, float*, int64_t, int64_t, Stream&) {
+  return no_cuda();
+}
 
 Result<NcclId> NcclComm::unique_id() { return no_cuda(); }
 Result<std::unique_ptr<NcclComm>> NcclComm::init(const NcclId&, int, int) { return no_cuda(); }

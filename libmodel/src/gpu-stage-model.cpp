@@ -10,6 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <set>
+#include <string>
 #include <unordered_map>
 
 #include <spdlog/spdlog.h>
@@ -17,6 +20,7 @@
 #include "arch/decoder-layer.h"
 #include "arch/tensor-load.h"
 #include "pp/assert.h"
+#include "pp/model/quantization.h"
 #include "pp/model/random-weights.h"
 
 namespace pp::model {
@@ -185,40 +189,142 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
   return ok_status();
 }
 
-// Lays out every slot of this stage's table in one buffer, points the layers and edges at their
-// slices, and says where each tensor goes (a fused slot's parts at their row offsets).
-Status GpuStageModel::alloc_weights(const StageTensors& st, std::vector<Bf16*>& where) {
+// Lays out every slot of this stage's table in one buffer (each slot's data, then its scales),
+// points the layers and edges at their slices, and says where each tensor goes (a fused slot's
+// parts at their row offsets, their scales at the matching scale rows).
+Status GpuStageModel::alloc_weights(const StageTensors& st, const WeightSource& source,
+                                    std::vector<TensorPlace>& where) {
+  using kernels::ScaleKind;
+  using kernels::WeightFormat;
   const std::vector<SlotSpec> slots = slots_of(st.tensors);
-  std::vector<size_t> offsets;  // elements
-  size_t at = 0;
-  for (const SlotSpec& sl : slots) {
-    offsets.push_back(at);
-    at = align_up((at + size_t(sl.numel())) * sizeof(Bf16)) / sizeof(Bf16);
+  auto same_slot = [](const SlotSpec& sl, const TensorSpec& t) {
+    return sl.slot == t.slot && sl.layer == t.layer;
+  };
+  // Each slot's format and scale kind, from its parts.
+  struct Typed {
+    WeightFormat format = WeightFormat::kBF16;
+    ScaleKind scale_kind = ScaleKind::kNone;
+  };
+  std::vector<Typed> typed(slots.size());
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const SlotSpec& sl = slots[i];
+    bool first = true;
+    for (const TensorSpec& t : st.tensors) {
+      if (!same_slot(sl, t)) continue;
+      Typed part;
+      if (quantized_on_load(t)) {
+        PP_ASSIGN_OR_RETURN(const TensorInfo* info, find_tensor(source, t));
+        if (info->dtype == DType::kF8E4M3) {
+          part.format = WeightFormat::kFp8E4M3;
+          // A per-tensor scale is per-channel scales that happen to be equal (exact).
+          part.scale_kind =
+              info->scale_kind == ScaleKind::kPerTensor ? ScaleKind::kPerChannel : info->scale_kind;
+          if (part.scale_kind == ScaleKind::kNone) {
+            return invalid_argument("fp8 tensor '{}' has no scales", t.name);
+          }
+        }
+      }
+      if (first) {
+        typed[i] = part;
+        first = false;
+      } else if (part.format != typed[i].format || part.scale_kind != typed[i].scale_kind) {
+        return invalid_argument(
+            "tensor '{}' is {} with {} scales but the other parts of its fused slot are {} "
+            "with {} scales",
+            t.name, kernels::weight_format_name(part.format),
+            kernels::scale_kind_name(part.scale_kind), kernels::weight_format_name(typed[i].format),
+            kernels::scale_kind_name(typed[i].scale_kind));
+      }
+      if (part.scale_kind == ScaleKind::kBlock128x128 && t.row_offset + t.rows() < sl.rows &&
+          t.rows() % 128 != 0) {
+        return invalid_argument(
+            "tensor '{}' has 128x128 block scales and {} rows, not a multiple of 128: it cannot "
+            "be fused with the tensors after it",
+            t.name, t.rows());
+      }
+    }
   }
-  PP_ASSIGN_OR_RETURN(weights_, gpu::DeviceBuffer::allocate(at * sizeof(Bf16)));
-  Bf16* base = weights_.as<Bf16>();
+  // Byte offsets: each slot's data, then its scales, each on a kAlign boundary.
+  std::vector<size_t> data_at, scales_at;
+  size_t at = 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const SlotSpec& sl = slots[i];
+    data_at.push_back(at);
+    at = align_up(at + size_t(sl.numel() * kernels::weight_format_bytes(typed[i].format)));
+    scales_at.push_back(at);
+    at = align_up(at + size_t(kernels::scale_count(typed[i].scale_kind, sl.rows, sl.cols)) *
+                           sizeof(float));
+  }
+  PP_ASSIGN_OR_RETURN(weights_, gpu::DeviceBuffer::allocate(at));
+  char* base = weights_.as<char>();
   layers_.assign(size_t(n_layer()), Layer{});
   auto slot_map = [&](int64_t layer) -> SlotMap<WeightView>& {
     return layer < 0 ? edges_ : layers_[size_t(layer - layer_begin_)];
   };
   for (size_t i = 0; i < slots.size(); ++i) {
     const SlotSpec& sl = slots[i];
-    slot_map(sl.layer)[sl.slot] = {.format = kernels::WeightFormat::kBF16,
-                                   .data = base + offsets[i],
-                                   .rows = sl.rows,
-                                   .cols = sl.cols};
+    const bool scaled = typed[i].scale_kind != ScaleKind::kNone;
+    slot_map(sl.layer)[sl.slot] = {
+        .format = typed[i].format,
+        .data = base + data_at[i],
+        .rows = sl.rows,
+        .cols = sl.cols,
+        .scale_kind = typed[i].scale_kind,
+        .scales = scaled ? reinterpret_cast<const float*>(base + scales_at[i]) : nullptr};
   }
   if (st.head_shares_embedding) edges_[WeightSlot::kLmHead] = edges_[WeightSlot::kEmbedding];
   where.clear();
   for (const TensorSpec& t : st.tensors) {
-    const auto it = std::find_if(slots.begin(), slots.end(), [&](const SlotSpec& sl) {
-      return sl.slot == t.slot && sl.layer == t.layer;
-    });
+    const auto it = std::find_if(slots.begin(), slots.end(),
+                                 [&](const SlotSpec& sl) { return same_slot(sl, t); });
     PP_ASSERT(it != slots.end());
-    where.push_back(base + offsets[size_t(it - slots.begin())] + size_t(t.row_offset * it->cols));
+    const size_t i = size_t(it - slots.begin());
+    TensorPlace p;
+    p.format = typed[i].format;
+    p.scale_kind = typed[i].scale_kind;
+    p.data = base + data_at[i] +
+             size_t(t.row_offset * it->cols * kernels::weight_format_bytes(p.format));
+    auto* scales = reinterpret_cast<float*>(base + scales_at[i]);
+    if (p.scale_kind == ScaleKind::kPerChannel) {
+      p.scales = scales + t.row_offset;
+    } else if (p.scale_kind == ScaleKind::kBlock128x128) {
+      p.scales = scales + (t.row_offset / 128) * ((it->cols + 127) / 128);
+    }
+    where.push_back(p);
   }
   return ok_status();
 }
+
+namespace {
+
+// Uploads an fp8 tensor's bytes and scales (read_weight) to its place; a per-tensor scale goes
+// out as one per row (the slot is per-channel).
+Status upload_fp8(const WeightSource& source, const TensorSpec& t, const void* data, float* scales,
+                  kernels::ScaleKind slot_kind, gpu::Stream& s) {
+  PP_ASSIGN_OR_RETURN(kernels::HostWeight w, source.read_weight(t.name));
+  if (w.format() != kernels::WeightFormat::kFp8E4M3 || w.rows() != t.rows() ||
+      w.cols() != t.cols()) {
+    return data_loss("tensor '{}' in '{}' reads as {} [{}, {}], expected fp8_e4m3 [{}, {}]", t.name,
+                     source.describe(), kernels::weight_format_name(w.format()), w.rows(), w.cols(),
+                     t.rows(), t.cols());
+  }
+  std::vector<float> expanded;
+  std::span<const float> sc = w.scales();
+  if (w.scale_kind() == kernels::ScaleKind::kPerTensor) {
+    PP_ASSERT(slot_kind == kernels::ScaleKind::kPerChannel);
+    expanded.assign(size_t(t.rows()), sc[0]);
+    sc = expanded;
+  } else if (w.scale_kind() != slot_kind) {
+    return data_loss("tensor '{}' reads with {} scales, listed with {}", t.name,
+                     kernels::scale_kind_name(w.scale_kind()), kernels::scale_kind_name(slot_kind));
+  }
+  PP_RETURN_IF_ERROR(
+      gpu::copy_async(const_cast<void*>(data), w.bytes().data(), w.bytes().size(), s));
+  PP_RETURN_IF_ERROR(gpu::copy_async(scales, sc.data(), sc.size_bytes(), s));
+  return s.synchronize();  // the host copies go away here
+}
+
+}  // namespace
 
 Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& config,
                                                            const WeightSource& weights,
@@ -227,14 +333,20 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& co
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
   PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
   const StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
-  std::vector<Bf16*> where;
-  PP_RETURN_IF_ERROR(m->alloc_weights(st, where));
+  std::vector<TensorPlace> where;
+  PP_RETURN_IF_ERROR(m->alloc_weights(st, weights, where));
   std::vector<float> host;
   for (size_t i = 0; i < st.tensors.size(); ++i) {
     const TensorSpec& t = st.tensors[i];
+    if (where[i].format == kernels::WeightFormat::kFp8E4M3) {
+      PP_RETURN_IF_ERROR(
+          upload_fp8(weights, t, where[i].data, where[i].scales, where[i].scale_kind, m->stream_));
+      continue;
+    }
     host.resize(size_t(t.numel()));
     PP_RETURN_IF_ERROR(load_tensor(weights, t, host));
-    PP_RETURN_IF_ERROR(gpu::upload_bf16(where[i], host.data(), host.size()));
+    PP_RETURN_IF_ERROR(
+        gpu::upload_bf16(static_cast<Bf16*>(where[i].data), host.data(), host.size()));
   }
   PP_RETURN_IF_ERROR(m->alloc_scratch());
   return m;
@@ -246,17 +358,37 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& 
                                                              const GpuStageOptions& options) {
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
   PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
-  // The same tensors (and head rule) as a load from random_weights(config, seed), filled on the
-  // device with that source's values.
-  PP_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> source, random_weights(config, seed));
+  // The same tensors (and head rule, and formats) as a load from quantize_on_load(
+  // random_weights(config, seed)), filled on the device with that source's values.
+  PP_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> random, random_weights(config, seed));
+  const std::shared_ptr<const WeightSource> source = quantize_on_load(
+      std::shared_ptr<const WeightSource>(std::move(random)), config, options.quantization);
   const StageTensors st = stage_tensors(config, *source, layer_begin, layer_end);
-  std::vector<Bf16*> where;
-  PP_RETURN_IF_ERROR(m->alloc_weights(st, where));
+  std::vector<TensorPlace> where;
+  PP_RETURN_IF_ERROR(m->alloc_weights(st, *source, where));
+  // fp8 tensors: bf16 values in a temporary buffer, then quantized per row into place.
+  int64_t max_fp8 = 0;
+  for (size_t i = 0; i < st.tensors.size(); ++i) {
+    if (where[i].format == kernels::WeightFormat::kFp8E4M3) {
+      max_fp8 = std::max(max_fp8, st.tensors[i].numel());
+    }
+  }
+  gpu::DeviceBuffer tmp;
+  if (max_fp8 > 0) {
+    PP_ASSIGN_OR_RETURN(tmp, gpu::DeviceBuffer::allocate(size_t(max_fp8) * sizeof(Bf16)));
+  }
   for (size_t i = 0; i < st.tensors.size(); ++i) {
     const TensorSpec& t = st.tensors[i];
     const RandomRange r = random_weight_range(t.name, t.shape);
+    const bool fp8 = where[i].format == kernels::WeightFormat::kFp8E4M3;
+    Bf16* values = fp8 ? tmp.as<Bf16>() : static_cast<Bf16*>(where[i].data);
     PP_RETURN_IF_ERROR(gpu::fill_random(
-        where[i], size_t(t.numel()), random_weight_key_for(seed, t.name), r.lo, r.hi, m->stream_));
+        values, size_t(t.numel()), random_weight_key_for(seed, t.name), r.lo, r.hi, m->stream_));
+    if (fp8) {
+      PP_ASSERT(where[i].scale_kind == kernels::ScaleKind::kPerChannel);
+      PP_RETURN_IF_ERROR(gpu::quantize_fp8_rows(values, where[i].data, where[i].scales, t.rows(),
+                                                t.cols(), m->stream_));
+    }
   }
   PP_RETURN_IF_ERROR(m->stream_.synchronize());
   PP_RETURN_IF_ERROR(m->alloc_scratch());
@@ -297,7 +429,68 @@ Status GpuStageModel::alloc_scratch() {
     // Sampling: per-row params, penalty rows and entries, results.
     PP_ASSIGN_OR_RETURN(sample_dev_, gpu::DeviceBuffer::allocate(size_t(S) * 1024));
   }
-  return ok_status();
+  return reserve_fp8();
+}
+
+// fp8 linears of more than 8 rows quantize their activations into scratch the Blas owns, sized
+// here for max_tokens rows. The dequantizing fallback's bf16 weight (as large as the largest
+// fp8 slot) is reserved only when cuBLASLt refuses one of this model's linears outright.
+Status GpuStageModel::reserve_fp8() {
+  int64_t max_n = 0, max_k = 0, max_elems = 0;
+  for (const Layer& l : layers_) {
+    for (WeightSlot s :
+         {WeightSlot::kQkv, WeightSlot::kO, WeightSlot::kGateUp, WeightSlot::kDown}) {
+      const WeightView& w = l[s];
+      if (w.format != kernels::WeightFormat::kFp8E4M3) continue;
+      max_n = std::max(max_n, w.rows);
+      max_k = std::max(max_k, w.cols);
+      max_elems = std::max(max_elems, w.numel());
+    }
+  }
+  if (max_n == 0) return ok_status();
+  // One info line per linear variant and path (the first m that takes it), the rest at debug.
+  blas_->set_log([begin = layer_begin_, end = layer_end_,
+                  seen = std::make_shared<std::set<std::string>>()](const std::string& line) {
+    std::string key = line;
+    if (const size_t m = key.find(" m="); m != std::string::npos) {
+      key.erase(m, key.find(' ', m + 1) - m);
+    }
+    if (seen->insert(key).second) {
+      spdlog::info("layers [{}, {}): {}", begin, end, line);
+    } else {
+      spdlog::debug("layers [{}, {}): {}", begin, end, line);
+    }
+  });
+  const int64_t T = options_.max_tokens;
+  PP_RETURN_IF_ERROR(blas_->reserve_fp8(T, max_n, max_k, 0));
+  if (T <= gpu::kFp8GemvMaxRows) return ok_status();
+  // The linears forward() runs, at the smallest and largest m beyond the GEMV.
+  const Layer& l = layers_.front();
+  bool need_dequant = false;
+  for (int64_t m : {gpu::kFp8GemvMaxRows + 1, T}) {
+    const gpu::LinearArgs calls[] = {
+        {.x = x_,
+         .w = l[WeightSlot::kQkv],
+         .bias = bf16(l[WeightSlot::kQkvBias]),
+         .out = qkv_,
+         .m = m},
+        {.x = attn_, .w = l[WeightSlot::kO], .out = h_, .m = m, .accumulate = true},
+        {.x = x_, .w = l[WeightSlot::kGateUp], .out = gate_up_, .m = m},
+        {.x = act_, .w = l[WeightSlot::kDown], .out = h_, .m = m, .accumulate = true}};
+    for (const gpu::LinearArgs& a : calls) {
+      if (a.w.format != kernels::WeightFormat::kFp8E4M3) continue;
+      Result<gpu::LinearPath> path = blas_->path_for(a);
+      if (path.ok()) continue;
+      if (path.status().code() != StatusCode::kUnimplemented) return path.status();
+      need_dequant = true;
+    }
+  }
+  if (!need_dequant) return ok_status();
+  spdlog::warn(
+      "layers [{}, {}): cuBLASLt refuses some fp8 linears; reserving {} MiB for their "
+      "dequantized weights",
+      layer_begin_, layer_end_, max_elems * 2 >> 20);
+  return blas_->reserve_fp8(T, max_n, max_k, max_elems);
 }
 
 // --- KV

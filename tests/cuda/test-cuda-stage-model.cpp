@@ -1,7 +1,10 @@
 // The GPU stage model against the CPU reference, on random-weight models of every family (the
 // same bf16-exact weights on both backends): logits within bf16 tolerance through prefill and
 // decode, teacher-forced top-1 agreement at the default model's shape, bitwise-identical logits
-// whatever the split into stages, graphs against eager, and the device penalties.
+// whatever the split into stages, graphs against eager, and the device penalties. With fp8
+// weights (quantized on load): the same against the CPU on the dequantized weights (looser, the
+// GPU quantizes prefill activations per token), load() of a quantizing source bitwise equal to
+// random() quantized on the device, and fused slots whose parts disagree refused.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -19,6 +22,7 @@
 #include "pp/kernels/random-weights.h"
 #include "pp/model/config.h"
 #include "pp/model/gpu-stage-model.h"
+#include "pp/model/quantization.h"
 #include "pp/model/random-weights.h"
 #include "pp/model/stage-model.h"
 #include "test-util.h"
@@ -155,16 +159,19 @@ void compare(const std::vector<float>& g, const std::vector<float>& c, int64_t V
 
 // Prefill (all rows' logits), then greedy decode steps fed with the CPU's tokens.
 Compare run_against_cpu(const ModelConfig& c, uint64_t seed, const std::vector<int64_t>& lens,
-                        int steps, bool graphs) {
+                        int steps, bool graphs, Quantization q = Quantization::kNone) {
   auto weights = random_weights(c, seed);
   EXPECT_TRUE(weights.ok());
-  auto cpu = StageModel::load(c, **weights, 0, c.n_layer);
+  const std::shared_ptr<const WeightSource> source =
+      quantize_on_load(std::shared_ptr<const WeightSource>(std::move(*weights)), c, q);
+  auto cpu = StageModel::load(c, *source, 0, c.n_layer);
   EXPECT_TRUE(cpu.ok()) << cpu.status().message();
   GpuStageOptions o;
   o.max_tokens = 1024;
   o.max_seqs = 32;
   o.max_logit_rows = 1024;
   o.cuda_graphs = graphs;
+  o.quantization = q;
   auto g = GpuStageModel::random(c, seed, 0, c.n_layer, o);
   EXPECT_TRUE(g.ok()) << g.status().message();
   const int64_t blocks_each = 64;
@@ -329,6 +336,129 @@ TEST_F(GpuStageModelTest, Smollm2ShapeTeacherForcedTop1) {
   EXPECT_GE(counted, 256);
   EXPECT_EQ(agree, counted);
   EXPECT_GE(all_agree, 0.9 * 512);
+}
+
+// fp8 weights quantized on load, per channel: the GPU (GEMV for decode, per-token fp8
+// activations and cuBLASLt for prefill) against the CPU computing in f32 on the dequantized
+// weights. Prefill's activation quantization costs accuracy the bf16 comparison does not have,
+// hence looser bounds; the measured ones are printed.
+TEST_F(GpuStageModelTest, Fp8EveryFamilyMatchesCpu) {
+  for (const char* name : {"llama", "llama3", "qwen2", "qwen3"}) {
+    SCOPED_TRACE(name);
+    const ModelConfig c = family(name);
+    std::uniform_int_distribution<int64_t> len(1, 150);
+    for (bool graphs : {false, true}) {
+      const Compare r = run_against_cpu(c, test::rng()(), {len(test::rng()), 77, 1, 5}, 12, graphs,
+                                        Quantization::kFp8);
+      std::printf("fp8 %s (graphs %d): max err %.4f, top-1 agreement %lld/%lld\n", name,
+                  int(graphs), r.max_err, (long long)r.agree, (long long)r.rows);
+      EXPECT_LT(r.max_err, 0.12) << name;
+      EXPECT_GE(double(r.agree) / double(r.rows), 0.9) << name << ": " << r.agree << "/" << r.rows;
+    }
+  }
+}
+
+// Runs a prefill of `lens` and `steps` greedy decode steps (tokens from the first model's
+// logits) on every model; returns each model's logits, step after step.
+std::vector<std::vector<float>> run_models(std::span<GpuStageModel* const> models,
+                                           const std::vector<int64_t>& lens, int steps) {
+  const ModelConfig& c = models[0]->config();
+  for (GpuStageModel* m : models)
+    EXPECT_TRUE(m->allocate_kv(48 * int64_t(lens.size()), kBlock).ok());
+  Seqs s = make_seqs(lens, c.n_vocab, 48);
+  std::vector<std::vector<float>> out(models.size());
+  for (int step = 0; step <= steps; ++step) {
+    Batch b = next_batch(s, step == 0);
+    std::vector<float> first;
+    for (size_t i = 0; i < models.size(); ++i) {
+      const Status st = models[i]->forward(b, nullptr, nullptr);
+      EXPECT_TRUE(st.ok()) << st.message();
+      std::vector<float> l = gpu_logits(*models[i], b.n_logit_rows());
+      if (i == 0) first = l;
+      out[i].insert(out[i].end(), l.begin(), l.end());
+    }
+    int64_t row = 0;
+    for (size_t q = 0; q < s.tokens.size(); ++q) {
+      row += step == 0 ? int64_t(s.tokens[q].size()) - s.cached[q] : 1;
+      s.cached[q] = int32_t(s.tokens[q].size());
+      s.tokens[q].push_back(argmax(&first[size_t((row - 1) * c.n_vocab)], c.n_vocab));
+    }
+  }
+  return out;
+}
+
+// load() of quantize_on_load(random_weights) uploads the host quantizer's bytes; random() with
+// quantization kFp8 quantizes the same values on the device: the same weights, so bitwise the
+// same logits, eager and replayed. The fp8 weights take about half the bf16 ones' bytes.
+TEST_F(GpuStageModelTest, Fp8LoadEqualsRandomBitwise) {
+  for (const char* name : {"qwen2", "qwen3"}) {
+    SCOPED_TRACE(name);
+    const ModelConfig c = family(name);
+    const uint64_t seed = test::rng()();
+    auto weights = random_weights(c, seed);
+    ASSERT_TRUE(weights.ok());
+    const auto source = quantize_on_load(std::shared_ptr<const WeightSource>(std::move(*weights)),
+                                         c, Quantization::kFp8);
+    GpuStageOptions o;
+    o.max_tokens = 512;
+    o.max_seqs = 16;
+    o.max_logit_rows = 512;
+    o.quantization = Quantization::kFp8;
+    auto loaded = GpuStageModel::load(c, *source, 0, c.n_layer, o);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().message();
+    auto random = GpuStageModel::random(c, seed, 0, c.n_layer, o);
+    ASSERT_TRUE(random.ok()) << random.status().message();
+    o.quantization = Quantization::kNone;
+    auto bf16 = GpuStageModel::random(c, seed, 0, c.n_layer, o);
+    ASSERT_TRUE(bf16.ok()) << bf16.status().message();
+    EXPECT_EQ((*loaded)->weight_bytes(), (*random)->weight_bytes());
+    EXPECT_LT((*random)->weight_bytes(), (*bf16)->weight_bytes());
+    std::printf("%s: weights %lld bytes fp8, %lld bf16\n", name,
+                (long long)(*random)->weight_bytes(), (long long)(*bf16)->weight_bytes());
+    GpuStageModel* models[] = {loaded->get(), random->get()};
+    const auto logits = run_models(models, {31, 90, 7}, 4);
+    EXPECT_EQ(test::first_mismatch(logits[1], logits[0], 0, 0), -1);
+  }
+}
+
+// A source whose k_proj weights are not quantized while q and v are: the fused q|k|v slot
+// cannot hold both formats.
+class PartlyQuantized final : public WeightSource {
+ public:
+  PartlyQuantized(std::shared_ptr<const WeightSource> plain,
+                  std::shared_ptr<const WeightSource> quantized)
+      : plain_(std::move(plain)), quantized_(std::move(quantized)) {}
+  std::vector<std::string> names() const override { return plain_->names(); }
+  const TensorInfo* find(std::string_view name) const override { return pick(name).find(name); }
+  Status read_f32(std::string_view name, std::span<float> out) const override {
+    return pick(name).read_f32(name, out);
+  }
+  using WeightSource::read_f32;
+  Result<kernels::HostWeight> read_weight(std::string_view name) const override {
+    return pick(name).read_weight(name);
+  }
+  std::string describe() const override { return "partly quantized"; }
+
+ private:
+  const WeightSource& pick(std::string_view name) const {
+    return name.find("k_proj") != std::string_view::npos ? *plain_ : *quantized_;
+  }
+  std::shared_ptr<const WeightSource> plain_, quantized_;
+};
+
+TEST_F(GpuStageModelTest, Fp8FusedPartsMustAgree) {
+  const ModelConfig c = family("qwen3", 1);
+  auto weights = random_weights(c, 7);
+  ASSERT_TRUE(weights.ok());
+  const std::shared_ptr<const WeightSource> plain(std::move(*weights));
+  const PartlyQuantized source(plain, quantize_on_load(plain, c, Quantization::kFp8));
+  GpuStageOptions o;
+  o.max_tokens = 64;
+  o.max_seqs = 4;
+  auto m = GpuStageModel::load(c, source, 0, c.n_layer, o);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument) << m.status().message();
+  std::printf("refused: %s\n", m.status().message().c_str());
 }
 
 // Device penalties against cpu::apply_penalties on random rows and ids.

@@ -11,6 +11,7 @@
 #include "pp/kernels/cuda/attention.h"
 #include "pp/kernels/cuda/embedding.h"
 #include "pp/kernels/cuda/fill.h"
+#include "pp/kernels/cuda/fp8.h"
 #include "pp/kernels/cuda/linear.h"
 #include "pp/kernels/cuda/rms-norm.h"
 #include "pp/kernels/cuda/rope.h"
@@ -333,14 +334,11 @@ Result<std::unique_ptr<Blas>> Blas::create() {
   PP_ASSIGN_OR_RETURN(b->impl_->blas, cuda::Blas::create());
   return b;
 }
-Status Blas::linear(const LinearArgs& a, Stream& s) {
-  if (a.w.format != WeightFormat::kBF16 || a.w.scale_kind != ScaleKind::kNone) {
-    return unimplemented("linear: weights in {} with {} scales are not supported on the GPU",
-                         weight_format_name(a.w.format), scale_kind_name(a.w.scale_kind));
-  }
+namespace {
+cuda::LinearParams linear_params(const LinearArgs& a) {
   cuda::LinearParams p;
   p.x = bf(a.x);
-  p.w = bf(a.w.as<Bf16>());
+  p.w = a.w.data;
   p.bias = bf(a.bias);
   p.out = bf(a.out);
   p.out_f32 = a.out_f32;
@@ -348,7 +346,35 @@ Status Blas::linear(const LinearArgs& a, Stream& s) {
   p.n = a.w.rows;
   p.k = a.w.cols;
   p.accumulate = a.accumulate;
-  return impl_->blas->linear(p, native(s));
+  p.format = a.w.format;
+  p.scale_kind = a.w.scale_kind;
+  p.scales = a.w.scales;
+  return p;
+}
+}  // namespace
+
+Status Blas::linear(const LinearArgs& a, Stream& s) {
+  return impl_->blas->linear(linear_params(a), native(s));
+}
+Status Blas::reserve_fp8(int64_t max_m, int64_t max_n, int64_t max_k, int64_t max_weight_elems) {
+  return impl_->blas->reserve_fp8({max_m, max_n, max_k, max_weight_elems});
+}
+Result<LinearPath> Blas::path_for(const LinearArgs& a) {
+  return impl_->blas->path_for(linear_params(a));
+}
+void Blas::set_log(std::function<void(const std::string&)> log) {
+  impl_->blas->set_log(std::move(log));
+}
+
+Status quantize_fp8_rows(const Bf16* x, void* q, float* scales, int64_t rows, int64_t cols,
+                         Stream& s) {
+  cuda::QuantizeFp8Params p;
+  p.x = bf(x);
+  p.q = static_cast<uint8_t*>(q);
+  p.scales = scales;
+  p.rows = rows;
+  p.cols = cols;
+  return cuda_status(cuda::quantize_fp8(p, native(s)), "quantize_fp8_rows");
 }
 
 // --- NCCL

@@ -1,14 +1,62 @@
-// cuBLASLt behind Blas::linear. Row-major y[m, n] = x[m, k] W[n, k]^T is, in cuBLAS's
-// column-major terms, Y^T (n x m) = op(A) B with A = W viewed as k x n (transposed by op) and
-// B = X^T viewed as k x m: no copies, no transposes in memory. The bias rides on the
+// cuBLASLt behind Blas::linear, and the dispatch on the weight's format. Row-major
+// y[m, n] = x[m, k] W[n, k]^T is, in cuBLAS's column-major terms, Y^T (n x m) = op(A) B with
+// A = W viewed as k x n (transposed by op) and B = X^T viewed as k x m: no copies, no
+// transposes in memory (the TN layout cuBLASLt's fp8 GEMMs require). The bias rides on the
 // BIAS epilogue. Descriptors and the heuristic's first algorithm are cached per shape.
+//
+// fp8 beyond the GEMV: x is quantized per token into reserved scratch (one scale per row for
+// per-tensor and per-channel weights, cuBLASLt's OUTER_VEC mode on both operands; one per row
+// and 128 columns for 128x128 weights, VEC128 on x and BLK128x128 on W). cuBLASLt's scale
+// layouts (as PyTorch's scaled_mm passes them on cuBLAS 12.9+): VEC128 scales of B = x^T are
+// "outer-dim-major", scale (row r, group g) at g * m + r; BLK128x128 scales of A = W are
+// [n / 128] rows of ceil(k / 128) floats at a stride rounded up to 4 floats (16 bytes), so a
+// weight whose ceil(k / 128) is not a multiple of 4 has its scales copied to padded rows first.
+// A per-tensor weight scale is broadcast to n scales. Each of these runs as stream work, so a
+// captured graph replays it.
 #include "pp/kernels/cuda/linear.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "pp/assert.h"
+#include "pp/kernels/cuda/fp8.h"
+
 namespace pp::kernels::cuda {
+static_assert(kFp8GemvMaxM == gpu::kFp8GemvMaxRows);
 namespace {
 
 Status blas_error(const char* what, cublasStatus_t s) {
   return internal_error("cublasLt {}: {}", what, cublasGetStatusString(s));
+}
+
+Status cuda_error(const char* what, cudaError_t e) {
+  if (e == cudaSuccess) return ok_status();
+  cudaGetLastError();
+  return internal_error("{}: {}", what, cudaGetErrorString(e));
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+Fp8GemvParams gemv_params(const LinearParams& p) {
+  return {.x = p.x,
+          .w = static_cast<const uint8_t*>(p.w),
+          .scale_kind = p.scale_kind,
+          .scales = p.scales,
+          .bias = p.bias,
+          .out = p.out,
+          .out_f32 = p.out_f32,
+          .m = p.m,
+          .n = p.n,
+          .k = p.k,
+          .accumulate = p.accumulate};
+}
+
+std::string describe(const LinearParams& p) {
+  return fmt::format("fp8 linear m={} n={} k={} scales={} bias={} out={}{}", p.m, p.n, p.k,
+                     scale_kind_name(p.scale_kind), p.bias ? "yes" : "no",
+                     p.out_f32 ? "f32" : "bf16", p.accumulate ? " accumulate" : "");
 }
 
 }  // namespace
@@ -29,17 +77,23 @@ Result<std::unique_ptr<Blas>> Blas::create(size_t workspace_bytes) {
 }
 
 void Blas::clear_plans() {
-  for (auto& [key, pl] : plans_) {
-    cublasLtMatrixLayoutDestroy(pl->a);
-    cublasLtMatrixLayoutDestroy(pl->b);
-    cublasLtMatrixLayoutDestroy(pl->c);
-    cublasLtMatmulDescDestroy(pl->op);
-  }
+  auto destroy = [](Plan* pl) {
+    if (!pl) return;
+    if (pl->a) cublasLtMatrixLayoutDestroy(pl->a);
+    if (pl->b) cublasLtMatrixLayoutDestroy(pl->b);
+    if (pl->c) cublasLtMatrixLayoutDestroy(pl->c);
+    if (pl->op) cublasLtMatmulDescDestroy(pl->op);
+  };
+  for (auto& [key, pl] : plans_) destroy(pl.get());
+  for (auto& [key, pl] : fp8_lt_plans_) destroy(pl.get());
   plans_.clear();
+  fp8_lt_plans_.clear();
+  fp8_plans_.clear();  // they point into fp8_lt_plans_
 }
 
 Blas::~Blas() {
   clear_plans();
+  if (fp8_scratch_) cudaFree(fp8_scratch_);
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(handle_);
 }
@@ -110,6 +164,253 @@ Result<Blas::Plan*> Blas::plan_for(const LinearParams& p) {
   return raw;
 }
 
+Result<Blas::Plan*> Blas::fp8_lt_plan(int64_t m, int64_t n, int64_t k, ScaleKind kind, bool bias,
+                                      bool f32, bool accumulate) {
+  const Fp8Key key{m, n, k, int(kind), int(bias) | int(f32) << 1 | int(accumulate) << 2};
+  if (auto it = fp8_lt_plans_.find(key); it != fp8_lt_plans_.end()) return it->second.get();
+  Plan pl;
+  pl.m = m;
+  pl.n = n;
+  pl.k = k;
+  pl.bias = bias;
+  pl.f32 = f32;
+  pl.accumulate = accumulate;
+  // Refused (no algorithm, or an attribute this cuBLASLt does not know): remembered as nullptr.
+  auto refuse = [&]() -> Result<Plan*> {
+    if (pl.a) cublasLtMatrixLayoutDestroy(pl.a);
+    if (pl.b) cublasLtMatrixLayoutDestroy(pl.b);
+    if (pl.c) cublasLtMatrixLayoutDestroy(pl.c);
+    if (pl.op) cublasLtMatmulDescDestroy(pl.op);
+    fp8_lt_plans_.emplace(key, nullptr);
+    return static_cast<Plan*>(nullptr);
+  };
+  cublasStatus_t s = cublasLtMatmulDescCreate(&pl.op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  if (s != CUBLAS_STATUS_SUCCESS) return blas_error("matmul descriptor", s);
+  auto set = [&](cublasLtMatmulDescAttributes_t attr, const auto& v) {
+    return cublasLtMatmulDescSetAttribute(pl.op, attr, &v, sizeof(v)) == CUBLAS_STATUS_SUCCESS;
+  };
+  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  const bool block = kind == ScaleKind::kBlock128x128;
+  const int32_t a_mode = block ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F
+                               : CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  const int32_t b_mode =
+      block ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  // Real scratch addresses for the heuristic; each call sets its own.
+  const void* a_scale = w_scales_;
+  const void* b_scale = act_scales_;
+  bool ok = set(CUBLASLT_MATMUL_DESC_TRANSA, trans_a) &&
+            set(CUBLASLT_MATMUL_DESC_TRANSB, trans_b) &&
+            set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, a_mode) &&
+            set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, b_mode) &&
+            set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, a_scale) &&
+            set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, b_scale);
+  if (ok && bias) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = CUDA_R_16BF;
+    ok = set(CUBLASLT_MATMUL_DESC_EPILOGUE, epi) &&
+         set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type);
+  }
+  if (!ok) return refuse();
+  if ((s = cublasLtMatrixLayoutCreate(&pl.a, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(n), k)) !=
+          CUBLAS_STATUS_SUCCESS ||
+      (s = cublasLtMatrixLayoutCreate(&pl.b, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(m), k)) !=
+          CUBLAS_STATUS_SUCCESS ||
+      (s = cublasLtMatrixLayoutCreate(&pl.c, f32 ? CUDA_R_32F : CUDA_R_16BF, uint64_t(n),
+                                      uint64_t(m), n)) != CUBLAS_STATUS_SUCCESS) {
+    return refuse();
+  }
+  cublasLtMatmulPreference_t pref = nullptr;
+  if ((s = cublasLtMatmulPreferenceCreate(&pref)) != CUBLAS_STATUS_SUCCESS) {
+    (void)refuse();
+    return blas_error("preference", s);
+  }
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                       &workspace_bytes_, sizeof(workspace_bytes_));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  s = cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result,
+                                     &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0) return refuse();
+  pl.algo = result.algo;
+  auto owned = std::make_unique<Plan>(pl);
+  Plan* raw = owned.get();
+  fp8_lt_plans_.emplace(key, std::move(owned));
+  return raw;
+}
+
+Result<Blas::Fp8Plan> Blas::fp8_plan_for(const LinearParams& p) {
+  const bool bias = p.bias != nullptr, f32 = p.out_f32 != nullptr;
+  const Fp8Key key{p.m, p.n, p.k, int(p.scale_kind),
+                   int(bias) | int(f32) << 1 | int(p.accumulate) << 2};
+  if (auto it = fp8_plans_.find(key); it != fp8_plans_.end()) return it->second;
+  const Fp8Reserve& r = fp8_reserved_;
+  if (!fp8_scratch_ || p.m > r.max_m || p.n > r.max_n || p.k > r.max_k) {
+    return make_error(StatusCode::kFailedPrecondition,
+                      "{}: beyond the fp8 scratch reserved (m <= {}, n <= {}, k <= {})",
+                      describe(p), r.max_m, r.max_n, r.max_k);
+  }
+  if (int(fp8_plans_.size()) >= kMaxShapes) clear_plans();
+  Fp8Plan fp;
+  std::string why;
+  bool done = false;
+  if (p.k % 16 != 0) {
+    why = " (k % 16 != 0: no fp8 GEMM)";
+  } else {
+    PP_ASSIGN_OR_RETURN(fp.full, fp8_lt_plan(p.m, p.n, p.k, p.scale_kind, bias, f32, p.accumulate));
+    if (fp.full) {
+      fp.path = LinearPath::kFp8Lt;
+      done = true;
+    } else {
+      why = " (cuBLASLt has no algorithm with this epilogue";
+      const int64_t rows = std::min(p.m, kEpilogueRows), tail = p.m % kEpilogueRows;
+      PP_ASSIGN_OR_RETURN(fp.full, fp8_lt_plan(rows, p.n, p.k, p.scale_kind, false, true, false));
+      if (fp.full && p.m > kEpilogueRows && tail > 0) {
+        PP_ASSIGN_OR_RETURN(fp.tail, fp8_lt_plan(tail, p.n, p.k, p.scale_kind, false, true, false));
+      }
+      if (fp.full && (p.m <= kEpilogueRows || tail == 0 || fp.tail)) {
+        fp.path = LinearPath::kFp8LtEpilogue;
+        why += ")";
+        done = true;
+      } else {
+        why += " nor into f32)";
+      }
+    }
+  }
+  if (!done) {
+    if (r.max_weight_elems < p.n * p.k) {
+      return unimplemented("{}: no path{} and no dequantization scratch reserved", describe(p),
+                           why);
+    }
+    fp.path = LinearPath::kFp8Dequant;
+  }
+  log(fmt::format("{}: {}{}", describe(p), linear_path_name(fp.path), why));
+  fp8_plans_.emplace(key, fp);
+  return fp;
+}
+
+Status Blas::reserve_fp8(const Fp8Reserve& r) {
+  const Fp8Reserve& have = fp8_reserved_;
+  if (fp8_scratch_ && r.max_m <= have.max_m && r.max_n <= have.max_n && r.max_k <= have.max_k &&
+      r.max_weight_elems <= have.max_weight_elems) {
+    return ok_status();
+  }
+  Fp8Reserve want{std::max(r.max_m, have.max_m), std::max(r.max_n, have.max_n),
+                  std::max(r.max_k, have.max_k),
+                  std::max(r.max_weight_elems, have.max_weight_elems)};
+  if (want.max_m <= 0 || want.max_n <= 0 || want.max_k <= 0) {
+    return invalid_argument("reserve_fp8: bad sizes m={} n={} k={}", want.max_m, want.max_n,
+                            want.max_k);
+  }
+  const int64_t kb = ceil_div(want.max_k, 128);
+  const size_t q = align256(size_t(want.max_m * want.max_k));
+  const size_t as = align256(size_t(want.max_m * kb) * sizeof(float));
+  const size_t ws =
+      align256(size_t(std::max(want.max_n, ceil_div(want.max_n, 128) * ceil_div(kb, 4) * 4)) *
+               sizeof(float));
+  const size_t acc = align256(size_t(kEpilogueRows * want.max_n) * sizeof(float));
+  const size_t deq = align256(size_t(want.max_weight_elems) * sizeof(__nv_bfloat16));
+  // Plans hold the old scratch's addresses only as heuristic placeholders; drop them anyway.
+  clear_plans();
+  if (fp8_scratch_) {
+    cudaFree(fp8_scratch_);
+    fp8_scratch_ = nullptr;
+  }
+  const cudaError_t err = cudaMalloc(&fp8_scratch_, q + as + ws + acc + deq);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    fp8_scratch_ = nullptr;
+    fp8_reserved_ = {};
+    return make_error(StatusCode::kResourceExhausted, "cannot allocate the fp8 scratch: {}",
+                      cudaGetErrorString(err));
+  }
+  char* base = static_cast<char*>(fp8_scratch_);
+  act_q_ = reinterpret_cast<uint8_t*>(base);
+  act_scales_ = reinterpret_cast<float*>(base + q);
+  w_scales_ = reinterpret_cast<float*>(base + q + as);
+  acc_ = reinterpret_cast<float*>(base + q + as + ws);
+  w_dequant_ = want.max_weight_elems > 0
+                   ? reinterpret_cast<__nv_bfloat16*>(base + q + as + ws + acc)
+                   : nullptr;
+  fp8_reserved_ = want;
+  return ok_status();
+}
+
+Status Blas::fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t stream) {
+  // The weight's scales as cuBLASLt reads them.
+  const void* a_scale = p.scales;
+  const int64_t kb = ceil_div(p.k, 128);
+  if (p.scale_kind == ScaleKind::kPerTensor) {
+    PP_RETURN_IF_ERROR(
+        cuda_error("broadcast_scale", broadcast_scale(p.scales, w_scales_, p.n, stream)));
+    a_scale = w_scales_;
+  } else if (p.scale_kind == ScaleKind::kBlock128x128 && kb % 4 != 0) {
+    const int64_t ld = ceil_div(kb, 4) * 4;
+    PP_RETURN_IF_ERROR(cuda_error("pad_block_scales", pad_block_scales(p.scales, ceil_div(p.n, 128),
+                                                                       kb, ld, w_scales_, stream)));
+    a_scale = w_scales_;
+  }
+  const bool block = p.scale_kind == ScaleKind::kBlock128x128;
+  const bool fused = fp.path == LinearPath::kFp8Lt;
+  const int64_t chunk = fused ? p.m : kEpilogueRows;
+  const float alpha = 1.0f;
+  for (int64_t r0 = 0; r0 < p.m; r0 += chunk) {
+    const int64_t mc = std::min(chunk, p.m - r0);
+    Plan* pl = mc == fp.full->m ? fp.full : fp.tail;
+    PP_ASSERT(pl != nullptr);
+    QuantizeFp8Params qp{.x = p.x + r0 * p.k,
+                         .q = act_q_,
+                         .scales = act_scales_,
+                         .rows = mc,
+                         .cols = p.k,
+                         .group = block ? 128 : 0,
+                         .group_major = block,
+                         .scale_ld = mc};
+    PP_RETURN_IF_ERROR(cuda_error("quantize_fp8", quantize_fp8(qp, stream)));
+    const void* b_scale = act_scales_;
+    cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                   sizeof(a_scale));
+    cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
+                                   sizeof(b_scale));
+    if (pl->bias) {
+      cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
+                                     sizeof(p.bias));
+    }
+    void* out = acc_;
+    float beta = 0.0f;
+    if (fused) {
+      out = p.out ? static_cast<void*>(p.out + r0 * p.n) : static_cast<void*>(p.out_f32 + r0 * p.n);
+      beta = p.accumulate ? 1.0f : 0.0f;
+    }
+    const cublasStatus_t s =
+        cublasLtMatmul(handle_, pl->op, &alpha, p.w, pl->a, act_q_, pl->b, &beta, out, pl->c, out,
+                       pl->c, &pl->algo, workspace_, workspace_bytes_, stream);
+    if (s != CUBLAS_STATUS_SUCCESS) return blas_error("fp8 matmul", s);
+    if (!fused) {
+      Fp8EpilogueParams ep{.acc = acc_,
+                           .bias = p.bias,
+                           .out = p.out ? p.out + r0 * p.n : nullptr,
+                           .out_f32 = p.out_f32 ? p.out_f32 + r0 * p.n : nullptr,
+                           .m = mc,
+                           .n = p.n,
+                           .accumulate = p.accumulate};
+      PP_RETURN_IF_ERROR(cuda_error("linear_epilogue", linear_epilogue(ep, stream)));
+    }
+  }
+  return ok_status();
+}
+
+Result<LinearPath> Blas::path_for(const LinearParams& p) {
+  if (p.format == WeightFormat::kBF16) return LinearPath::kBf16;
+  if (p.format != WeightFormat::kFp8E4M3) {
+    return unimplemented("linear: {} weights are not supported on the GPU",
+                         weight_format_name(p.format));
+  }
+  if (fp8_gemv_supported(gemv_params(p))) return LinearPath::kFp8Gemv;
+  PP_ASSIGN_OR_RETURN(Fp8Plan fp, fp8_plan_for(p));
+  return fp.path;
+}
+
 Status Blas::linear(const LinearParams& p, cudaStream_t stream) {
   if (p.m == 0) return ok_status();
   constexpr int64_t kMaxDim = int64_t(1) << 20;
@@ -117,6 +418,41 @@ Status Blas::linear(const LinearParams& p, cudaStream_t stream) {
       p.k <= 0 || p.m >= kMaxDim || p.n >= kMaxDim || p.k >= kMaxDim) {
     return invalid_argument("linear: bad sizes m={} n={} k={}", p.m, p.n, p.k);
   }
+  if (p.format == WeightFormat::kBF16) {
+    if (p.scale_kind != ScaleKind::kNone) {
+      return invalid_argument("linear: a bf16 weight with {} scales",
+                              scale_kind_name(p.scale_kind));
+    }
+    return bf16_run(p, stream);
+  }
+  if (p.format != WeightFormat::kFp8E4M3) {
+    return unimplemented("linear: {} weights are not supported on the GPU",
+                         weight_format_name(p.format));
+  }
+  if (p.scale_kind == ScaleKind::kNone || !p.scales) {
+    return invalid_argument("linear: an fp8 weight without scales");
+  }
+  const Fp8GemvParams g = gemv_params(p);
+  if (fp8_gemv_supported(g)) {
+    if (log_ && gemv_logged_.emplace(p.m, p.n, p.k, int(p.scale_kind)).second) {
+      log(fmt::format("{}: {}", describe(p), linear_path_name(LinearPath::kFp8Gemv)));
+    }
+    return cuda_error("fp8_gemv", fp8_gemv(g, stream));
+  }
+  PP_ASSIGN_OR_RETURN(Fp8Plan fp, fp8_plan_for(p));
+  if (fp.path != LinearPath::kFp8Dequant) return fp8_lt_run(p, fp, stream);
+  PP_RETURN_IF_ERROR(
+      cuda_error("dequantize_fp8", dequantize_fp8(static_cast<const uint8_t*>(p.w), p.scale_kind,
+                                                  p.scales, p.n, p.k, w_dequant_, stream)));
+  LinearParams b = p;
+  b.w = w_dequant_;
+  b.format = WeightFormat::kBF16;
+  b.scale_kind = ScaleKind::kNone;
+  b.scales = nullptr;
+  return bf16_run(b, stream);
+}
+
+Status Blas::bf16_run(const LinearParams& p, cudaStream_t stream) {
   PP_ASSIGN_OR_RETURN(Plan * pl, plan_for(p));
   if (p.bias) {
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,

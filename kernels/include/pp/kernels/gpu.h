@@ -14,7 +14,9 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "pp/kernels/weight.h"
 #include "pp/status.h"
@@ -227,10 +229,15 @@ struct SampleArgs {
 };
 Status sample(const SampleArgs& a, Stream& s);
 
-// y = x W^T (+ bias) through cuBLASLt; bf16 in, f32 compute. `accumulate`: y += x W^T (the
-// residual add fused into the GEMM); `out_f32`: write f32 instead of bf16 (logits). The weight
-// is typed and the op dispatches on its format: bf16 without scales runs today; any other
-// format is kUnimplemented naming it (FP8 adds its kernels here, not in the model).
+// Quantizes bf16 x[rows, cols] to fp8 e4m3 with one f32 scale per row: scale = amax / 448 (1
+// for an all-zero row), q = fp8(x / scale); the same bytes as HostWeight::quantize_fp8 with
+// per-channel scales on the same values (random weights quantized on load).
+Status quantize_fp8_rows(const Bf16* x, void* q, float* scales, int64_t rows, int64_t cols,
+                         Stream& s);
+
+// y = x W^T (+ bias); bf16 activations, f32 compute. `accumulate`: y += x W^T (the residual add
+// fused into the GEMM); `out_f32`: write f32 instead of bf16 (logits). The weight is typed and
+// the op dispatches on its format (LinearPath); any other format is kUnimplemented naming it.
 struct LinearArgs {
   const Bf16* x = nullptr;     // [m, k]
   WeightView w;                // [n, k] on the device: n = w.rows, k = w.cols
@@ -240,11 +247,46 @@ struct LinearArgs {
   int64_t m = 0;
   bool accumulate = false;
 };
+// The most rows (m) an fp8 linear runs through the GEMV (kFp8Gemv) rather than cuBLASLt.
+inline constexpr int64_t kFp8GemvMaxRows = 8;
+
+// How Blas::linear computes a call, by weight format, scale kind and m.
+enum class LinearPath : uint8_t {
+  kBf16,           // bf16 weight: cuBLASLt bf16 GEMM
+  kFp8Gemv,        // fp8, m <= 8: the fp8 GEMV (W streamed once, exact bf16 activations)
+  kFp8Lt,          // fp8: x quantized per token, cuBLASLt scaled fp8 GEMM, epilogue fused
+  kFp8LtEpilogue,  // fp8: the same GEMM into f32 scratch rows, then bias/accumulate/convert
+  kFp8Dequant,     // fp8: W dequantized to a bf16 scratch, then the bf16 GEMM
+};
+inline const char* linear_path_name(LinearPath p) {
+  switch (p) {
+    case LinearPath::kBf16:
+      return "bf16";
+    case LinearPath::kFp8Gemv:
+      return "fp8-gemv";
+    case LinearPath::kFp8Lt:
+      return "fp8-cublaslt";
+    case LinearPath::kFp8LtEpilogue:
+      return "fp8-cublaslt+epilogue";
+    case LinearPath::kFp8Dequant:
+      return "fp8-dequant-bf16";
+  }
+  return "?";
+}
+
 class Blas {
  public:
   static Result<std::unique_ptr<Blas>> create();
   ~Blas();
   Status linear(const LinearArgs& a, Stream& s);
+  // Reserves the scratch fp8 linears beyond the GEMV (m > 8) use: up to max_m rows of max_k
+  // inputs and max_n outputs; max_weight_elems > 0 also reserves a bf16 weight of that many
+  // elements for the dequantizing fallback. Call before any such linear (not while capturing).
+  Status reserve_fp8(int64_t max_m, int64_t max_n, int64_t max_k, int64_t max_weight_elems);
+  // The path linear(a) takes (planning the shape as its first call would).
+  Result<LinearPath> path_for(const LinearArgs& a);
+  // Receives one line per fp8 shape and variant planned, naming its path (for the log).
+  void set_log(std::function<void(const std::string&)> log);
 
  private:
   Blas();

@@ -1,6 +1,9 @@
 // GpuStageModel: the GPU twin of StageModel. Layers [layer_begin, layer_end) of a model on one
-// CUDA device, bf16 weights and activations with f32 accumulation, a bf16 paged KV pool, and at
-// the last stage the final norm, lm_head (f32 logits) and sampling on the device.
+// CUDA device, bf16 activations with f32 accumulation, a bf16 paged KV pool, and at the last
+// stage the final norm, lm_head (f32 logits) and sampling on the device. Weights are typed: the
+// layers' linear slots take the format of their tensors (bf16, or fp8 e4m3 with per-channel or
+// 128x128 block scales: an fp8 checkpoint, or a source wrapped by quantize_on_load), every other
+// slot (embedding, lm_head, norms, biases) is bf16; Blas::linear dispatches on the format.
 //
 // Everything is queued on the model's compute stream; no call waits for the GPU except
 // SampleSlot::wait. A forward whose sequences all bring one new token (decode) replays a CUDA
@@ -37,7 +40,8 @@ struct GpuStageOptions {
   int64_t max_seqs = 256;      // most sequences in one forward
   int64_t max_logit_rows = 0;  // most logit rows in one forward (0: max_seqs)
   bool cuda_graphs = true;     // replay captured graphs for decode steps
-  // random(): quantize the layers' linear weights as they are made (quantization.h).
+  // random(): the layers' linear weights quantized on load as quantize_on_load(random_weights(
+  // config, seed), config, quantization) does (load() takes the source's formats as they are).
   Quantization quantization = Quantization::kNone;
 };
 
@@ -79,12 +83,16 @@ class SampleSlot {
 
 class GpuStageModel {
  public:
-  // Loads layers [layer_begin, layer_end) of `weights` onto options.device (bf16).
+  // Loads layers [layer_begin, layer_end) of `weights` onto options.device: fp8 layer linears
+  // (find(name)->dtype kF8E4M3) as their stored bytes and scales, everything else as bf16.
+  // kInvalidArgument when the parts of a fused slot (q|k|v, gate|up) disagree on the format or
+  // the scale kind, or a 128x128-scaled part other than the last has rows not a multiple of 128.
   static Result<std::unique_ptr<GpuStageModel>> load(const ModelConfig& config,
                                                      const WeightSource& weights,
                                                      int64_t layer_begin, int64_t layer_end,
                                                      const GpuStageOptions& options);
-  // The same layers with random_weights(config, seed)'s values, generated on the device.
+  // The same layers with random_weights(config, seed)'s values, generated on the device (and
+  // quantized there per options.quantization, bitwise as the host's quantize_on_load).
   static Result<std::unique_ptr<GpuStageModel>> random(const ModelConfig& config, uint64_t seed,
                                                        int64_t layer_begin, int64_t layer_end,
                                                        const GpuStageOptions& options);
@@ -132,14 +140,24 @@ class GpuStageModel {
   int64_t graphs_captured() const { return int64_t(graphs_.size()); }
 
  private:
-  using Layer = SlotMap<kernels::WeightView>;  // one layer's slots (arch-tensors.h), bf16
+  using Layer = SlotMap<kernels::WeightView>;  // one layer's slots (arch-tensors.h), typed
+  // Where one tensor of the table lives in the weight allocation.
+  struct TensorPlace {
+    void* data = nullptr;  // its first row, in `format`
+    kernels::WeightFormat format = kernels::WeightFormat::kBF16;
+    float* scales = nullptr;  // fp8: its first row's scales in the slot's scales
+    kernels::ScaleKind scale_kind = kernels::ScaleKind::kNone;  // the slot's (after fusing)
+  };
   GpuStageModel();
   Status init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
               const GpuStageOptions& options);
-  // Lays out the slots of `st` in one allocation and points the layers and edges at them;
-  // `where[i]` is the device address of st.tensors[i].
-  Status alloc_weights(const StageTensors& st, std::vector<kernels::gpu::Bf16*>& where);
+  // Lays out the slots of `st` in one allocation, in the formats `source` gives their tensors,
+  // and points the layers and edges at them; `where[i]` is where st.tensors[i] goes.
+  Status alloc_weights(const StageTensors& st, const WeightSource& source,
+                       std::vector<TensorPlace>& where);
   Status alloc_scratch();
+  // Reserves the Blas's fp8 scratch for this stage's fp8 linears (none: nothing).
+  Status reserve_fp8();
   // Grows the attention workspace to what a batch of this shape needs (dropping graphs).
   Status ensure_workspace(int64_t n_tokens, int64_t n_seq, int64_t max_q_len, int64_t max_kv_len);
   // Packs the batch's metadata into the next staging slot and queues its upload. With
