@@ -6,11 +6,18 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-scripts/setup.sh
-scripts/check-format.sh
-scripts/build.sh
-scripts/fetch-model.sh >/dev/null
-ctest --test-dir "${PP_BUILD_DIR:-$root/build}" -LE gpu --output-on-failure -j"$(nproc)" \
-  --timeout 900 "$@"
-scripts/sanitize-tests.sh
-scripts/fuzz.sh "${PP_FUZZ_SECONDS:-15}"
+start=$SECONDS
+step() {  # name command...: runs a step and says how long it took (CI keeps the whole run short)
+  local name=$1 t0=$SECONDS
+  shift
+  "$@"
+  echo "test.sh: $name took $((SECONDS - t0)) s ($((SECONDS - start)) s so far)" >&2
+}
+step setup scripts/setup.sh
+step format scripts/check-format.sh
+step build scripts/build.sh
+step model scripts/fetch-model.sh >/dev/null
+step tests ctest --test-dir "${PP_BUILD_DIR:-$root/build}" -LE gpu --output-on-failure \
+  -j"$(nproc)" --timeout 900 "$@"
+step sanitizers scripts/sanitize-tests.sh
+step fuzz scripts/fuzz.sh "${PP_FUZZ_SECONDS:-15}"
