@@ -152,6 +152,10 @@ Result<ModelConfig> config_from_hf_json(const nlohmann::json& j) {
   PP_RETURN_IF_ERROR(read_token_ids(j, "bos_token_id", c.bos_token_ids));
   PP_RETURN_IF_ERROR(read_token_ids(j, "eos_token_id", c.eos_token_ids));
 
+  if (const nlohmann::json* q = jf::find(j, "quantization_config")) {
+    PP_ASSIGN_OR_RETURN(c.quant, parse_quantization_config(*q));
+  }
+
   PP_RETURN_IF_ERROR(spec->read_hf(j, c));
   PP_RETURN_IF_ERROR(c.validate());
   return c;
@@ -223,6 +227,7 @@ nlohmann::json config_to_hf_json(const ModelConfig& c) {
   };
   j["bos_token_id"] = ids(c.bos_token_ids);
   j["eos_token_id"] = ids(c.eos_token_ids);
+  if (c.quant.quantized()) j["quantization_config"] = quantization_config_to_json(c.quant);
   spec.write_hf(c, j);
   return j;
 }

@@ -260,6 +260,136 @@ TEST(ConfigHf, Errors) {
   EXPECT_FALSE(model::config_from_hf_json(json::array()).ok());
 }
 
+// quantization_config as Qwen3-8B-FP8 / DeepSeek-V3 write it.
+json block_fp8() {
+  return json::parse(R"({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+    "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head"]})");
+}
+
+// As llm-compressor writes FP8-dynamic (per-channel weights).
+json compressed_fp8(const char* strategy) {
+  json j = json::parse(R"({"quant_method": "compressed-tensors", "format": "float-quantized",
+    "quantization_status": "compressed", "kv_cache_scheme": null, "ignore": ["lm_head"],
+    "config_groups": {"group_0": {"targets": ["Linear"],
+      "weights": {"num_bits": 8, "type": "float", "symmetric": true, "dynamic": false,
+                  "group_size": null, "block_structure": null, "strategy": "channel"},
+      "input_activations": {"num_bits": 8, "type": "float", "symmetric": true,
+                            "dynamic": true, "strategy": "token"}}}})");
+  j["config_groups"]["group_0"]["weights"]["strategy"] = strategy;
+  if (std::string(strategy) == "block") {
+    j["config_groups"]["group_0"]["weights"]["block_structure"] = {128, 128};
+  }
+  return j;
+}
+
+TEST(ConfigHf, QuantizationFp8) {
+  using Q = model::WeightQuantConfig;
+  EXPECT_EQ(parse_ok(tinyllama()).quant.method, Q::Method::kNone);
+  json j = tinyllama();
+  j["quantization_config"] = block_fp8();
+  ModelConfig c = parse_ok(j);
+  EXPECT_EQ(c.quant.method, Q::Method::kFp8);
+  EXPECT_EQ(c.quant.strategy, Q::Strategy::kBlock);
+  EXPECT_FALSE(c.quant.static_activations);
+  EXPECT_EQ(c.quant.not_converted, std::vector<std::string>{"lm_head"});
+  // fmt and the block size may be absent (per-tensor scales then); static activations are read
+  // (and quantized dynamically all the same).
+  j["quantization_config"].erase("fmt");
+  j["quantization_config"].erase("weight_block_size");
+  j["quantization_config"]["activation_scheme"] = "static";
+  c = parse_ok(j);
+  EXPECT_EQ(c.quant.strategy, Q::Strategy::kTensor);
+  EXPECT_TRUE(c.quant.static_activations);
+  j["quantization_config"] = nullptr;
+  EXPECT_EQ(parse_ok(j).quant.method, Q::Method::kNone);
+}
+
+TEST(ConfigHf, QuantizationCompressedTensors) {
+  using Q = model::WeightQuantConfig;
+  const std::pair<const char*, Q::Strategy> cases[] = {{"tensor", Q::Strategy::kTensor},
+                                                       {"channel", Q::Strategy::kChannel},
+                                                       {"block", Q::Strategy::kBlock}};
+  for (const auto& [name, strategy] : cases) {
+    json j = tinyllama();
+    j["quantization_config"] = compressed_fp8(name);
+    const ModelConfig c = parse_ok(j);
+    EXPECT_EQ(c.quant.method, Q::Method::kCompressedTensors) << name;
+    EXPECT_EQ(c.quant.strategy, strategy) << name;
+    EXPECT_EQ(c.quant.not_converted, std::vector<std::string>{"lm_head"});
+  }
+  json j = tinyllama();
+  j["quantization_config"] = compressed_fp8("channel");
+  j["quantization_config"]["format"] = "naive-quantized";
+  j["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] = false;
+  const ModelConfig c = parse_ok(j);
+  EXPECT_TRUE(c.quant.static_activations);
+  j["quantization_config"]["config_groups"]["group_0"].erase("input_activations");  // W8A16
+  EXPECT_TRUE(model::config_from_hf_json(j).ok());
+}
+
+TEST(ConfigHf, QuantizationRoundTrip) {
+  for (const json& q : {block_fp8(), compressed_fp8("tensor"), compressed_fp8("channel"),
+                        compressed_fp8("block")}) {
+    json j = tinyllama();
+    j["quantization_config"] = q;
+    const ModelConfig c = parse_ok(j);
+    const json written = model::config_to_hf_json(c);
+    ASSERT_TRUE(written.contains("quantization_config")) << q.dump();
+    EXPECT_EQ(parse_ok(written).quant, c.quant) << written["quantization_config"].dump();
+  }
+  EXPECT_FALSE(model::config_to_hf_json(parse_ok(tinyllama())).contains("quantization_config"));
+}
+
+TEST(ConfigHf, QuantizationUnsupported) {
+  auto with = [](json q) {
+    json j = tinyllama();
+    j["quantization_config"] = std::move(q);
+    return parse_error(j);
+  };
+  // Each error is one line naming the scheme and saying what pp supports.
+  auto check = [](const Status& s, const std::string& names) {
+    EXPECT_TRUE(s.code() == StatusCode::kUnimplemented || s.code() == StatusCode::kInvalidArgument);
+    EXPECT_TRUE(contains(s.message(), names)) << s.message();
+    EXPECT_FALSE(contains(s.message(), "\n")) << s.message();
+    if (s.code() == StatusCode::kUnimplemented) {
+      EXPECT_TRUE(contains(s.message(),
+                           "pp supports fp8 (e4m3, block 128x128) and "
+                           "compressed-tensors fp8"))
+          << s.message();
+    }
+  };
+  for (const char* m : {"awq", "gptq", "bitsandbytes", "fbgemm_fp8", "mxfp4"}) {
+    check(with({{"quant_method", m}, {"bits", 4}}), fmt::format("'{}'", m));
+  }
+  json q = block_fp8();
+  q["fmt"] = "e5m2";
+  check(with(q), "'e5m2'");
+  q = block_fp8();
+  q["weight_block_size"] = {64, 64};
+  check(with(q), "[64,64]");
+  q = block_fp8();
+  q["activation_scheme"] = "sometimes";
+  check(with(q), "'sometimes'");
+  q = compressed_fp8("channel");
+  q["config_groups"]["group_0"]["weights"]["type"] = "int";
+  check(with(q), "type 'int'");
+  q = compressed_fp8("channel");
+  q["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
+  check(with(q), "4 bits");
+  q = compressed_fp8("group");
+  check(with(q), "'group'");
+  q = compressed_fp8("block");
+  q["config_groups"]["group_0"]["weights"]["block_structure"] = {128, 64};
+  check(with(q), "[128,64]");
+  q = compressed_fp8("channel");
+  q["format"] = "nvfp4-pack-quantized";
+  check(with(q), "'nvfp4-pack-quantized'");
+  q = compressed_fp8("channel");
+  q["kv_cache_scheme"] = {{"num_bits", 8}, {"type", "float"}};
+  check(with(q), "kv_cache_scheme");
+  check(with(json::object()), "quant_method");
+}
+
 TEST(ConfigHf, DirMergesGenerationConfig) {
   TempDir dir;
   std::ofstream(dir.path() / "config.json") << tinyllama().dump();

@@ -316,8 +316,10 @@ TEST(Safetensors, LyingHeaders) {
                    "need 12");
   expect_data_loss(image(entry(R"("dtype":"F16","shape":[4],"data_offsets":[0,16])"), data),
                    "need 8");
-  expect_data_loss(image(entry(R"("dtype":"F8_E4M3","shape":[16],"data_offsets":[0,16])"), data),
-                   "unknown dtype F8_E4M3");
+  expect_data_loss(image(entry(R"("dtype":"C64","shape":[2],"data_offsets":[0,16])"), data),
+                   "unknown dtype C64");
+  expect_data_loss(image(entry(R"("dtype":"F8_E4M3","shape":[8],"data_offsets":[0,16])"), data),
+                   "need 8");
   expect_data_loss(image(entry(R"("dtype":"F32","shape":[-4],"data_offsets":[0,16])"), data),
                    "bad shape");
   expect_data_loss(

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pp/model/arch-tensors.h"
+#include "pp/model/quantization.h"
 #include "pp/partition/byte-size.h"
 #include "pp/partition/partition-reader.h"
 #include "pp/partition/planner.h"
@@ -189,6 +190,49 @@ TEST(PartitionPlanner, StageCostsAddUpToTheModel) {
   const StagePlan& last = plan->stages.back();
   double layers_only = double(last.layers.size()) * layer_flops_per_token(c, o.cost_model);
   EXPECT_NEAR(last.flops_per_token - layers_only, 2.0 * 4096 * 151936 + 5.0 * 151936, 1.0);
+}
+
+// fp8: the layers' linears count one byte per element plus an f32 scale per row (per 128 x 128
+// tile for a block FP8 checkpoint), every other tensor and the KV cache two bytes.
+TEST(PartitionPlanner, Fp8CountsOneBytePerLinearElement) {
+  ModelConfig c = read_config("qwen3-8b.json");
+  for (const bool block : {false, true}) {
+    if (block) {
+      c.quant.method = model::WeightQuantConfig::Method::kFp8;
+      c.quant.strategy = model::WeightQuantConfig::Strategy::kBlock;
+    }
+    PlanOptions o;
+    o.n_stages = 3;
+    o.dtype = model::DType::kF8E4M3;
+    auto plan = make_plan(c, o);
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    PlanOptions b = o;
+    b.dtype = model::DType::kBF16;
+    auto bf16 = make_plan(c, b);
+    ASSERT_TRUE(bf16.ok());
+    for (const StagePlan& s : plan->stages) {
+      uint64_t want = 0;
+      for (const model::TensorSpec& t :
+           model::stage_tensors(c, stage_parts(s), c.tie_word_embeddings).tensors) {
+        if (model::quantized_on_load(t)) {
+          want += uint64_t(t.numel());
+          want +=
+              4 * uint64_t(block ? ((t.rows() + 127) / 128) * ((t.cols() + 127) / 128) : t.rows());
+        } else {
+          want += 2 * uint64_t(t.numel());
+        }
+      }
+      EXPECT_EQ(s.bytes, want) << "stage " << s.index;
+      EXPECT_EQ(s.kv_bytes_per_token, bf16->stages[size_t(s.index)].kv_bytes_per_token);
+      EXPECT_LT(s.bytes, bf16->stages[size_t(s.index)].bytes * 7 / 10);
+    }
+  }
+  EXPECT_EQ(*parse_shard_dtype("fp8"), model::DType::kF8E4M3);
+  EXPECT_STREQ(shard_dtype_name(model::DType::kF8E4M3), "fp8");
+  const auto bad = parse_shard_dtype("fp4");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("'fp4'"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("fp8"), std::string::npos);
 }
 
 // The planner's parameters and pp-partition's ownership of tensors both come from the model's

@@ -1,6 +1,8 @@
 // Tests of the shard writer and partition reader: tensors survive a split (f32 exactly, bf16
 // within rounding), running the P stage shards in sequence gives bitwise the logits of the whole
-// model (P = 1..4, every tiny fixture family and the default GGUF model), tied embeddings give
+// model (P = 1..4, every tiny fixture family and the default GGUF model; the FP8 fixtures in f32
+// and in fp8), --dtype fp8 quantizes the layers' linears per channel and keeps an FP8
+// checkpoint's own bytes (or dequantizes it for bf16), tied embeddings give
 // the last stage its own lm_head, writes are atomic under injected failures and cancellation,
 // --force replaces atomically, and verification catches a flipped byte and a truncated file.
 #include <gtest/gtest.h>
@@ -12,7 +14,12 @@
 #include <fstream>
 #include <functional>
 
+#include "pp/kernels/float-convert.h"
+#include "pp/kernels/host-weight.h"
+#include "pp/model/arch-tensors.h"
 #include "pp/model/model-source.h"
+#include "pp/model/quantization.h"
+#include "pp/model/safetensors.h"
 #include "pp/model/stage-model.h"
 #include "pp/partition/partition-reader.h"
 #include "pp/partition/sha256.h"
@@ -86,8 +93,10 @@ fs::path fast_scratch_base() {
   return fs::temp_directory_path();
 }
 
-// Whole model vs its P-stage f32 split, bitwise, for P = 1..min(4, n_layer).
-void expect_split_bitwise(const fs::path& model_path, int max_p = 4, bool large = false) {
+// Whole model vs its P-stage split in `dtype` (f32 by default; fp8 for an FP8 checkpoint keeps
+// its bytes and scales), bitwise, for P = 1..min(4, n_layer).
+void expect_split_bitwise(const fs::path& model_path, int max_p = 4, bool large = false,
+                          model::DType dtype = model::DType::kF32) {
   auto src = model::open_model(model_path);
   ASSERT_TRUE(src.ok()) << src.status().message();
   const auto& c = src->config;
@@ -120,7 +129,7 @@ void expect_split_bitwise(const fs::path& model_path, int max_p = 4, bool large 
       }
     } cleanup{shm};
     fs::path out = base / "part";
-    auto m = split(*src, p, model::DType::kF32, out);
+    auto m = split(*src, p, dtype, out);
     ASSERT_TRUE(m.ok()) << m.status().message();
     std::vector<std::unique_ptr<StageModel>> stages;
     for (int k = 0; k < p; ++k) {
@@ -149,6 +158,17 @@ TEST(PartitionSplit, BitwiseLogitsOnTinyFixtures) {
     }
     SCOPED_TRACE(name);
     expect_split_bitwise(test::fixture_model_with_tokenizer(name, tmp.path()));
+  }
+}
+
+TEST(PartitionSplit, BitwiseLogitsOnFp8Fixtures) {
+  test::TempDir tmp;
+  for (const char* name :
+       {"tiny-llama-fp8-block", "tiny-llama-fp8-ct", "tiny-qwen3-fp8-block", "tiny-qwen3-fp8-ct"}) {
+    SCOPED_TRACE(name);
+    const fs::path m = test::fixture_model_with_tokenizer(name, tmp.path());
+    expect_split_bitwise(m, 2, false, model::DType::kF32);
+    expect_split_bitwise(m, 2, false, model::DType::kF8E4M3);
   }
 }
 
@@ -197,6 +217,125 @@ TEST(PartitionSplit, RoundTripTensorsF32ExactBf16Rounded) {
       }
     }
     EXPECT_EQ(seen, src->weights->names().size());
+  }
+}
+
+// --dtype fp8 of a bf16/f32 model: the layers' linears are HostWeight::quantize_fp8 per channel
+// of the source values (stored with `P.weight_scale` [rows, 1]), every other tensor bf16, and the
+// config says compressed-tensors per channel.
+TEST(PartitionSplit, Fp8QuantizesTheLinearsPerChannel) {
+  test::TempDir tmp;
+  fs::path model_dir = test::write_random_llama(tmp.path() / "m", 4, false);
+  auto src = model::open_model(model_dir);
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  fs::path out = tmp.path() / "part";
+  auto m = split(*src, 2, model::DType::kF8E4M3, out);
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  auto back = open_partition(out);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->plan.dtype, model::DType::kF8E4M3);
+  using Q = model::WeightQuantConfig;
+  EXPECT_EQ(back->config.quant.method, Q::Method::kCompressedTensors);
+  EXPECT_EQ(back->config.quant.strategy, Q::Strategy::kChannel);
+  EXPECT_EQ(back->config.quant.not_converted, std::vector<std::string>{"lm_head"});
+  EXPECT_EQ(back->config_json["quantization_config"]["quant_method"], "compressed-tensors");
+  size_t seen = 0, quantized = 0;
+  for (int k = 0; k < back->n_stages(); ++k) {
+    auto shard = open_stage(out, k, /*verify_checksum=*/true);
+    ASSERT_TRUE(shard.ok()) << shard.status().message();
+    for (const std::string& name : shard->weights->names()) {
+      SCOPED_TRACE(name);
+      ++seen;
+      const model::TensorInfo* info = shard->weights->find(name);
+      auto ref = src->weights->read_f32(name);
+      ASSERT_TRUE(ref.ok());
+      const auto spec = model::find_tensor_spec(src->config, name);
+      ASSERT_TRUE(spec.has_value());
+      if (!model::quantized_on_load(*spec)) {
+        EXPECT_EQ(info->dtype, model::DType::kBF16);
+        auto got = shard->weights->read_f32(name);
+        ASSERT_TRUE(got.ok());
+        EXPECT_EQ(test::first_mismatch(*got, *ref, 0, 1.0 / 256), -1);
+        continue;
+      }
+      ++quantized;
+      EXPECT_EQ(info->dtype, model::DType::kF8E4M3);
+      EXPECT_EQ(info->scale_kind, kernels::ScaleKind::kPerChannel);
+      const auto want = kernels::HostWeight::quantize_fp8(*ref, spec->rows(), spec->cols(),
+                                                          kernels::ScaleKind::kPerChannel);
+      auto got = shard->weights->read_weight(name);
+      ASSERT_TRUE(got.ok()) << got.status().message();
+      ASSERT_EQ(got->bytes().size(), want.bytes().size());
+      EXPECT_EQ(std::memcmp(got->bytes().data(), want.bytes().data(), want.bytes().size()), 0);
+      EXPECT_TRUE(std::equal(got->scales().begin(), got->scales().end(), want.scales().begin(),
+                             want.scales().end()));
+      std::vector<float> deq(size_t(want.numel()));
+      want.dequantize(deq);
+      EXPECT_EQ(*shard->weights->read_f32(name), deq);
+    }
+  }
+  EXPECT_EQ(seen, src->weights->names().size());
+  EXPECT_EQ(quantized, 4u * 7u);
+  // The shard file holds the scales too, under compressed-tensors names.
+  auto f = model::SafetensorsFile::open(out / "stage-0.safetensors");
+  ASSERT_TRUE(f.ok());
+  const model::TensorInfo* s = (*f)->find("model.layers.0.self_attn.q_proj.weight_scale");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->dtype, model::DType::kF32);
+  EXPECT_EQ(s->shape, (std::vector<int64_t>{32, 1}));
+}
+
+// An FP8 checkpoint split to fp8 keeps its bytes and block scales (`P.weight_scale_inv`) and its
+// quantization_config; split to bf16 it is dequantized and the config no longer quantized.
+TEST(PartitionSplit, Fp8SourceKeepsItsBytesOrDequantizes) {
+  test::TempDir tmp;
+  const fs::path model_dir = test::fixture_model_with_tokenizer("tiny-qwen3-fp8-block", tmp.path());
+  auto src = model::open_model(model_dir);
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  using Q = model::WeightQuantConfig;
+  ASSERT_EQ(src->config.quant.method, Q::Method::kFp8);
+  for (const model::DType dt : {model::DType::kF8E4M3, model::DType::kBF16}) {
+    SCOPED_TRACE(shard_dtype_name(dt));
+    fs::path out = tmp.path() / (std::string("part-") + shard_dtype_name(dt));
+    auto m = split(*src, 2, dt, out);
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    auto back = open_partition(out);
+    ASSERT_TRUE(back.ok()) << back.status().message();
+    EXPECT_EQ(back->config.quant.method,
+              dt == model::DType::kF8E4M3 ? Q::Method::kFp8 : Q::Method::kNone);
+    int n_fp8 = 0;
+    for (int k = 0; k < back->n_stages(); ++k) {
+      auto shard = open_stage(out, k);
+      ASSERT_TRUE(shard.ok()) << shard.status().message();
+      for (const std::string& name : shard->weights->names()) {
+        SCOPED_TRACE(name);
+        const model::TensorInfo* from = src->weights->find(name);
+        const model::TensorInfo* info = shard->weights->find(name);
+        if (from->dtype != model::DType::kF8E4M3) {
+          EXPECT_EQ(info->dtype, model::DType::kBF16);
+          EXPECT_EQ(*shard->weights->read_f32(name), *src->weights->read_f32(name));
+          continue;
+        }
+        ++n_fp8;
+        if (dt == model::DType::kBF16) {
+          // bf16 of the dequantized values.
+          EXPECT_EQ(info->dtype, model::DType::kBF16);
+          std::vector<float> want = *src->weights->read_f32(name);
+          for (float& v : want) v = kernels::bf16_to_f32(kernels::f32_to_bf16(v));
+          EXPECT_EQ(*shard->weights->read_f32(name), want);
+          continue;
+        }
+        EXPECT_EQ(info->dtype, model::DType::kF8E4M3);
+        EXPECT_EQ(info->scale_kind, kernels::ScaleKind::kBlock128x128);
+        auto got = shard->weights->read_weight(name);
+        auto want = src->weights->read_weight(name);
+        ASSERT_TRUE(got.ok() && want.ok());
+        EXPECT_EQ(std::memcmp(got->bytes().data(), want->bytes().data(), want->bytes().size()), 0);
+        EXPECT_TRUE(std::equal(got->scales().begin(), got->scales().end(), want->scales().begin(),
+                               want->scales().end()));
+      }
+    }
+    EXPECT_EQ(n_fp8, 2 * 7);
   }
 }
 

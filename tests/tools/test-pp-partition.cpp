@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../pp/test-partition-model.h"
+#include "pp/partition/partition-reader.h"
 #include "test-util.h"
 
 namespace pp {
@@ -135,6 +136,29 @@ TEST_F(PpPartition, PlanOnDefaultGguf) {
   EXPECT_NE(big.err.find("30 layers into 31 stages"), std::string::npos) << big.err;
 }
 
+// split --dtype fp8: the layers' linears in fp8 with per-channel scales, checked and shown as
+// such; the stage reads back its fp8 tensors through the safetensors reader.
+TEST_F(PpPartition, SplitFp8) {
+  fs::path m = test::write_random_llama(tmp_.path() / "m", 4, false);
+  fs::path dir = tmp_.path() / "part";
+  ToolRun s = run("split " + quote(m.string()) + " --pp 2 -o " + quote(dir.string()) +
+                  " --dtype fp8 --db " + db());
+  ASSERT_EQ(s.rc, 0) << s.err;
+  ToolRun v = run("verify " + quote(dir.string()));
+  EXPECT_EQ(v.rc, 0) << v.out << v.err;
+  ToolRun i = run("inspect " + quote(dir.string()));
+  ASSERT_EQ(i.rc, 0) << i.err;
+  EXPECT_NE(i.out.find("dtype fp8"), std::string::npos) << i.out;
+  auto shard = partition::open_stage(dir, 1);
+  ASSERT_TRUE(shard.ok()) << shard.status().message();
+  const model::TensorInfo* q = shard->weights->find("model.layers.3.mlp.down_proj.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->dtype, model::DType::kF8E4M3);
+  EXPECT_EQ(q->scale_kind, kernels::ScaleKind::kPerChannel);
+  EXPECT_EQ(shard->weights->find("lm_head.weight")->dtype, model::DType::kBF16);
+  EXPECT_EQ(shard->config.quant.method, model::WeightQuantConfig::Method::kCompressedTensors);
+}
+
 TEST_F(PpPartition, SplitVerifyInspectList) {
   fs::path m = test::write_random_llama(tmp_.path() / "m", 5, true);
   fs::path dir = tmp_.path() / "part";
@@ -246,6 +270,7 @@ TEST_F(PpPartition, BadInputIsOneLineAndNonZero) {
       {"plan " + M + " --pp 2 --strategy even --layers 0-1,2-3", "--strategy manual"},
       {"plan " + M + " --pp 2 --strategy fast", "unknown strategy"},
       {"plan " + M + " --pp 2 --dtype q4", "unknown dtype"},
+      {"split " + M + " --pp 2 --dtype fp9" + out, "(expected bf16, f16, f32 or fp8)"},
       {"plan " + M + " --pp 2 --device-memory 80XB", "invalid size"},
       {"plan " + M + " --pp 2 --device-memory 1KiB", "does not fit"},
       {"plan " + M + " --pp 2 --device-memory 1GiB,1GiB,1GiB", "--device-memory gives 3"},

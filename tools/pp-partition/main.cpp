@@ -1,7 +1,7 @@
 // pp-partition: plans a split of a model's layers into pipeline stages, writes one shard per
 // stage plus a manifest, checks and shows existing partitions, and lists those in the run store.
 //   pp-partition plan MODEL --pp N [--strategy even|cost|manual] [--layers 0-13,14-29]
-//                          [--device-memory 80GiB,...] [--dtype bf16|f16|f32]
+//                          [--device-memory 80GiB,...] [--dtype bf16|f16|f32|fp8]
 //   pp-partition split MODEL --pp N -o DIR [plan options] [--force]
 //   pp-partition verify DIR | inspect DIR | list
 // Every subcommand takes --db PATH. Exit codes: 0 ok, 1 a failure while working, 2 bad usage or
@@ -62,7 +62,8 @@ void add_plan_options(CLI::App* sub, PlanArgs& a) {
   sub->add_option("--device-memory", a.device_memory,
                   "memory of each stage's device: 80GiB,80GiB,... (or one size for all)");
   sub->add_option("--dtype", a.dtype,
-                  "shard dtype: bf16, f16 or f32 (default: the model's own; bf16 for GGUF)");
+                  "shard dtype: bf16, f16, f32 or fp8 (fp8 e4m3 layer linears with f32 "
+                  "scales, the rest bf16; default: the model's own; bf16 for GGUF)");
 }
 
 Result<std::vector<uint64_t>> parse_memory_list(const std::string& text) {

@@ -30,12 +30,23 @@ const char* stored_name(DType t) {
       return "F16";
     case DType::kBF16:
       return "BF16";
+    case DType::kF8E4M3:
+      return "F8_E4M3";
     default:
       return nullptr;
   }
 }
 
-int64_t stored_size(DType t) { return t == DType::kF32 ? 4 : 2; }
+int64_t stored_size(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return 4;
+    case DType::kF8E4M3:
+      return 1;
+    default:
+      return 2;
+  }
+}
 
 Status io_error(const char* op, const std::filesystem::path& path, int err) {
   const StatusCode code = (err == ENOSPC || err == EDQUOT || err == EFBIG)
@@ -62,6 +73,7 @@ Status write_all(int fd, const void* data, size_t n, const std::filesystem::path
 
 Status write_tensor(int fd, const SafetensorsEntry& e, const std::filesystem::path& path) {
   if (e.dtype == DType::kF32) return write_all(fd, e.data.data(), e.data.size_bytes(), path);
+  if (e.dtype == DType::kF8E4M3) return write_all(fd, e.raw.data(), e.raw.size(), path);
   std::vector<uint16_t> buf(std::min(kChunkElems, e.data.size()));
   for (size_t i = 0; i < e.data.size(); i += kChunkElems) {
     const size_t n = std::min(kChunkElems, e.data.size() - i);
@@ -101,8 +113,9 @@ Result<std::string> build_header(std::span<const SafetensorsEntry> tensors,
     }
     const char* dtype = stored_name(e.dtype);
     if (dtype == nullptr) {
-      return invalid_argument("cannot write '{}': tensor '{}' has dtype {} (F32, F16 or BF16)",
-                              path.string(), e.name, dtype_name(e.dtype));
+      return invalid_argument(
+          "cannot write '{}': tensor '{}' has dtype {} (F32, F16, BF16 or F8_E4M3)", path.string(),
+          e.name, dtype_name(e.dtype));
     }
     int64_t numel = 1;
     for (int64_t d : e.shape) {
@@ -111,9 +124,11 @@ Result<std::string> build_header(std::span<const SafetensorsEntry> tensors,
                                 e.name);
       }
     }
-    if (uint64_t(numel) != e.data.size()) {
-      return invalid_argument("cannot write '{}': tensor '{}' has {} elements but {} values",
-                              path.string(), e.name, numel, e.data.size());
+    const bool raw = e.dtype == DType::kF8E4M3;
+    const size_t given = raw ? e.raw.size() : e.data.size();
+    if (uint64_t(numel) != given || (raw ? !e.data.empty() : !e.raw.empty())) {
+      return invalid_argument("cannot write '{}': tensor '{}' has {} elements but {} {}",
+                              path.string(), e.name, numel, given, raw ? "bytes" : "values");
     }
     const uint64_t nbytes = uint64_t(numel) * uint64_t(stored_size(e.dtype));
     header[e.name] = {

@@ -5,12 +5,19 @@
 // element count does not overflow, and data_offsets [begin, end] with begin <= end <= the length
 // of the data section and end - begin == numel * element size. Tensors may overlap or leave gaps
 // (the format forbids both, but reading them is harmless).
+//
+// FP8 checkpoints: an F8_E4M3 tensor `P.weight` is read with its scale, `P.weight_scale_inv`
+// (DeepSeek-V3 / Qwen3 block FP8: f32 [ceil(rows / 128), ceil(cols / 128)]) or `P.weight_scale`
+// (compressed-tensors: one value, one per row, or 128 x 128 blocks), real = stored * scale. The
+// scale tensors and `P.input_scale` (static activation scales; pp quantizes activations at run
+// time) belong to their weight and are not listed.
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <set>
 #include <utility>
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "pp/assert.h"
@@ -31,11 +38,14 @@ struct DTypeName {
 };
 
 const DTypeName kDTypes[] = {
-    {"F64", DType::kF64, 8},   {"F32", DType::kF32, 4}, {"F16", DType::kF16, 2},
-    {"BF16", DType::kBF16, 2}, {"I64", DType::kI64, 8}, {"I32", DType::kI32, 4},
-    {"I16", DType::kI16, 2},   {"I8", DType::kI8, 1},   {"U8", DType::kU8, 1},
-    {"BOOL", DType::kBool, 1},
+    {"F64", DType::kF64, 8},   {"F32", DType::kF32, 4},        {"F16", DType::kF16, 2},
+    {"BF16", DType::kBF16, 2}, {"I64", DType::kI64, 8},        {"I32", DType::kI32, 4},
+    {"I16", DType::kI16, 2},   {"I8", DType::kI8, 1},          {"U8", DType::kU8, 1},
+    {"BOOL", DType::kBool, 1}, {"F8_E4M3", DType::kF8E4M3, 1},
 };
+
+// Dtypes of the format that pp knows but does not read, with the reason.
+bool unsupported_dtype(std::string_view name) { return name == "F8_E5M2" || name == "F8_E8M0"; }
 
 // Parses one header entry into `t`; the message says what is wrong (without the file name).
 std::string parse_entry(const std::string& name, const json& j, uint64_t data_size, TensorInfo* t) {
@@ -173,6 +183,15 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::parse(std::span<const 
       }
       continue;
     }
+    if (value.is_object()) {
+      auto dt = value.find("dtype");
+      if (dt != value.end() && dt->is_string() && unsupported_dtype(dt->get<std::string>())) {
+        return unimplemented(
+            "'{}': tensor '{}' has dtype {}, which pp does not read (fp8 weights must be "
+            "F8_E4M3)",
+            name, key, dt->get<std::string>());
+      }
+    }
     TensorInfo t;
     const std::string err = parse_entry(key, value, f->data_.size(), &t);
     if (!err.empty()) return data_loss("'{}': tensor '{}' {}", name, key, err);
@@ -241,6 +260,7 @@ Result<std::unique_ptr<SafetensorsWeights>> SafetensorsWeights::open(
     for (const TensorInfo& t : f->tensors()) w->tensors_.emplace(t.name, t);
     w->describe_ = single.string();
     w->files_.push_back(std::move(f));
+    PP_RETURN_IF_ERROR(w->attach_scales());
     return w;
   }
 
@@ -281,7 +301,75 @@ Result<std::unique_ptr<SafetensorsWeights>> SafetensorsWeights::open(
     w->tensors_.emplace(tensor, std::move(info));
   }
   w->describe_ = iname;
+  PP_RETURN_IF_ERROR(w->attach_scales());
   return w;
+}
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The scale kind a scale tensor of `shape` gives a [rows, cols] weight, or kNone when the shape
+// fits none. `block_only`: a `weight_scale_inv`, which is always 128 x 128 blocks.
+kernels::ScaleKind scale_kind_of(const std::vector<int64_t>& shape, int64_t rows, int64_t cols,
+                                 bool block_only) {
+  using kernels::ScaleKind;
+  const bool block =
+      shape.size() == 2 && shape[0] == ceil_div(rows, 128) && shape[1] == ceil_div(cols, 128);
+  if (block_only) return block ? ScaleKind::kBlock128x128 : ScaleKind::kNone;
+  if (shape.empty() || (shape.size() == 1 && shape[0] == 1)) return ScaleKind::kPerTensor;
+  if ((shape.size() == 1 && shape[0] == rows) ||
+      (shape.size() == 2 && shape[0] == rows && shape[1] == 1)) {
+    return ScaleKind::kPerChannel;
+  }
+  return block ? ScaleKind::kBlock128x128 : ScaleKind::kNone;
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+}  // namespace
+
+Status SafetensorsWeights::attach_scales() {
+  std::set<std::string> hidden;
+  for (auto& [name, t] : tensors_) {
+    if (t.dtype != DType::kF8E4M3) continue;
+    const std::string& file = files_[size_t(t.file_index)]->path().string();
+    if (t.shape.size() != 2 || !name.ends_with(".weight")) {
+      return data_loss("'{}': F8_E4M3 tensor '{}' of shape {} is not a linear's 2-D weight", file,
+                       name, shape_string(t.shape));
+    }
+    const std::string prefix = name.substr(0, name.size() - std::string_view(".weight").size());
+    auto inv = tensors_.find(prefix + ".weight_scale_inv");
+    auto plain = tensors_.find(prefix + ".weight_scale");
+    const bool is_inv = inv != tensors_.end();
+    if (!is_inv && plain == tensors_.end()) {
+      return data_loss(
+          "'{}': F8_E4M3 tensor '{}' has no scale ('{}.weight_scale_inv' or '{}.weight_scale')",
+          file, name, prefix, prefix);
+    }
+    const TensorInfo& s = is_inv ? inv->second : plain->second;
+    if (s.dtype != DType::kF32 && s.dtype != DType::kBF16) {
+      return data_loss("'{}': scale '{}' of F8_E4M3 tensor '{}' is {} (F32 or BF16 expected)", file,
+                       s.name, name, dtype_name(s.dtype));
+    }
+    t.scale_kind = scale_kind_of(s.shape, t.shape[0], t.shape[1], is_inv);
+    if (t.scale_kind == kernels::ScaleKind::kNone) {
+      return data_loss(
+          "'{}': scale '{}' of shape {} fits no scaling of F8_E4M3 tensor '{}' {} ({} 128x128 "
+          "blocks{})",
+          file, s.name, shape_string(s.shape), name, shape_string(t.shape),
+          shape_string({ceil_div(t.shape[0], 128), ceil_div(t.shape[1], 128)}),
+          is_inv ? "" : fmt::format(", [] or [1] per tensor, [{}] per channel", t.shape[0]));
+    }
+    scales_.emplace(name, s);
+    hidden.insert(prefix + ".weight_scale_inv");
+    hidden.insert(prefix + ".weight_scale");
+    hidden.insert(prefix + ".input_scale");
+  }
+  for (const std::string& n : hidden) tensors_.erase(n);
+  return ok_status();
 }
 
 std::vector<std::string> SafetensorsWeights::names() const {
@@ -299,7 +387,33 @@ const TensorInfo* SafetensorsWeights::find(std::string_view name) const {
 Status SafetensorsWeights::read_f32(std::string_view name, std::span<float> out) const {
   const TensorInfo* t = find(name);
   if (t == nullptr) return not_found("no tensor '{}' in '{}'", name, describe_);
-  return files_[size_t(t->file_index)]->read_f32(*t, out);
+  if (t->dtype != DType::kF8E4M3) return files_[size_t(t->file_index)]->read_f32(*t, out);
+  if (out.size() != uint64_t(t->numel())) {
+    return invalid_argument("'{}': tensor '{}' has {} elements, the buffer {}", describe_, name,
+                            t->numel(), out.size());
+  }
+  PP_ASSIGN_OR_RETURN(kernels::HostWeight w, read_weight(name));
+  w.dequantize(out);
+  return ok_status();
+}
+
+Result<kernels::HostWeight> SafetensorsWeights::read_weight(std::string_view name) const {
+  const TensorInfo* t = find(name);
+  if (t == nullptr) return not_found("no tensor '{}' in '{}'", name, describe_);
+  if (t->dtype != DType::kF8E4M3) return WeightSource::read_weight(name);
+  const SafetensorsFile& f = *files_[size_t(t->file_index)];
+  const TensorInfo& s = scales_.find(name)->second;
+  std::vector<float> scales(size_t(s.numel()));
+  PP_RETURN_IF_ERROR(files_[size_t(s.file_index)]->read_f32(s, scales));
+  const std::span<const uint8_t> b = f.tensor_bytes(*t);
+  std::vector<std::byte> data(b.size());
+  if (!b.empty()) std::memcpy(data.data(), b.data(), b.size());
+  auto w =
+      kernels::HostWeight::from_bytes(kernels::WeightFormat::kFp8E4M3, t->scale_kind, t->shape[0],
+                                      t->shape[1], std::move(data), std::move(scales));
+  if (!w.ok())
+    return w.status().with_context(fmt::format("'{}': tensor '{}'", f.path().string(), name));
+  return w;
 }
 
 Result<std::unique_ptr<WeightSource>> open_safetensors(const std::filesystem::path& path) {

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "pp/assert.h"
+#include "pp/model/quantization.h"
 #include "pp/partition/byte-size.h"
 
 namespace pp::partition {
@@ -39,7 +40,8 @@ Result<DType> parse_shard_dtype(std::string_view text) {
   if (text == "f32" || text == "float32") return DType::kF32;
   if (text == "f16" || text == "float16") return DType::kF16;
   if (text == "bf16" || text == "bfloat16") return DType::kBF16;
-  return invalid_argument("unknown dtype '{}' (expected bf16, f16 or f32)", text);
+  if (text == "fp8" || text == "f8_e4m3") return DType::kF8E4M3;
+  return invalid_argument("unknown dtype '{}' (expected bf16, f16, f32 or fp8)", text);
 }
 
 const char* shard_dtype_name(DType t) {
@@ -50,12 +52,30 @@ const char* shard_dtype_name(DType t) {
       return "f16";
     case DType::kBF16:
       return "bf16";
+    case DType::kF8E4M3:
+      return "fp8";
     default:
       return "?";
   }
 }
 
 int64_t shard_dtype_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+uint64_t shard_tensor_bytes(const ModelConfig& c, const model::TensorSpec& t, DType dtype) {
+  if (dtype != DType::kF8E4M3 || !model::quantized_on_load(t)) {
+    return uint64_t(t.numel()) * uint64_t(shard_dtype_bytes(dtype));
+  }
+  // One byte per element plus f32 scales: the checkpoint's blocks when it is block FP8, else
+  // one per output channel (what --dtype fp8 writes).
+  using Strategy = model::WeightQuantConfig::Strategy;
+  kernels::ScaleKind kind = kernels::ScaleKind::kPerChannel;
+  if (c.quant.quantized() && c.quant.strategy == Strategy::kBlock) {
+    kind = kernels::ScaleKind::kBlock128x128;
+  } else if (c.quant.quantized() && c.quant.strategy == Strategy::kTensor) {
+    kind = kernels::ScaleKind::kPerTensor;
+  }
+  return uint64_t(t.numel()) + 4 * uint64_t(kernels::scale_count(kind, t.rows(), t.cols()));
+}
 
 std::string format_layer_range(LayerRange r) {
   if (r.size() == 1) return fmt::format("{}", r.begin);
@@ -171,14 +191,23 @@ StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding
   s.params = layers.size() * layer_params(c) + model::tensor_params(edges.tensors);
   s.flops_per_token = double(layers.size()) * layer_flops_per_token(c, m);
   if (has_lm_head) s.flops_per_token += 2.0 * double(table) + 5.0 * double(c.n_vocab);
-  s.bytes = uint64_t(s.params) * uint64_t(shard_dtype_bytes(dtype));
+  s.bytes = 0;
+  for (const model::TensorSpec& t : edges.tensors) s.bytes += shard_tensor_bytes(c, t, dtype);
+  if (layers.size() > 0) {
+    uint64_t layer_bytes = 0;
+    for (const model::TensorSpec& t : model::layer_tensors(c, 0)) {
+      layer_bytes += shard_tensor_bytes(c, t, dtype);
+    }
+    s.bytes += uint64_t(layers.size()) * layer_bytes;
+  }
+  // fp8 is a weight format: the tensors it leaves alone, and the KV cache, stay 16-bit.
+  const uint64_t elem = uint64_t(shard_dtype_bytes(dtype));
   s.kv_bytes_per_token =
-      uint64_t(layers.size()) * uint64_t(c.kv_bytes_per_token_layer(shard_dtype_bytes(dtype)));
+      uint64_t(layers.size()) * uint64_t(c.kv_bytes_per_token_layer(int64_t(elem)));
   // Step time streams every weight once, except the embedding table: a step gathers only its
   // tokens' rows (a tied table that is also this stage's lm_head is streamed for the lm_head).
   // So the embedding weighs on the first stage's memory, not on its step time.
   uint64_t streamed = s.bytes;
-  const uint64_t elem = uint64_t(shard_dtype_bytes(dtype));
   if (has_embedding && !(has_lm_head && c.tie_word_embeddings)) {
     streamed -= uint64_t(table) * elem;
     streamed += uint64_t(m.tokens_per_step * double(c.n_embd)) * elem;
@@ -302,7 +331,8 @@ Result<Plan> make_plan(const ModelConfig& c, const PlanOptions& o) {
         "cannot split {} layers into {} stages (--pp is larger than the layer count)", c.n_layer,
         o.n_stages);
   }
-  if (o.dtype != DType::kF32 && o.dtype != DType::kF16 && o.dtype != DType::kBF16) {
+  if (o.dtype != DType::kF32 && o.dtype != DType::kF16 && o.dtype != DType::kBF16 &&
+      o.dtype != DType::kF8E4M3) {
     return invalid_argument("unsupported shard dtype '{}'", model::dtype_name(o.dtype));
   }
   if (o.strategy != Strategy::kManual && !o.layers.empty()) {

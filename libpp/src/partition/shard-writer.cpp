@@ -20,7 +20,9 @@
 #include <system_error>
 
 #include "pp/assert.h"
+#include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
+#include "pp/model/quantization.h"
 #include "pp/model/safetensors-writer.h"
 #include "pp/model/safetensors.h"
 #include "pp/model/tokenizer.h"
@@ -51,17 +53,19 @@ class TempFolderGuard {
   fs::path path_;
 };
 
-// The f32 values of one stage's tensors, in a file-backed mapping inside the temporary folder:
+// The values of one stage's tensors (f32, or fp8 bytes and f32 scales), in a file-backed mapping
+// inside the temporary folder, handed out in order by take():
 // the safetensors writer takes every tensor of a file at once, and a file-backed mapping lets the
 // kernel page a large stage out to disk instead of holding it in RAM. The blocks are reserved
 // with posix_fallocate first, so a full disk is an error here rather than a SIGBUS later.
 class StageScratch {
  public:
   ~StageScratch() { reset(); }
-  Status create(const fs::path& p, size_t n_floats) {
+  Status create(const fs::path& p, size_t n_bytes) {
     reset();
     path_ = p;
-    bytes_ = std::max<size_t>(n_floats * sizeof(float), sizeof(float));
+    used_ = 0;
+    bytes_ = std::max<size_t>(n_bytes, sizeof(float));
     fd_ = ::open(p.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd_ < 0) return internal_error("cannot create '{}': {}", p.string(), std::strerror(errno));
     if (int err = ::posix_fallocate(fd_, 0, off_t(bytes_)); err != 0) {
@@ -73,10 +77,17 @@ class StageScratch {
     if (m == MAP_FAILED) {
       return internal_error("cannot map '{}': {}", p.string(), std::strerror(errno));
     }
-    data_ = static_cast<float*>(m);
+    data_ = static_cast<std::byte*>(m);
     return ok_status();
   }
-  float* data() { return data_; }
+  // The next n elements of T (4-byte aligned; scratch_bytes() counted the padding).
+  template <typename T>
+  std::span<T> take(size_t n) {
+    const size_t at = (used_ + 3) & ~size_t(3);
+    PP_ASSERT(at + n * sizeof(T) <= bytes_);
+    used_ = at + n * sizeof(T);
+    return {reinterpret_cast<T*>(data_ + at), n};
+  }
   void reset() {
     if (data_) ::munmap(data_, bytes_);
     if (fd_ >= 0) ::close(fd_);
@@ -89,9 +100,96 @@ class StageScratch {
  private:
   fs::path path_;
   int fd_ = -1;
-  float* data_ = nullptr;
+  std::byte* data_ = nullptr;
   size_t bytes_ = 0;
+  size_t used_ = 0;
 };
+
+// Scratch bytes a tensor takes: its f32 values, or (fp8 shards) at most its fp8 bytes plus one
+// f32 scale per row (more than any scale layout of a 2-D weight: one per tensor, per row, or
+// per 128 x 128 tile) and alignment padding.
+size_t scratch_bytes(const model::TensorInfo& t, bool fp8) {
+  const size_t n = size_t(t.numel());
+  if (!fp8 || t.shape.size() != 2) return n * sizeof(float) + 4;
+  // Quantized or not is decided later; room for either.
+  return std::max(n * sizeof(float), n + size_t(t.shape[0]) * sizeof(float) + 8) + 4;
+}
+
+// The quantization_config of an fp8 partition: the source's own when it is an FP8 checkpoint
+// (its bytes and scales are kept), else per-channel compressed-tensors (what quantize_on_load
+// writes), the lm_head (and every tensor that is not a layer's linear) left in bf16.
+model::WeightQuantConfig shard_quant_config(const model::ModelConfig& c) {
+  if (c.quant.quantized()) return c.quant;
+  model::WeightQuantConfig q;
+  q.method = model::WeightQuantConfig::Method::kCompressedTensors;
+  q.strategy = model::WeightQuantConfig::Strategy::kChannel;
+  q.not_converted = {"lm_head"};
+  return q;
+}
+
+const char* model_dtype_name(model::DType t) {
+  switch (t) {
+    case model::DType::kF32:
+      return "float32";
+    case model::DType::kF16:
+      return "float16";
+    default:
+      return "bfloat16";  // bf16, and fp8 shards' unquantized tensors
+  }
+}
+
+// The shard's entries for source tensor `from` written as `to`: an fp8 weight (a source's fp8
+// tensor as stored, or a layer's linear quantized per channel) with its scale tensor
+// (`P.weight_scale_inv` for 128 x 128 blocks, else `P.weight_scale`: [1] per tensor, [rows, 1]
+// per channel); every other tensor as f32 values written in `dtype` (bf16 in an fp8 shard).
+Status add_entries(const model::ModelConfig& c, const model::WeightSource& w,
+                   const std::string& from, const std::string& to, bool fp8, model::DType dtype,
+                   StageScratch& scratch, std::vector<model::SafetensorsEntry>& entries) {
+  const model::TensorInfo* info = w.find(from);
+  const std::optional<model::TensorSpec> spec = model::find_tensor_spec(c, to);
+  const bool stored_fp8 = info->dtype == model::DType::kF8E4M3;
+  if (fp8 && (stored_fp8 || (spec && model::quantized_on_load(*spec)))) {
+    PP_ASSERT(info->shape.size() == 2);
+    kernels::HostWeight q;
+    if (stored_fp8) {
+      PP_ASSIGN_OR_RETURN(q, w.read_weight(from));
+    } else {
+      std::vector<float> values(size_t(info->numel()));
+      PP_RETURN_IF_ERROR(w.read_f32(from, values));
+      q = kernels::HostWeight::quantize_fp8(values, info->shape[0], info->shape[1],
+                                            kernels::ScaleKind::kPerChannel);
+    }
+    std::span<std::byte> bytes = scratch.take<std::byte>(q.bytes().size());
+    std::copy(q.bytes().begin(), q.bytes().end(), bytes.begin());
+    std::span<float> scales = scratch.take<float>(q.scales().size());
+    std::copy(q.scales().begin(), q.scales().end(), scales.begin());
+    const std::string prefix = to.substr(0, to.size() - std::string_view(".weight").size());
+    model::SafetensorsEntry e{
+        .name = to, .dtype = model::DType::kF8E4M3, .shape = info->shape, .raw = bytes};
+    model::SafetensorsEntry s{
+        .name = prefix + ".weight_scale", .dtype = model::DType::kF32, .data = scales};
+    switch (q.scale_kind()) {
+      case kernels::ScaleKind::kBlock128x128:
+        s.name = prefix + ".weight_scale_inv";
+        s.shape = {(q.rows() + 127) / 128, (q.cols() + 127) / 128};
+        break;
+      case kernels::ScaleKind::kPerChannel:
+        s.shape = {q.rows(), 1};
+        break;
+      default:
+        s.shape = {1};
+        break;
+    }
+    entries.push_back(std::move(e));
+    entries.push_back(std::move(s));
+    return ok_status();
+  }
+  std::span<float> dst = scratch.take<float>(size_t(info->numel()));
+  PP_RETURN_IF_ERROR(w.read_f32(from, dst));
+  entries.push_back(
+      {.name = to, .dtype = fp8 ? model::DType::kBF16 : dtype, .shape = info->shape, .data = dst});
+  return ok_status();
+}
 
 std::string random_suffix() {
   std::random_device rd;
@@ -368,11 +466,17 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
   m.pp_version = version_string();
   m.created = utc_now_iso();
   m.config = c;
-  m.config_json = model::config_to_hf_json(c);
   m.chat_template = src.chat_template;
   m.plan = plan;
   m.source.path = fs::absolute(src.path).lexically_normal().string();
   m.source.kind = src.kind == SourceKind::kGguf ? "gguf" : "hf";
+
+  // The shards' config says how their weights are stored: an fp8 partition's
+  // quantization_config, and none once an FP8 source is written in a 16- or 32-bit dtype.
+  const bool fp8 = plan.dtype == model::DType::kF8E4M3;
+  m.config.quant = fp8 ? shard_quant_config(c) : model::WeightQuantConfig{};
+  if (fp8 || c.quant.quantized()) m.config.torch_dtype = model_dtype_name(plan.dtype);
+  m.config_json = model::config_to_hf_json(m.config);
 
   StageScratch scratch;
   for (int k = 0; k < n_stages; ++k) {
@@ -388,24 +492,15 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
     std::sort(items.begin(), items.end(),
               [](const auto& a, const auto& b) { return a.second < b.second; });
 
-    // Read (dequantize) one tensor at a time into the scratch mapping.
-    size_t n_floats = 0;
-    for (const auto& item : items) n_floats += size_t(w.find(item.first)->numel());
-    PP_RETURN_IF_ERROR(scratch.create(tmp / fmt::format(".scratch-{}", k), n_floats));
+    // Read one tensor at a time into the scratch mapping: f32 values, or (fp8) the stored bytes
+    // and f32 scales.
+    size_t n_bytes = 0;
+    for (const auto& item : items) n_bytes += scratch_bytes(*w.find(item.first), fp8);
+    PP_RETURN_IF_ERROR(scratch.create(tmp / fmt::format(".scratch-{}", k), n_bytes));
     std::vector<model::SafetensorsEntry> entries;
-    size_t at = 0;
     for (const auto& [from, to] : items) {
       if (cancelled(o)) return cancelled_status();
-      const model::TensorInfo* info = w.find(from);
-      std::span<float> dst(scratch.data() + at, size_t(info->numel()));
-      PP_RETURN_IF_ERROR(w.read_f32(from, dst));
-      model::SafetensorsEntry e;
-      e.name = to;
-      e.dtype = plan.dtype;
-      e.shape = info->shape;
-      e.data = dst;
-      entries.push_back(std::move(e));
-      at += dst.size();
+      PP_RETURN_IF_ERROR(add_entries(c, w, from, to, fp8, plan.dtype, scratch, entries));
     }
     std::map<std::string, std::string> meta = {
         {"format", "pt"},

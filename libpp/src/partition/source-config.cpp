@@ -38,6 +38,7 @@ Result<SourceConfig> read_source_config(const fs::path& path) {
 
 model::DType default_shard_dtype(const model::ModelConfig& c, model::SourceKind kind) {
   if (kind == model::SourceKind::kGguf) return model::DType::kBF16;
+  if (c.quant.quantized()) return model::DType::kF8E4M3;  // an FP8 checkpoint stays fp8
   if (c.torch_dtype == "float32") return model::DType::kF32;
   if (c.torch_dtype == "float16") return model::DType::kF16;
   return model::DType::kBF16;

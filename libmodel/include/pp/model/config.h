@@ -35,6 +35,37 @@ struct RopeConfig {
   int64_t original_max_position = 8192;  // llama3: original_max_position_embeddings
 };
 
+// How a checkpoint's weights are quantized: config.json's `quantization_config`. The loaders go
+// by the tensors themselves (an F8_E4M3 tensor and its scale, see safetensors.h); this says what
+// the checkpoint declares, so that a partition can write back what it stored, and an unsupported
+// scheme (AWQ, GPTQ, int8, fp4, ...) is refused when the config is read. Activations are always
+// quantized dynamically, per token, whatever the checkpoint's activation scheme.
+struct WeightQuantConfig {
+  enum class Method : uint8_t {
+    kNone,               // no quantization_config: weights as their dtype says
+    kFp8,                // quant_method "fp8" (DeepSeek-V3, Qwen3-FP8): e4m3, `weight_scale_inv`
+    kCompressedTensors,  // quant_method "compressed-tensors" with fp8 e4m3 weights
+  };
+  // How the weights' scales are grouped.
+  enum class Strategy : uint8_t {
+    kTensor,   // one scale per tensor ("fp8" without weight_block_size)
+    kChannel,  // one per output channel (row)
+    kBlock,    // one per 128 x 128 tile (weight_block_size / block_structure [128, 128])
+  };
+  Method method = Method::kNone;
+  Strategy strategy = Strategy::kBlock;
+  bool static_activations = false;  // the checkpoint ships static input scales (pp ignores them)
+  // Modules kept in their precision: "fp8"'s modules_to_not_convert, compressed-tensors' ignore
+  // (names or "re:" patterns, as the checkpoint writes them).
+  std::vector<std::string> not_converted;
+
+  bool quantized() const { return method != Method::kNone; }
+  bool operator==(const WeightQuantConfig&) const = default;
+};
+
+const char* weight_quant_method_name(WeightQuantConfig::Method m);      // "none", "fp8", ...
+const char* weight_quant_strategy_name(WeightQuantConfig::Strategy s);  // "tensor", ...
+
 struct ModelConfig {
   Arch arch = Arch::kLlama;
   std::string model_type;    // "llama", "qwen3", ...
@@ -55,6 +86,7 @@ struct ModelConfig {
   std::string torch_dtype = "float32";  // dtype the weights were published in
   std::vector<int32_t> bos_token_ids;   // usually one
   std::vector<int32_t> eos_token_ids;   // config + generation_config, deduplicated
+  WeightQuantConfig quant;              // quantization_config; method kNone when absent
 
   // The longest context we serve: max_position, capped by a sliding window (full attention
   // equals sliding-window attention while the context fits in the window).
@@ -74,13 +106,20 @@ struct ModelConfig {
 
 // Parses a Hugging Face config.json (both the older `rope_theta`/`rope_scaling`/`torch_dtype`
 // form and the transformers-5 `rope_parameters`/`dtype` form). An unknown architecture is an
-// error naming it.
+// error naming it; so is a quantization_config other than fp8 e4m3 (quant_method "fp8", block
+// 128 x 128 or per tensor) or compressed-tensors with 8-bit float weights (tensor, channel or
+// 128 x 128 block strategy).
 Result<ModelConfig> config_from_hf_json(const nlohmann::json& j);
 // Reads DIR/config.json and, when present, DIR/generation_config.json (for eos ids).
 Result<ModelConfig> config_from_hf_dir(const std::filesystem::path& dir);
 // A config.json file, or a folder holding config.json (and maybe generation_config.json).
 Result<ModelConfig> config_from_path(const std::filesystem::path& path);
-// Writes the normalized config back in the older Hugging Face form (what pp-partition stores).
+// Writes the normalized config back in the older Hugging Face form (what pp-partition stores),
+// with a quantization_config when the weights are quantized.
 nlohmann::json config_to_hf_json(const ModelConfig& c);
+// The quantization_config object alone (parse_quantization_config reads what it writes), and
+// its parser; a missing or null object is method kNone.
+nlohmann::json quantization_config_to_json(const WeightQuantConfig& q);
+Result<WeightQuantConfig> parse_quantization_config(const nlohmann::json& j);
 
 }  // namespace pp::model

@@ -3,6 +3,7 @@
 // writes and reads: u64 little-endian header length, a JSON header padded with spaces to a
 // multiple of 8 bytes, then each tensor's bytes, contiguous, wider dtypes first and then by name
 // (so each tensor is aligned to its element size, as the reference implementation does).
+// F8_E4M3 tensors are written from their stored bytes (their scales are tensors of their own).
 #pragma once
 
 #include <cstdint>
@@ -18,11 +19,12 @@
 namespace pp::model {
 
 struct SafetensorsEntry {
-  std::string name;             // unique, valid UTF-8, not "__metadata__"
-  DType dtype = DType::kF32;    // stored type: kF32, kF16 or kBF16
-  std::vector<int64_t> shape;   // outermost first; empty for a scalar
-  std::span<const float> data;  // numel values, row-major; converted on write (round to
-                                // nearest even for F16 and BF16)
+  std::string name;                // unique, valid UTF-8, not "__metadata__"
+  DType dtype = DType::kF32;       // stored type: kF32, kF16, kBF16, or kF8E4M3 (from `raw`)
+  std::vector<int64_t> shape;      // outermost first; empty for a scalar
+  std::span<const float> data;     // numel values, row-major; converted on write (round to
+                                   // nearest even for F16 and BF16); empty for kF8E4M3
+  std::span<const std::byte> raw;  // kF8E4M3 only: the numel stored bytes, written as they are
 };
 
 // Writes `tensors` and `metadata` (the "__metadata__" object, omitted when empty) to `path`.

@@ -23,7 +23,8 @@
 
 namespace pp::model {
 
-// "F32" -> kF32 ... (F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL); false when unknown.
+// "F32" -> kF32 ... (F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F8_E4M3); false when
+// unknown. (A file holding F8_E5M2 or F8_E8M0 is refused with kUnimplemented naming the dtype.)
 bool dtype_from_safetensors(std::string_view name, DType* out);
 // Bytes per element of a plain dtype; 0 for the GGML block types.
 int64_t dtype_size(DType t);
@@ -49,8 +50,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // The stored bytes of a tensor of this file.
   std::span<const uint8_t> tensor_bytes(const TensorInfo& t) const;
-  // Converts a tensor of this file to f32 (F16, BF16, F64 and the integer types are converted);
-  // `out` must hold t.numel() elements.
+  // Converts a tensor of this file to f32 (F16, BF16, F64 and the integer types are converted;
+  // F8_E4M3 needs its scale, which SafetensorsWeights finds); `out` must hold t.numel() elements.
   Status read_f32(const TensorInfo& t, std::span<float> out) const;
 
  private:
@@ -63,18 +64,26 @@ class SafetensorsFile {
   size_t map_size_ = 0;
 };
 
-// A WeightSource over one safetensors file or a sharded checkpoint.
+// A WeightSource over one safetensors file or a sharded checkpoint. An F8_E4M3 tensor `P.weight`
+// is listed with its TensorInfo::scale_kind, from `P.weight_scale_inv` (128 x 128 blocks) or
+// `P.weight_scale` (shape [] or [1]: per tensor; [rows] or [rows, 1]: per channel;
+// [ceil(rows / 128), ceil(cols / 128)]: blocks), stored as F32 or BF16; those scale tensors and
+// `P.input_scale` are not listed. read_f32 gives its real values (stored * scale), read_weight
+// the fp8 bytes with f32 scales.
 class SafetensorsWeights final : public WeightSource {
  public:
   // `path`: a .safetensors file; a model.safetensors.index.json file; or a folder holding
   // model.safetensors.index.json (preferred) or model.safetensors. Errors: kNotFound for a missing
-  // file, shard, or a tensor the index names but its shard lacks; kDataLoss for a corrupt file.
+  // file, shard, or a tensor the index names but its shard lacks; kDataLoss for a corrupt file,
+  // or an F8_E4M3 tensor without a scale or with a scale of the wrong shape or dtype (naming the
+  // tensor and the file); kUnimplemented for an F8_E5M2 tensor.
   static Result<std::unique_ptr<SafetensorsWeights>> open(const std::filesystem::path& path);
 
   std::vector<std::string> names() const override;
   const TensorInfo* find(std::string_view name) const override;
   Status read_f32(std::string_view name, std::span<float> out) const override;
   using WeightSource::read_f32;
+  Result<kernels::HostWeight> read_weight(std::string_view name) const override;
   std::string describe() const override { return describe_; }
 
   // The files, in file_index order (one unless sharded).
@@ -84,9 +93,12 @@ class SafetensorsWeights final : public WeightSource {
 
  private:
   SafetensorsWeights() = default;
+  // Finds each F8_E4M3 tensor's scale, sets its scale_kind, and unlists the scale tensors.
+  Status attach_scales();
   std::string describe_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, TensorInfo, std::less<>> tensors_;  // file_index says which file
+  std::map<std::string, TensorInfo, std::less<>> scales_;   // F8_E4M3 tensor -> its scale
 };
 
 }  // namespace pp::model

@@ -36,10 +36,19 @@ enum class Strategy : uint8_t { kEven, kCost, kManual };
 const char* strategy_name(Strategy s);  // "even", "cost", "manual"
 Result<Strategy> parse_strategy(std::string_view text);
 
-// Shard dtypes: F32, F16 or BF16. Names as on the command line: "f32", "f16", "bf16".
+// Shard dtypes: F32, F16, BF16, or F8_E4M3 ("fp8": the layers' linear weights in fp8 e4m3 with
+// f32 scales, every other tensor in bf16; see quantization.h). Names as on the command line:
+// "f32", "f16", "bf16", "fp8".
 Result<model::DType> parse_shard_dtype(std::string_view text);
 const char* shard_dtype_name(model::DType t);
-int64_t shard_dtype_bytes(model::DType t);  // 4 or 2
+// Bytes of an element that is not quantized (4 or 2; 2 for fp8, whose other tensors are bf16),
+// also the KV cache's element size.
+int64_t shard_dtype_bytes(model::DType t);
+// Bytes tensor `t` takes in a shard of `dtype`: numel x shard_dtype_bytes, or for fp8 and a
+// tensor quantized_on_load, numel bytes plus its f32 scales (per channel, or the checkpoint's
+// own blocks or single scale when `c.quant` says so).
+uint64_t shard_tensor_bytes(const model::ModelConfig& c, const model::TensorSpec& t,
+                            model::DType dtype);
 
 // Layers [begin, end) of one stage.
 struct LayerRange {

@@ -13,6 +13,13 @@
 // the kernel can page a large stage out instead of holding the model in RAM. A tied lm_head is
 // written as its own `lm_head.weight` into the last stage when that stage does not also hold the
 // embedding table.
+//
+// fp8 (plan dtype kF8E4M3): the layers' linear weights (quantized_on_load) are written as
+// F8_E4M3 with f32 scales: a bf16/f32 source's quantized per channel (`P.weight_scale`
+// [rows, 1], compressed-tensors naming), an FP8 checkpoint's kept as stored (block scales as
+// `P.weight_scale_inv`); every other tensor in bf16. The manifest's config then carries the
+// quantization_config that describes the shards (none when an FP8 source is written in a 16- or
+// 32-bit dtype, which dequantizes it).
 #pragma once
 
 #include <atomic>

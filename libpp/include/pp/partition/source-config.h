@@ -22,7 +22,8 @@ struct SourceConfig {
 Result<SourceConfig> read_source_config(const std::filesystem::path& path);
 
 // The shard dtype used when --dtype is not given: the published dtype of a Hugging Face model
-// (float32 -> f32, float16 -> f16, otherwise bf16), and bf16 for a GGUF file (whose quantized
+// (float32 -> f32, float16 -> f16, otherwise bf16; fp8 for an FP8 checkpoint, whose
+// quantization_config says so), and bf16 for a GGUF file (whose quantized
 // weights dequantize without loss into neither f16 nor bf16, so the smaller one is chosen).
 model::DType default_shard_dtype(const model::ModelConfig& c, model::SourceKind kind);
 
