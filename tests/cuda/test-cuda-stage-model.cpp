@@ -25,6 +25,7 @@
 #include "pp/model/quantization.h"
 #include "pp/model/random-weights.h"
 #include "pp/model/stage-model.h"
+#include "pp/model/weights.h"
 #include "test-util.h"
 
 namespace pp::model {
@@ -157,13 +158,17 @@ void compare(const std::vector<float>& g, const std::vector<float>& c, int64_t V
   }
 }
 
-// Prefill (all rows' logits), then greedy decode steps fed with the CPU's tokens.
+// Prefill (all rows' logits), then greedy decode steps fed with the CPU's tokens. The weights:
+// `checkpoint` when given (both models load it), else random from `seed`, quantized as `q` says.
 Compare run_against_cpu(const ModelConfig& c, uint64_t seed, const std::vector<int64_t>& lens,
-                        int steps, bool graphs, Quantization q = Quantization::kNone) {
-  auto weights = random_weights(c, seed);
-  EXPECT_TRUE(weights.ok());
-  const std::shared_ptr<const WeightSource> source =
-      quantize_on_load(std::shared_ptr<const WeightSource>(std::move(*weights)), c, q);
+                        int steps, bool graphs, Quantization q = Quantization::kNone,
+                        std::shared_ptr<const WeightSource> checkpoint = nullptr) {
+  std::shared_ptr<const WeightSource> source = checkpoint;
+  if (!source) {
+    auto weights = random_weights(c, seed);
+    EXPECT_TRUE(weights.ok());
+    source = quantize_on_load(std::shared_ptr<const WeightSource>(std::move(*weights)), c, q);
+  }
   auto cpu = StageModel::load(c, *source, 0, c.n_layer);
   EXPECT_TRUE(cpu.ok()) << cpu.status().message();
   GpuStageOptions o;
@@ -172,8 +177,10 @@ Compare run_against_cpu(const ModelConfig& c, uint64_t seed, const std::vector<i
   o.max_logit_rows = 1024;
   o.cuda_graphs = graphs;
   o.quantization = q;
-  auto g = GpuStageModel::random(c, seed, 0, c.n_layer, o);
+  auto g = checkpoint ? GpuStageModel::load(c, *checkpoint, 0, c.n_layer, o)
+                      : GpuStageModel::random(c, seed, 0, c.n_layer, o);
   EXPECT_TRUE(g.ok()) << g.status().message();
+  if (!g.ok() || !cpu.ok()) return {};
   const int64_t blocks_each = 64;
   const int64_t n_blocks = blocks_each * int64_t(lens.size());
   EXPECT_TRUE((*cpu)->allocate_kv(n_blocks, kBlock).ok());
@@ -354,6 +361,32 @@ TEST_F(GpuStageModelTest, Fp8EveryFamilyMatchesCpu) {
                   int(graphs), r.max_err, (long long)r.agree, (long long)r.rows);
       EXPECT_LT(r.max_err, 0.12) << name;
       EXPECT_GE(double(r.agree) / double(r.rows), 0.9) << name << ": " << r.agree << "/" << r.rows;
+    }
+  }
+}
+
+// The FP8 checkpoints of the reference fixtures (block-scaled `weight_scale_inv` and
+// compressed-tensors per-channel and per-tensor `weight_scale`), loaded by the GPU as stored
+// (fp8 bytes and the checkpoint's scales) against the CPU reference on their dequantized values.
+TEST_F(GpuStageModelTest, Fp8CheckpointsMatchCpu) {
+  for (const char* name :
+       {"tiny-llama-fp8-block", "tiny-llama-fp8-ct", "tiny-qwen3-fp8-block", "tiny-qwen3-fp8-ct"}) {
+    SCOPED_TRACE(name);
+    const std::filesystem::path dir = test::fixture_dir() / "models" / name;
+    auto c = config_from_hf_dir(dir);
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    ASSERT_TRUE(c->quant.quantized());
+    auto w = open_safetensors(dir);
+    ASSERT_TRUE(w.ok()) << w.status().message();
+    const std::shared_ptr<const WeightSource> source(std::move(*w));
+    std::uniform_int_distribution<int64_t> len(1, 100);
+    for (bool graphs : {false, true}) {
+      const Compare r = run_against_cpu(*c, 0, {len(test::rng()), 40, 1, 9}, 8, graphs,
+                                        Quantization::kNone, source);
+      std::printf("%s (graphs %d): max err %.4f, top-1 agreement %lld/%lld\n", name, int(graphs),
+                  r.max_err, (long long)r.agree, (long long)r.rows);
+      EXPECT_LT(r.max_err, 0.12) << name;
+      EXPECT_GE(double(r.agree) / double(std::max<int64_t>(r.rows, 1)), 0.9) << name;
     }
   }
 }
