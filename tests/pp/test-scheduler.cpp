@@ -740,6 +740,48 @@ TEST(Scheduler, ChunkedPipelinePlansTheNextChunkBehindTheFirst) {
   }
 }
 
+// While a long prompt's chunks are pipelined through every group, a decoding request still gets
+// its token in each of its group's plans: the chunks take what its decode leaves of the budget.
+TEST(Scheduler, PipelinedChunksDoNotStarveDecodes) {
+  SchedulerOptions o = small_options();
+  o.n_groups = 3;
+  Scheduler s(o, nullptr);
+  model::SamplingParams p;
+  p.max_tokens = 40;
+  p.ignore_eos = true;
+  ASSERT_TRUE(s.submit(1, random_prompt(4), p).ok());
+  std::deque<Plan> flight;
+  auto issue = [&] {
+    for (int32_t g : s.idle_groups()) {
+      if (auto plan = s.build_plan(g)) flight.push_back(*plan);
+    }
+  };
+  issue();
+  ASSERT_EQ(flight.size(), 1u);
+  ASSERT_TRUE(s.apply_tokens(tokens_for(flight.front())).ok());
+  flight.pop_front();
+  p.max_tokens = 8;
+  ASSERT_TRUE(s.submit(2, random_prompt(110), p).ok());
+  int64_t n_decodes = 0, n_pipelined = 0;
+  for (int round = 0; round < 12; ++round) {
+    issue();
+    ASSERT_FALSE(flight.empty());
+    const Plan back = flight.front();
+    flight.pop_front();
+    int64_t n_tokens = 0;
+    for (const PlanEntry& e : back.entries) {
+      n_tokens += e.n_new;
+      if (e.request_id == 1) ++n_decodes;
+    }
+    EXPECT_LE(n_tokens, o.max_batch_tokens);
+    ASSERT_TRUE(s.apply_tokens(tokens_for(back)).ok());
+    n_pipelined = std::max<int64_t>(n_pipelined, s.find(2) ? s.find(2)->n_in_flight : 0);
+  }
+  // Request 1 decodes in every round trip of its group.
+  EXPECT_GE(n_decodes, 12 / 3);
+  EXPECT_GE(n_pipelined, 2) << "request 2's chunks were not pipelined";
+}
+
 // A prompt cancelled while three of its chunks are in flight: no further chunk is planned, and
 // it finishes (one final event, every block freed) when the last of them comes back.
 TEST(Scheduler, CancelBetweenPipelinedChunks) {
