@@ -2,8 +2,9 @@
 // (request id, step), and fake stages that mirror every request's block table and KV length
 // from the plans alone, checking each plan as a stage would see it (positions, tokens fed,
 // block deltas, no block shared by two requests). Random workloads, random group counts, token
-// budgets and KV budgets (down to a pool that holds two requests) must all give every request
-// exactly the fake model's tokens, with block accounting exact at every step.
+// budgets and KV budgets (down to a pool that holds two requests), with the chunked pipeline on
+// or off and fixed or dynamic chunks, must all give every request exactly the fake model's
+// tokens, with block accounting exact at every step.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -74,6 +75,8 @@ struct SimResult {
   int64_t n_plans = 0;
   int64_t n_stage_losses = 0;
   int64_t n_cancel_waiting = 0, n_cancel_at_coordinator = 0, n_cancel_in_flight = 0;
+  int64_t n_pipelined = 0;          // entries of a request that was already in a plan in flight
+  int64_t n_mid_prefill_stops = 0;  // released with part of its prompt's KV on the stages
 };
 
 // One fake stage's view: a mirror of each request's block table and KV length.
@@ -106,16 +109,29 @@ SimResult simulate(const SimConfig& cfg, const std::vector<Spec>& specs, int32_t
 
   auto check_plan = [&](const Plan& p) {
     // A stage forgets released tables before applying the entries.
-    for (uint64_t id : p.released) mirror.erase(id);
+    for (uint64_t id : p.released) {
+      auto it = mirror.find(id);
+      if (it == mirror.end()) continue;
+      const int64_t n_prompt = int64_t(spec_of[id]->prompt.size());
+      if (it->second.kv_len > 0 && it->second.kv_len < n_prompt) ++res.n_mid_prefill_stops;
+      mirror.erase(it);
+    }
     int64_t n_tokens = 0;
     std::set<uint64_t> ids;
     for (const PlanEntry& e : p.entries) {
       ASSERT_TRUE(ids.insert(e.request_id).second) << "request twice in one plan";
+      // Several plans in flight only for a prefill, each chunk continuing the one before.
+      bool pipelined = false;
       for (const Plan& q : in_flight) {
         for (const PlanEntry& f : q.entries) {
-          ASSERT_NE(f.request_id, e.request_id) << "request in two plans in flight";
+          if (f.request_id != e.request_id) continue;
+          ASSERT_TRUE(o.chunked_pipeline) << "request in two plans in flight";
+          ASSERT_FALSE(f.sample) << "a step behind one that samples";
+          ASSERT_FALSE(e.reset_table) << "a table reset while a chunk is in flight";
+          pipelined = true;
         }
       }
+      res.n_pipelined += pipelined ? 1 : 0;
       ASSERT_TRUE(spec_of.count(e.request_id));
       const Spec& sp = *spec_of[e.request_id];
       n_tokens += e.n_new;
@@ -221,7 +237,7 @@ SimResult simulate(const SimConfig& cfg, const std::vector<Spec>& specs, int32_t
       }
       if (r->state == RequestState::kWaiting) {
         ++res.n_cancel_waiting;
-      } else if (r->in_flight) {
+      } else if (r->in_flight()) {
         ++res.n_cancel_in_flight;
       } else {
         ++res.n_cancel_at_coordinator;
@@ -373,11 +389,14 @@ SchedulerOptions base_options(std::mt19937_64& rng) {
   o.n_vocab = 97;
   o.eos_ids = {5, 11};
   o.seed = rng();
+  o.chunked_pipeline = rng() % 4 != 0;
+  o.chunk_attention_tokens = rng() % 2 == 0 ? 0 : 8 + int64_t(rng() % 200);
   return o;
 }
 
 TEST(Scheduler, RandomWorkloadsGiveTheModelsTokens) {
   std::mt19937_64& rng = test::rng();
+  int64_t n_pipelined = 0;
   for (int trial = 0; trial < 12; ++trial) {
     SimConfig cfg;
     cfg.opt = base_options(rng);
@@ -397,11 +416,14 @@ TEST(Scheduler, RandomWorkloadsGiveTheModelsTokens) {
     check_outputs(res, specs, cfg.opt.eos_ids, 97);
     EXPECT_EQ(res.stats.n_finished_stop + res.stats.n_finished_length, int64_t(specs.size()));
     EXPECT_EQ(res.stats.n_running + res.stats.n_waiting, 0);
+    n_pipelined += res.n_pipelined;
   }
+  EXPECT_GT(n_pipelined, 0) << "no chunk was planned behind another in flight";
 }
 
 TEST(Scheduler, TinyKvBudgetPreemptsAndStillCompletes) {
   std::mt19937_64& rng = test::rng();
+  int64_t n_pipelined = 0, n_mid_prefill = 0;
   for (int trial = 0; trial < 4; ++trial) {
     SimConfig cfg;
     cfg.opt = base_options(rng);
@@ -425,7 +447,12 @@ TEST(Scheduler, TinyKvBudgetPreemptsAndStillCompletes) {
     check_outputs(res, specs, cfg.opt.eos_ids, 97);
     EXPECT_GT(res.stats.n_preemptions, 0);
     EXPECT_EQ(res.stats.n_finished_length, int64_t(specs.size()));
+    n_pipelined += res.n_pipelined;
+    n_mid_prefill += res.n_mid_prefill_stops;
   }
+  // Requests were preempted between chunks of their prompt, with chunks pipelined.
+  EXPECT_GT(n_pipelined, 0);
+  EXPECT_GT(n_mid_prefill, 0);
 }
 
 TEST(Scheduler, RandomCancellationsFreeEverything) {
@@ -640,6 +667,187 @@ TEST(Scheduler, ChunksLongPromptsAndServesDecodesFirst) {
   }
   EXPECT_EQ(fed, long_prompt);
   EXPECT_EQ(s.find(2)->n_generated(), 1);
+}
+
+// Chunked pipeline: a long prompt's chunks go out in plans of consecutive groups, one behind
+// the other, before the first comes back; only the last samples; decoding then keeps one plan in
+// flight. Off, each chunk waits for the one before to come back.
+TEST(Scheduler, ChunkedPipelinePlansTheNextChunkBehindTheFirst) {
+  for (const bool on : {true, false}) {
+    SCOPED_TRACE(on ? "chunked pipeline on" : "chunked pipeline off");
+    SchedulerOptions o = small_options();
+    o.n_groups = 3;
+    o.chunked_pipeline = on;
+    Scheduler s(o, nullptr);
+    model::SamplingParams p;
+    p.max_tokens = 4;
+    p.ignore_eos = true;
+    const std::vector<int32_t> prompt = random_prompt(100);
+    ASSERT_TRUE(s.submit(1, prompt, p).ok());
+    std::deque<Plan> flight;
+    auto issue = [&] {
+      for (int32_t g : s.idle_groups()) {
+        if (auto plan = s.build_plan(g)) flight.push_back(*plan);
+      }
+    };
+    issue();
+    ASSERT_EQ(flight.size(), on ? 3u : 1u);
+    for (size_t i = 0; i < flight.size(); ++i) {
+      ASSERT_EQ(flight[i].entries.size(), 1u);
+      const PlanEntry& e = flight[i].entries[0];
+      EXPECT_EQ(e.pos_begin, int32_t(32 * i));
+      EXPECT_EQ(e.n_new, 32);
+      EXPECT_EQ(e.reset_table, i == 0);
+      EXPECT_FALSE(e.sample);
+    }
+    EXPECT_EQ(s.find(1)->n_in_flight, int32_t(flight.size()));
+    EXPECT_EQ(s.find(1)->group, flight.back().group);  // it moves with its latest chunk
+    EXPECT_EQ(s.stats().n_in_flight, 1);
+    // To the end, plans coming back in issue order: positions follow each other, only the
+    // step that ends the sequence samples, and no step follows one that samples in flight.
+    std::vector<int32_t> fed, out;
+    std::vector<RequestEvent> ev;
+    int32_t next_pos = 0;
+    for (const Plan& q : flight) next_pos += q.entries[0].n_new;
+    while (!flight.empty()) {
+      const Plan back = flight.front();
+      flight.pop_front();
+      for (const PlanEntry& e : back.entries) {
+        if (e.pos_begin < 100) fed.insert(fed.end(), e.token_ids.begin(), e.token_ids.end());
+      }
+      ASSERT_TRUE(s.apply_tokens(tokens_for(back)).ok());
+      s.take_events(&ev);
+      for (const RequestEvent& e : ev)
+        out.insert(out.end(), e.token_ids.begin(), e.token_ids.end());
+      const size_t before = flight.size();
+      issue();
+      int n_sampling = 0;
+      for (size_t i = before; i < flight.size(); ++i) {
+        const PlanEntry& e = flight[i].entries.at(0);
+        EXPECT_EQ(e.pos_begin, next_pos);
+        next_pos += e.n_new;
+      }
+      for (const Plan& q : flight) n_sampling += q.entries.at(0).sample ? 1 : 0;
+      EXPECT_LE(n_sampling, 1);
+      if (n_sampling == 1) EXPECT_TRUE(flight.back().entries.at(0).sample);
+    }
+    EXPECT_EQ(fed, prompt);
+    std::vector<int32_t> want;
+    for (uint64_t k = 0; k < 4; ++k) want.push_back(fake_token(1, k, 100));
+    EXPECT_EQ(out, want);
+    EXPECT_FALSE(s.has_work());
+    EXPECT_EQ(s.kv_cache().n_free(), o.n_blocks);
+  }
+}
+
+// While a long prompt's chunks are pipelined through every group, a decoding request still gets
+// its token in each of its group's plans: the chunks take what its decode leaves of the budget.
+TEST(Scheduler, PipelinedChunksDoNotStarveDecodes) {
+  SchedulerOptions o = small_options();
+  o.n_groups = 3;
+  Scheduler s(o, nullptr);
+  model::SamplingParams p;
+  p.max_tokens = 40;
+  p.ignore_eos = true;
+  ASSERT_TRUE(s.submit(1, random_prompt(4), p).ok());
+  std::deque<Plan> flight;
+  auto issue = [&] {
+    for (int32_t g : s.idle_groups()) {
+      if (auto plan = s.build_plan(g)) flight.push_back(*plan);
+    }
+  };
+  issue();
+  ASSERT_EQ(flight.size(), 1u);
+  ASSERT_TRUE(s.apply_tokens(tokens_for(flight.front())).ok());
+  flight.pop_front();
+  p.max_tokens = 8;
+  ASSERT_TRUE(s.submit(2, random_prompt(110), p).ok());
+  int64_t n_decodes = 0, n_pipelined = 0;
+  for (int round = 0; round < 12; ++round) {
+    issue();
+    ASSERT_FALSE(flight.empty());
+    const Plan back = flight.front();
+    flight.pop_front();
+    int64_t n_tokens = 0;
+    for (const PlanEntry& e : back.entries) {
+      n_tokens += e.n_new;
+      if (e.request_id == 1) ++n_decodes;
+    }
+    EXPECT_LE(n_tokens, o.max_batch_tokens);
+    ASSERT_TRUE(s.apply_tokens(tokens_for(back)).ok());
+    n_pipelined = std::max<int64_t>(n_pipelined, s.find(2) ? s.find(2)->n_in_flight : 0);
+  }
+  // Request 1 decodes in every round trip of its group.
+  EXPECT_GE(n_decodes, 12 / 3);
+  EXPECT_GE(n_pipelined, 2) << "request 2's chunks were not pipelined";
+}
+
+// A prompt cancelled while three of its chunks are in flight: no further chunk is planned, and
+// it finishes (one final event, every block freed) when the last of them comes back.
+TEST(Scheduler, CancelBetweenPipelinedChunks) {
+  SchedulerOptions o = small_options();
+  o.n_groups = 3;
+  Scheduler s(o, nullptr);
+  model::SamplingParams p;
+  p.max_tokens = 4;
+  ASSERT_TRUE(s.submit(1, random_prompt(120), p).ok());
+  std::vector<Plan> flight;
+  for (int32_t g : s.idle_groups()) {
+    if (auto plan = s.build_plan(g)) flight.push_back(*plan);
+  }
+  ASSERT_EQ(flight.size(), 3u);
+  ASSERT_TRUE(s.cancel(1).ok());
+  std::vector<RequestEvent> ev;
+  for (size_t i = 0; i < 3; ++i) {
+    s.take_events(&ev);
+    EXPECT_TRUE(ev.empty()) << "finished before its last chunk came back";
+    ASSERT_TRUE(s.apply_tokens(tokens_for(flight[i])).ok());
+    for (int32_t g : s.idle_groups()) EXPECT_FALSE(s.build_plan(g).has_value());
+  }
+  s.take_events(&ev);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, EventKind::kFinal);
+  EXPECT_EQ(ev[0].finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(s.kv_cache().n_free(), o.n_blocks);
+  EXPECT_FALSE(s.has_work());
+  EXPECT_EQ(std::vector<uint64_t>(s.pending_released().begin(), s.pending_released().end()),
+            std::vector<uint64_t>{1});
+}
+
+// Dynamic chunking: later chunks of a long prompt shrink so that each costs about what the first
+// does, cost(n, c) = n * (1 + (c + n / 2) / K), never below max_batch_tokens / 8.
+TEST(Scheduler, DynamicChunksShrinkAsTheContextGrows) {
+  SchedulerOptions o = small_options();
+  o.n_groups = 1;
+  o.max_batch_tokens = 64;
+  o.max_context = 2048;
+  o.n_blocks = 512;
+  o.chunk_attention_tokens = 128;
+  Scheduler s(o, nullptr);
+  model::SamplingParams p;
+  p.max_tokens = 1;
+  ASSERT_TRUE(s.submit(1, random_prompt(1500), p).ok());
+  const double K = 128.0, first = 64.0 * (1.0 + 32.0 / K);
+  std::vector<int32_t> sizes;
+  int64_t fed = 0;
+  while (auto plan = s.build_plan(0)) {
+    const PlanEntry& e = plan->entries.at(0);
+    EXPECT_EQ(e.pos_begin, fed);
+    sizes.push_back(e.n_new);
+    const double cost = e.n_new * (1.0 + (double(e.pos_begin) + e.n_new / 2.0) / K);
+    if (e.n_new > 8 && !e.sample) EXPECT_LE(cost, first * 1.001) << "chunk at " << e.pos_begin;
+    if (!e.sample) EXPECT_GT(cost + (1.0 + (e.pos_begin + e.n_new) / K), first * 0.999);
+    fed += e.n_new;
+    ASSERT_TRUE(s.apply_tokens(tokens_for(*plan)).ok());
+  }
+  EXPECT_EQ(fed, 1500);
+  ASSERT_GT(sizes.size(), 3u);
+  EXPECT_EQ(sizes[0], 64);
+  for (size_t i = 1; i + 1 < sizes.size(); ++i) {
+    EXPECT_LE(sizes[i], sizes[i - 1]);
+    EXPECT_GE(sizes[i], 8);
+  }
+  EXPECT_LT(sizes[sizes.size() - 2], 32);
 }
 
 TEST(Scheduler, BurstIsSpreadOverGroups) {

@@ -58,6 +58,10 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
   app.add_option("--max-batch-tokens", a.max_batch_tokens,
                  "most tokens per micro-batch: the prefill chunk (default 512)")
       ->check(kMaxBatchTokens.range());
+  app.add_flag("--disable-chunked-pipeline", a.disable_chunked_pipeline,
+               "plan a long prompt's next chunk only once its previous one has come back, in "
+               "chunks of --max-batch-tokens (default: the next chunk follows the previous one "
+               "through the stages, later chunks smaller)");
   CLI::Option* kv_blocks =
       app.add_option("--kv-blocks", a.kv_blocks,
                      "KV cache blocks of 16 tokens (default: what the stages' memory holds)")
@@ -155,6 +159,7 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   e.async_depth = a.async_depth;
   e.max_running_requests = a.max_running_requests;
   e.max_batch_tokens = a.max_batch_tokens;
+  e.chunked_pipeline = !a.disable_chunked_pipeline;
   e.kv_blocks = a.kv_blocks;
   if (!a.kv_memory.empty()) {
     if (a.kv_blocks > 0) return invalid_argument("--kv-memory and --kv-blocks exclude each other");
@@ -176,6 +181,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
   j["async_depth"] = a.async_depth;
   j["max_running_requests"] = a.max_running_requests;
   j["max_batch_tokens"] = a.max_batch_tokens;
+  if (a.disable_chunked_pipeline) j["chunked_pipeline"] = false;
   j["kv_blocks"] = a.kv_blocks;
   if (!a.kv_memory.empty()) j["kv_memory"] = a.kv_memory;
   j["threads_per_stage"] = a.threads_per_stage;

@@ -39,10 +39,11 @@ struct EngineArgs {
   // --- scheduling and the KV cache
   int32_t async_depth = 1;  // micro-batch groups beyond one per stage
   int32_t max_running_requests = 256;
-  int32_t max_batch_tokens = 512;  // tokens per micro-batch at most (the prefill chunk)
-  int64_t kv_blocks = 0;           // KV blocks of 16 tokens; 0: what the stages hold
-  std::string kv_memory;           // KV bytes per stage as text ("4GiB"); empty: kv_blocks
-  int32_t threads_per_stage = 0;   // compute threads of each local stage; 0: all cores
+  int32_t max_batch_tokens = 512;         // tokens per micro-batch at most (the prefill chunk)
+  int64_t kv_blocks = 0;                  // KV blocks of 16 tokens; 0: what the stages hold
+  std::string kv_memory;                  // KV bytes per stage as text ("4GiB"); empty: kv_blocks
+  int32_t threads_per_stage = 0;          // compute threads of each local stage; 0: all cores
+  bool disable_chunked_pipeline = false;  // one plan in flight per request, fixed chunks
 
   // --- stages elsewhere, and lost stages
   std::string listen;                    // tcp://HOST:PORT for the stages; empty: ipc://
@@ -54,9 +55,9 @@ struct EngineArgs {
 };
 
 // The groups of options a tool offers beyond the ones every engine tool has (--pp,
-// --async-depth, --max-running-requests, --max-batch-tokens, --kv-blocks, --threads-per-stage,
-// --device, --gpus, --mem-fraction, --disable-cuda-graph, --random-weights, --quantization,
-// --layers, --trace).
+// --async-depth, --max-running-requests, --max-batch-tokens, --disable-chunked-pipeline,
+// --kv-blocks, --threads-per-stage, --device, --gpus, --mem-fraction, --disable-cuda-graph,
+// --random-weights, --quantization, --layers, --trace).
 struct EngineOptionGroups {
   bool model = true;           // --model (pp-bench sweep names the model itself)
   bool kv_memory = false;      // --kv-memory
@@ -74,7 +75,8 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups 
 Result<pipeline::EngineOptions> engine_options(const EngineArgs& a);
 
 // The options as JSON for the run store: model, pp, async_depth, max_running_requests,
-// max_batch_tokens, kv_blocks, threads_per_stage, device; and when given or relevant trace,
+// max_batch_tokens, kv_blocks, threads_per_stage, device; and when given or relevant
+// chunked_pipeline (false), trace,
 // gpus, mem_fraction, cuda_graphs, random_weights, layers, kv_memory, listen, expect_stages.
 nlohmann::json engine_params(const EngineArgs& a);
 

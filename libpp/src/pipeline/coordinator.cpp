@@ -205,14 +205,17 @@ Status Coordinator::bring_up() {
     so.eos_ids.push_back(*tokenizer_->eos_id());
   }
   so.seed = options_.seed;
+  so.chunked_pipeline = options_.chunked_pipeline;
+  so.chunk_attention_tokens = options_.chunked_pipeline ? chunk_attention_tokens_for(config_) : 0;
   PP_RETURN_IF_ERROR(so.validate());
   scheduler_ = std::make_unique<Scheduler>(so, tokenizer_.get());
   in_flight_.assign(size_t(so.n_groups), PlanSpan{});
   busy_.assign(size_t(P), Busy{});
   publish_stage_pids();
   trace_ = TraceRecorder(P);
-  spdlog::info("pipeline ready: {} stages, {} groups, {} KV blocks of {} tokens", P, so.n_groups,
-               n_blocks_, options_.kv_block_size);
+  spdlog::info(
+      "pipeline ready: {} stages, {} groups, {} KV blocks of {} tokens, chunked pipeline {}", P,
+      so.n_groups, n_blocks_, options_.kv_block_size, so.chunked_pipeline ? "on" : "off");
   return ok_status();
 }
 

@@ -6,6 +6,7 @@
 #include "pp/pipeline/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <random>
 
@@ -40,7 +41,20 @@ Status SchedulerOptions::validate() const {
   if (n_blocks < 1) return invalid_argument("n_blocks must be >= 1, got {}", n_blocks);
   if (max_context < 2) return invalid_argument("max_context must be >= 2, got {}", max_context);
   if (n_vocab < 0) return invalid_argument("n_vocab must be >= 0, got {}", n_vocab);
+  if (chunk_attention_tokens < 0) {
+    return invalid_argument("chunk_attention_tokens must be >= 0, got {}", chunk_attention_tokens);
+  }
   return ok_status();
+}
+
+int64_t chunk_attention_tokens_for(const model::ModelConfig& c) {
+  // The weights of one decoder layer that every token multiplies: q, k, v, o and a gated MLP.
+  const int64_t linear =
+      c.n_embd * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * c.n_embd + 3 * c.n_embd * c.n_ff;
+  // Per context token, attention does q_dim multiply-adds for the scores and q_dim for the
+  // values: 2 * q_dim against the linear layers' `linear`.
+  if (c.q_dim() <= 0 || linear <= 0) return 0;
+  return std::max<int64_t>(1, linear / (2 * c.q_dim()));
 }
 
 transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_t seed) {
@@ -163,7 +177,7 @@ Status Scheduler::cancel(uint64_t id) {
       requests_.erase(it);
       return ok_status();
     case RequestState::kRunning:
-      if (r->in_flight) {
+      if (r->in_flight()) {
         r->cancel_requested = true;
       } else {
         finish_running(r, FinishReason::kAbort);
@@ -193,6 +207,7 @@ void Scheduler::count_finished(FinishReason reason) {
 
 void Scheduler::remove_from_group(Request* r) {
   PP_ASSERT(r->group >= 0);
+  std::erase(prefilling_, r);
   std::vector<Request*>& m = groups_[size_t(r->group)].members;
   auto it = std::find(m.begin(), m.end(), r);
   PP_ASSERT(it != m.end());
@@ -205,8 +220,17 @@ void Scheduler::remove_from_group(Request* r) {
   }
 }
 
+void Scheduler::move_to_group(Request* r, int32_t group) {
+  std::vector<Request*>& from = groups_[size_t(r->group)].members;
+  auto it = std::find(from.begin(), from.end(), r);
+  PP_ASSERT(it != from.end());
+  from.erase(it);
+  groups_[size_t(group)].members.push_back(r);
+  r->group = group;
+}
+
 void Scheduler::finish_running(Request* r, FinishReason reason) {
-  PP_ASSERT(r->state == RequestState::kRunning && !r->in_flight);
+  PP_ASSERT(r->state == RequestState::kRunning && !r->in_flight());
   blocks_.free(r->block_table);
   r->block_table.clear();
   r->block_hashes.clear();
@@ -218,7 +242,7 @@ void Scheduler::finish_running(Request* r, FinishReason reason) {
 }
 
 void Scheduler::preempt(Request* r) {
-  PP_ASSERT(r->state == RequestState::kRunning && !r->in_flight);
+  PP_ASSERT(r->state == RequestState::kRunning && !r->in_flight());
   blocks_.free(r->block_table);
   r->block_table.clear();
   r->block_hashes.clear();
@@ -232,22 +256,30 @@ void Scheduler::preempt(Request* r) {
 }
 
 bool Scheduler::reserve_blocks(Request* r, int64_t n, bool* short_of_blocks) {
-  const int32_t need = blocks_.blocks_for(r->n_cached + n) - int32_t(r->block_table.size());
+  // Blocks freed while a request is stalled go to it before another chunk of a prefill in
+  // flight.
+  if (r->in_flight() && n_stalled_ > 0) return false;
+  const int32_t need =
+      blocks_.blocks_for(r->n_cached + r->n_scheduled + n) - int32_t(r->block_table.size());
   while (need > blocks_.n_available()) {
     *short_of_blocks = true;
     // The victim: the newest running request that is neither in flight nor already in this
-    // plan (whose entries are marked in flight as they are added); `r` itself qualifies.
+    // plan (whose entries are marked in flight as they are added); `r` itself qualifies unless
+    // an earlier chunk of it is in flight.
     Request* victim = nullptr;
     bool newer_in_flight = false;
     for (const Group& g : groups_) {
       for (Request* q : g.members) {
-        if (q->in_flight) {
+        if (q->in_flight()) {
           newer_in_flight |= q->arrival_index > r->arrival_index;
         } else if (!victim || q->arrival_index > victim->arrival_index) {
           victim = q;
         }
       }
     }
+    // A chunk planned behind one in flight waits for its request to come back rather than
+    // take an older request's blocks.
+    if (r->in_flight() && (!victim || victim->arrival_index < r->arrival_index)) return false;
     PP_ASSERT(victim != nullptr);
     if (victim == r && newer_in_flight) {
       // Newer requests in flight hold blocks: rather than give up its own KV, `r` skips this
@@ -272,13 +304,33 @@ bool Scheduler::reserve_blocks(Request* r, int64_t n, bool* short_of_blocks) {
   return true;
 }
 
+int64_t Scheduler::chunk_limit(int64_t context) const {
+  const int64_t T = options_.max_batch_tokens, K = options_.chunk_attention_tokens;
+  if (K <= 0 || context <= 0) return T;
+  // The n with cost(n, c) = cost(T, 0), cost(n, c) = n * (1 + (c + n / 2) / K):
+  // n^2 / (2K) + n (1 + c / K) - cost(T, 0) = 0.
+  const double k = double(K), a = 1.0 + double(context) / k;
+  const double budget = double(T) * (1.0 + double(T) / (2.0 * k));
+  const double n = k * (std::sqrt(a * a + 2.0 * budget / k) - a);
+  return std::clamp<int64_t>(int64_t(n), std::max<int64_t>(1, T / 8), T);
+}
+
+bool Scheduler::can_step(const Request& r) const {
+  if (r.state != RequestState::kRunning || r.cancel_requested ||
+      r.finish_reason != FinishReason::kNone || r.n_unscheduled() <= 0) {
+    return false;
+  }
+  return !r.in_flight() || options_.chunked_pipeline;
+}
+
 void Scheduler::add_entry(Group& g, Request* r, int64_t n, size_t first_new_block, bool reset,
                           transport::Plan* plan, size_t* n_entries) {
   if (*n_entries == plan->entries.size()) plan->entries.emplace_back();
   transport::PlanEntry& e = plan->entries[(*n_entries)++];
-  const bool sample = r->n_cached + n == r->n_tokens();
+  const int64_t begin = r->n_cached + r->n_scheduled;
+  const bool sample = begin + n == r->n_tokens();
   e.request_id = r->id;
-  e.pos_begin = int32_t(r->n_cached);
+  e.pos_begin = int32_t(begin);
   e.n_new = int32_t(n);
   e.new_blocks.assign(r->block_table.begin() + std::ptrdiff_t(first_new_block),
                       r->block_table.end());
@@ -287,16 +339,20 @@ void Scheduler::add_entry(Group& g, Request* r, int64_t n, size_t first_new_bloc
   e.sample_step = uint64_t(r->n_generated());
   e.sampling = sample ? to_wire_sampling(r->params, *r->params.seed) : transport::WireSampling{};
   e.token_ids.clear();
-  r->copy_tokens(r->n_cached, n, &e.token_ids);
+  r->copy_tokens(begin, n, &e.token_ids);
   e.penalty_prompt_ids.clear();
   e.penalty_output_ids.clear();
   if (r->params.has_penalties()) {
     if (reset) e.penalty_prompt_ids = r->prompt_ids;
     if (sample) e.penalty_output_ids = r->output_ids;
   }
-  r->in_flight = true;
-  r->n_scheduled = n;
+  ++r->n_in_flight;
+  r->n_scheduled += n;
   g.flight.push_back({r, n, sample});
+  if (options_.chunked_pipeline && !sample &&
+      std::find(prefilling_.begin(), prefilling_.end(), r) == prefilling_.end()) {
+    prefilling_.push_back(r);
+  }
   if (n == 1 && sample && r->n_generated() > 0) {
     ++counters_.n_decode_tokens;
   } else {
@@ -316,18 +372,31 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
   // 1. The group's running requests: decodes first, then prefill chunks, in admission order.
   order_.clear();
   for (Request* r : g.members) {
-    if (r->n_tokens() - r->n_cached == 1) order_.push_back(r);
+    if (r->n_unscheduled() == 1) order_.push_back(r);
   }
   for (Request* r : g.members) {
-    if (r->n_tokens() - r->n_cached > 1) order_.push_back(r);
+    if (r->n_unscheduled() > 1) order_.push_back(r);
+  }
+  // Then the next chunks of prefills in flight in other groups, oldest first.
+  if (options_.chunked_pipeline && !prefilling_.empty()) {
+    std::erase_if(prefilling_, [&](const Request* r) { return !r->in_flight() || !can_step(*r); });
+    const size_t own = order_.size();
+    for (Request* r : prefilling_) {
+      if (r->group != group) order_.push_back(r);
+    }
+    std::sort(
+        order_.begin() + std::ptrdiff_t(own), order_.end(),
+        [](const Request* a, const Request* b) { return a->arrival_index < b->arrival_index; });
   }
   for (Request* r : order_) {
     if (budget == 0) break;
-    if (r->state != RequestState::kRunning || r->group != group) continue;  // preempted above
-    PP_ASSERT(!r->in_flight && 0 < r->n_cached && r->n_cached < r->n_tokens());
-    const int64_t n = std::min(r->n_tokens() - r->n_cached, budget);
+    if (!can_step(*r)) continue;  // preempted above, or waits for its plan in flight
+    PP_ASSERT(0 < r->n_cached + r->n_scheduled);
+    const int64_t begin = r->n_cached + r->n_scheduled;
+    const int64_t n = std::min({r->n_unscheduled(), budget, chunk_limit(begin)});
     const size_t first_new = r->block_table.size();
-    if (!reserve_blocks(r, n, &short_of_blocks)) continue;  // stalled or preempted
+    if (!reserve_blocks(r, n, &short_of_blocks)) continue;  // stalled, preempted or waits
+    if (r->group != group) move_to_group(r, group);
     add_entry(g, r, n, first_new, false, plan, &n_entries);
     budget -= n;
   }
@@ -353,7 +422,7 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
         n_hit = take_cached_prefix(r, budget);
         if (n_hit < 0) break;
       }
-      const int64_t n = std::min(r->n_tokens() - n_hit, budget);
+      const int64_t n = std::min({r->n_tokens() - n_hit, budget, chunk_limit(n_hit)});
       const int32_t need = blocks_.blocks_for(n_hit + n) - int32_t(r->block_table.size());
       if (!blocks_.allocate(need, &r->block_table)) break;
       r->n_cached = n_hit;
@@ -385,7 +454,9 @@ bool Scheduler::build_plan(int32_t group, transport::Plan* plan) {
   ++counters_.n_plans;
   // The plan is issued: later plans may share the blocks it fills (not this one: see the top).
   if (blocks_.caching()) {
-    for (const Flight& f : g.flight) commit_full_blocks(f.request, f.request->n_cached + f.n_new);
+    for (const Flight& f : g.flight) {
+      commit_full_blocks(f.request, f.request->n_cached + f.request->n_scheduled);
+    }
   }
   return true;
 }
@@ -401,7 +472,7 @@ int64_t Scheduler::take_cached_prefix(Request* r, int64_t budget) {
   const uint64_t key = cache_key(*r);
   const std::span<const int32_t> seq = sequence(*r);
   const PrefixProbe probe = blocks_.probe_prefix(seq, key);
-  const int64_t n = std::min(r->n_tokens() - probe.n_tokens, budget);
+  const int64_t n = std::min({r->n_tokens() - probe.n_tokens, budget, chunk_limit(probe.n_tokens)});
   const int32_t need = blocks_.blocks_for(probe.n_tokens + n) - blocks_.blocks_for(probe.n_tokens);
   // Sharing takes the unreferenced blocks of the prefix out of what allocate can hand out.
   if (need + probe.n_unreferenced > blocks_.n_available()) return -1;
@@ -461,16 +532,23 @@ Status Scheduler::apply_tokens(const transport::Tokens& tokens) {
   for (size_t i = 0; i < g.flight.size(); ++i) {
     const Flight& f = g.flight[i];
     Request* r = f.request;
-    r->in_flight = false;
-    r->n_scheduled = 0;
+    PP_ASSERT(r->n_in_flight > 0 && r->n_scheduled >= f.n_new);
+    --r->n_in_flight;
+    r->n_scheduled -= f.n_new;
     r->n_cached += f.n_new;
-    if (r->cancel_requested) {
-      finish_running(r, FinishReason::kAbort);
+    // A request finishes once no plan of it is in flight (plans come back in issue order, so
+    // that is at once unless a caller returns them out of order).
+    if (r->finish_reason != FinishReason::kNone || r->cancel_requested) {
+      if (!r->in_flight()) {
+        finish_running(
+            r, r->finish_reason != FinishReason::kNone ? r->finish_reason : FinishReason::kAbort);
+      }
       continue;
     }
     if (!f.sample) continue;
     ++counters_.n_generated_tokens;
-    if (r->append_token(tokens.tokens[size_t(match_[i])], options_.eos_ids, &events_)) {
+    if (r->append_token(tokens.tokens[size_t(match_[i])], options_.eos_ids, &events_) &&
+        !r->in_flight()) {
       finish_running(r, r->finish_reason);
     }
   }
@@ -483,7 +561,7 @@ Status Scheduler::apply_tokens(const transport::Tokens& tokens) {
 int64_t Scheduler::preempt_all() {
   for (Group& g : groups_) {
     for (const Flight& f : g.flight) {
-      f.request->in_flight = false;
+      f.request->n_in_flight = 0;
       f.request->n_scheduled = 0;
     }
     g.flight.clear();
@@ -499,7 +577,9 @@ int64_t Scheduler::preempt_all() {
             [](const Request* a, const Request* b) { return a->arrival_index > b->arrival_index; });
   int64_t n_requeued = 0;
   for (Request* r : running) {
-    if (r->cancel_requested) {
+    if (r->finish_reason != FinishReason::kNone) {
+      finish_running(r, r->finish_reason);
+    } else if (r->cancel_requested) {
       finish_running(r, FinishReason::kAbort);
     } else {
       preempt(r);
@@ -545,7 +625,7 @@ SchedulerStats Scheduler::stats() const {
   s.n_in_flight = 0;
   s.n_groups_in_flight = 0;
   for (const Group& g : groups_) {
-    s.n_in_flight += int64_t(g.flight.size());
+    for (const Request* r : g.members) s.n_in_flight += r->in_flight() ? 1 : 0;
     s.n_groups_in_flight += g.in_flight ? 1 : 0;
   }
   s.kv_blocks_total = blocks_.n_blocks();

@@ -83,6 +83,10 @@ struct EngineOptions {
   int64_t kv_blocks = 0;           // KV blocks; 0: the minimum over the stages' capacity
   int64_t kv_memory = 0;           // bytes of KV per stage (used when kv_blocks is 0)
   std::optional<uint64_t> seed;    // seeds the seeds of requests without one
+  // Chunked pipeline with dynamic chunking (SchedulerOptions::chunked_pipeline and
+  // chunk_attention_tokens, the latter from the model): a long prompt's chunks follow each
+  // other through the stages. false: one plan in flight per request, fixed chunks.
+  bool chunked_pipeline = true;
 
   // --- stages
   // Empty: local stages over ipc:// in a private folder. "tcp://HOST:PORT": bind there (port 0

@@ -8,11 +8,13 @@
 // generation carries on where it stopped.
 //
 // The token sequence of a request is prompt_ids followed by output_ids. n_cached tokens of it
-// have KV on every stage; the next micro-batch feeds tokens [n_cached, n_cached + n) of it. When
-// the step reaches the end of the sequence (n_cached + n == n_tokens()) the last stage samples
-// the next output token: during decode every step is one token and samples; a prefill samples
-// only with its last chunk. So a running request whose group is at the coordinator always has
-// n_cached < n_tokens().
+// have KV on every stage and n_scheduled more are in plans in flight; the next micro-batch feeds
+// tokens [n_cached + n_scheduled, ... + n) of it. When the step reaches the end of the sequence
+// the last stage samples the next output token: during decode every step is one token and
+// samples; a prefill samples only with its last chunk. A decoding request is in at most one plan
+// in flight; a prefilling one may be in several (chunked pipeline: chunk i + 1 is planned once
+// chunk i has been issued, see scheduler.h). So a running request that is not in flight always
+// has n_cached < n_tokens().
 //
 // Streaming: each sampled token gives a delta event (the token, its logprobs, and the text that
 // became final). The text goes through an IncrementalDetokenizer (never broken UTF-8) and a
@@ -99,11 +101,11 @@ struct Request {
   std::vector<int32_t> output_ids;     // generated so far
   std::vector<TokenLogprob> logprobs;  // parallel to output_ids when params.logprobs
   int64_t n_cached = 0;                // tokens whose KV exists on every stage
-  int64_t n_scheduled = 0;             // tokens in the plan now in flight (0 when not in flight)
+  int64_t n_scheduled = 0;             // tokens in the plans now in flight (0 when not in flight)
   std::vector<int32_t> block_table;    // KV block ids, blocks_for(n_cached + n_scheduled) of them
-  int32_t group = -1;                  // micro-batch group while running, else -1
-  bool in_flight = false;              // in a plan that has not come back yet
-  bool cancel_requested = false;       // cancelled while in flight: released when it comes back
+  int32_t group = -1;       // micro-batch group while running (that of its latest plan), else -1
+  int32_t n_in_flight = 0;  // plans holding a step of it that have not come back
+  bool cancel_requested = false;  // cancelled while in flight: released when it comes back
   bool stalled = false;  // running, but waiting for blocks held by newer requests in flight
   int32_t n_preemptions = 0;
   // Prefix caching only (empty and 0 with caching off): the chained hashes of the table's first
@@ -127,6 +129,9 @@ struct Request {
   int64_t n_generated() const { return int64_t(output_ids.size()); }
   // Length of the token sequence: prompt and output.
   int64_t n_tokens() const { return n_prompt() + n_generated(); }
+  bool in_flight() const { return n_in_flight > 0; }
+  // Tokens of the sequence in no plan yet: where its next step starts is n_tokens() minus this.
+  int64_t n_unscheduled() const { return n_tokens() - n_cached - n_scheduled; }
   // Token i of the sequence (prompt, then output).
   int32_t token_at(int64_t i) const {
     return i < n_prompt() ? prompt_ids[size_t(i)] : output_ids[size_t(i - n_prompt())];

@@ -12,7 +12,20 @@
 // build_plan(g), for an idle group g:
 //  1. g's running requests get their next step, within max_batch_tokens tokens in all: decodes
 //     (one token each) first, then prefill chunks in admission order (a long prompt is split
-//     across micro-batches; decodes are never held up by a prefill).
+//     across micro-batches; decodes are never held up by a prefill). Then, with the chunked
+//     pipeline on (options.chunked_pipeline, the default), prefilling requests of other groups
+//     whose previous chunk is in flight get their next chunk here too, oldest first, and move
+//     to g: the chunks of one long prompt enter stage 0 one behind the other instead of one per
+//     round trip of the ring ("chunked pipeline parallelism"). Chunk i + 1 only reads the KV of
+//     chunks up to i, and every stage runs plans in issue order (the CPU stage takes a plan's
+//     activations and writes its KV before it looks at the next plan; the GPU stage runs its
+//     forwards on one stream), so that KV is there when chunk i + 1 runs. Only the last chunk
+//     samples; a decoding request is never in two plans. With dynamic chunking
+//     (options.chunk_attention_tokens > 0) a chunk that starts c tokens into the sequence has
+//     at most the n tokens that cost what a first chunk of max_batch_tokens costs, with
+//     cost(n, c) = n * (1 + (c + n / 2) / chunk_attention_tokens) (linear layers, plus
+//     attention over the context), but never fewer than max_batch_tokens / 8: later chunks of a
+//     long prompt shrink so that the stages stay balanced as attention grows.
 //  2. Waiting requests are admitted FIFO into g (their first chunk) while the token budget is
 //     left, running < max_running_requests, g has fewer than max_batch_tokens requests (so its
 //     decodes always fit one micro-batch), the blocks for the chunk are free, and g holds fewer
@@ -25,7 +38,9 @@
 //     starts with those shared blocks and the first chunk starts after them.
 //  3. Each step takes the blocks it needs (blocks_for(n_cached + n) minus those held). When the
 //     pool is short, the newest (latest submitted) running request that is not in flight and
-//     not already in this plan is preempted by recompute: blocks freed, stages told through
+//     not already in this plan is preempted by recompute (a request in flight is never a victim;
+//     a chunk planned while its request is in flight that finds the pool short is skipped unless
+//     a newer request can give way): blocks freed, stages told through
 //     Plan.released, requeued at the FRONT of the waiting queue with its outputs kept. When
 //     that newest one is the asking request itself but a newer request is in flight, the asker
 //     instead skips this step and keeps its blocks (it is "stalled"): the newer request will be
@@ -63,14 +78,17 @@
 // with it). For each entry: n_cached advances; a sampled token is appended (delta event), stop
 // conditions are checked (eos unless ignore_eos, stop_token_ids, stop strings on the text,
 // max_tokens); finished requests emit their final event, free their blocks and are released
-// in the next plan; requests cancelled while in flight are finished (abort) here. The group is
-// then idle.
+// in the next plan; requests cancelled while in flight are finished (abort) once their last
+// plan in flight has come back (no chunk is planned for them meanwhile). The group is then
+// idle.
 //
 // Invariants (checked by the tests): free + referenced + cached-unreferenced blocks == n_blocks
 // (with caching off: free + held == n_blocks, a block in at most one table); a block's reference
 // count is the number of live requests whose table holds it; a request is in at most one
-// group and in at most one in-flight plan; a plan has at most max_batch_tokens tokens; every
-// request ends with exactly one final event.
+// group and appears at most once in a plan; a request in several in-flight plans is prefilling
+// (none of those steps but the last issued may sample), and with the chunked pipeline off it is
+// in at most one; a plan has at most max_batch_tokens tokens; every request ends with exactly
+// one final event.
 #pragma once
 
 #include <cstdint>
@@ -81,6 +99,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pp/model/config.h"
 #include "pp/model/sampling-params.h"
 #include "pp/model/tokenizer.h"
 #include "pp/pipeline/kv-cache-manager.h"
@@ -101,6 +120,13 @@ struct SchedulerOptions {
   std::vector<int32_t> eos_ids;        // the model's end-of-sequence ids
   std::optional<uint64_t> seed;        // seeds the seeds of requests without one (absent: random)
   bool enable_prefix_cache = false;    // share cached full KV blocks of common prefixes
+  // Chunked pipeline: a prefilling request's next chunk is planned as soon as its previous one
+  // has been issued (in another group's plan). false: one plan in flight per request.
+  bool chunked_pipeline = true;
+  // Dynamic chunking: tokens of context at which attention costs a new token as much as its
+  // linear layers (see chunk_attention_tokens_for); later chunks of a long prompt shrink to keep
+  // the cost of a chunk about that of the first. 0: every chunk up to max_batch_tokens.
+  int64_t chunk_attention_tokens = 0;
 
   // kInvalidArgument naming the first bad field.
   Status validate() const;
@@ -125,6 +151,11 @@ struct SchedulerStats {
   int64_t n_generated_tokens = 0;  // tokens appended from apply_tokens
   KvCacheStats kv_cache;           // prefix cache: blocks cached now, queries, hits, evictions
 };
+
+// The context length, in tokens, at which attention costs a new token as many FLOPs as the
+// linear layers of its decoder layer: 4 * q_dim multiply-adds per context token against
+// 2 * (the layer's weights). For dynamic chunking (SchedulerOptions::chunk_attention_tokens).
+int64_t chunk_attention_tokens_for(const model::ModelConfig& config);
 
 // The sampling parameters as the last stage needs them.
 transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_t seed);
@@ -231,6 +262,12 @@ class Scheduler {
   // Takes the blocks `r` needs for n more tokens, preempting as needed. False when `r` itself
   // was preempted or has to wait (stalled); *short_of_blocks is set when the pool was short.
   bool reserve_blocks(Request* r, int64_t n, bool* short_of_blocks);
+  // The most tokens of a prefill chunk that starts `context` tokens into its sequence.
+  int64_t chunk_limit(int64_t context) const;
+  // Whether `r` may get a step in a plan now: running, not cancelled, tokens left to plan, and
+  // not in flight (or prefilling with the chunked pipeline on).
+  bool can_step(const Request& r) const;
+  void move_to_group(Request* r, int32_t group);
   void add_entry(Group& g, Request* r, int64_t n, size_t first_new_block, bool reset,
                  transport::Plan* plan, size_t* n_entries);
   // Admission with caching on: takes the cached prefix of `r`'s sequence into its (empty)
@@ -262,7 +299,10 @@ class Scheduler {
   uint64_t next_arrival_ = 0;
   uint64_t idle_clock_ = 0;
   uint64_t seed_state_ = 0;
-  SchedulerStats counters_;           // the cumulative fields
+  SchedulerStats counters_;  // the cumulative fields
+  // In flight with chunks left to plan (chunked pipeline); may hold ones no longer so, never
+  // requests that left their group.
+  std::vector<Request*> prefilling_;
   std::vector<Request*> order_;       // scratch: the order of a group's steps
   std::vector<int32_t> match_;        // scratch: token index of each in-flight entry
   std::vector<int32_t> seq_scratch_;  // scratch: a request's sequence, or tokens of full blocks
