@@ -17,7 +17,9 @@
 // step, H200-like figures) decode is bandwidth-bound, so bytes dominate. FLOPs per token are 2 x
 // the matmul parameters plus attention's 4 x q_dim x attention_context (QK^T and AV at an assumed
 // context), and on the last stage 2 x n_embd x n_vocab for the lm_head plus ~5 x n_vocab for the
-// softmax and sampling; the embedding lookup counts no FLOPs.
+// softmax and sampling; the embedding lookup counts no FLOPs. An MoE layer's bytes and memory
+// count every expert, its FLOPs only the n_expert_used experts a token touches (the bytes a step
+// streams still count every expert: right for large batches, pessimistic for small ones).
 #pragma once
 
 #include <cstdint>
