@@ -61,6 +61,21 @@ FAMILIES = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
         rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
         attention_bias=False, use_sliding_window=False)),
+    # Mixture of experts: 8 experts (top 2, renormalised) with a dense layer between two sparse
+    # ones (mlp_only_layers), in the older form (num_experts, rope_theta).
+    "tiny-qwen3-moe": dict(cls="Qwen3MoeConfig", old_form=True, kw=dict(
+        vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=16,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[1], max_position_embeddings=1024, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, tie_word_embeddings=False, attention_bias=False,
+        use_sliding_window=False)),
+    # Mixtral: 4 experts of intermediate_size, top 2, in the transformers-5 form.
+    "tiny-mixtral": dict(cls="MixtralConfig", old_form=False, kw=dict(
+        vocab_size=256, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=1024, rms_norm_eps=1e-5, rope_theta=1000000.0,
+        sliding_window=None, tie_word_embeddings=False)),
 }
 
 
@@ -77,6 +92,8 @@ def to_old_form(cfg: dict) -> dict:
             cfg["rope_scaling"] = rp
     if "dtype" in cfg:
         cfg["torch_dtype"] = cfg.pop("dtype")
+    if cfg.get("model_type") == "qwen3_moe" and "num_local_experts" in cfg:
+        cfg["num_experts"] = cfg.pop("num_local_experts")  # Qwen3-30B-A3B's own name
     return cfg
 
 

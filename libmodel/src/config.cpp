@@ -262,7 +262,21 @@ Status ModelConfig::validate() const {
     return invalid_argument("llama3 rope scaling needs high_freq_factor > low_freq_factor");
   }
   if (sliding_window < 0) return invalid_argument("sliding_window must be >= 0");
+  if (n_expert < 0) return invalid_argument("the number of experts must be >= 0");
+  if (is_moe()) {
+    if (n_expert_used < 1 || n_expert_used > n_expert) {
+      return invalid_argument("num_experts_per_tok must be in [1, {}], got {}", n_expert,
+                              n_expert_used);
+    }
+    PP_RETURN_IF_ERROR(positive(n_ff_expert, "moe_intermediate_size"));
+    PP_RETURN_IF_ERROR(positive(moe_sparse_step, "decoder_sparse_step"));
+  }
   return ok_status();
+}
+
+bool ModelConfig::layer_is_moe(int64_t il) const {
+  if (!is_moe() || moe_sparse_step <= 0 || (il + 1) % moe_sparse_step != 0) return false;
+  return std::find(moe_dense_layers.begin(), moe_dense_layers.end(), il) == moe_dense_layers.end();
 }
 
 }  // namespace pp::model

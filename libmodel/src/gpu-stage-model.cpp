@@ -134,6 +134,10 @@ Status GpuStageModel::profile_collect() {
 Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
                            const GpuStageOptions& options) {
   PP_RETURN_IF_ERROR(config.validate());
+  // Before anything is allocated: the GPU layer has no router or expert ops (the CPU has).
+  if (config.is_moe()) {
+    return unimplemented("mixture-of-experts layers are not supported on the GPU yet");
+  }
   if (layer_begin < 0 || layer_end > config.n_layer || layer_begin >= layer_end) {
     return invalid_argument("bad layer range [{}, {}) for a model of {} layers", layer_begin,
                             layer_end, config.n_layer);

@@ -123,6 +123,11 @@ Result<ModelConfig> config_from_gguf(const GgufFile& f) {
   c.arch = spec->arch;
   c.model_type = spec->model_type;
   PP_ASSIGN_OR_RETURN(c.n_layer, gguf_required_int(f, p + "block_count"));
+  // Mixtral is a "llama" GGUF with experts (ffn_gate_inp, ffn_*_exps); not read yet.
+  if (f.find(p + "expert_count")) {
+    PP_ASSIGN_OR_RETURN(int64_t n_expert, f.get_int(p + "expert_count"));
+    if (n_expert > 0) return unimplemented("mixture-of-experts GGUF files are not supported yet");
+  }
   PP_ASSIGN_OR_RETURN(c.n_embd, gguf_required_int(f, p + "embedding_length"));
   PP_ASSIGN_OR_RETURN(c.n_ff, gguf_required_int(f, p + "feed_forward_length"));
   PP_ASSIGN_OR_RETURN(c.n_head, gguf_required_int(f, p + "attention.head_count"));

@@ -4,7 +4,9 @@
 // splitting the model into stages gives every tensor to exactly one stage (the tied head read by
 // the last stage as its own copy, or shared when one stage holds both); names map back to their
 // entries; and the CPU StageModel loads each stage from a source holding exactly that stage's
-// tensors, reading each once, with the same logits as the whole model.
+// tensors, reading each once, with the same logits as the whole model. The MoE families draw
+// their expert count, top k, expert size and (Qwen3-MoE) which layers stay dense, so the
+// stacked expert slots and mixed dense/MoE layers go through every check too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +14,8 @@
 #include <map>
 #include <numeric>
 #include <set>
+
+#include <fmt/ranges.h>
 
 #include "pp/model/arch-tensors.h"
 #include "pp/model/random-weights.h"
@@ -30,7 +34,8 @@ using model::TensorOwner;
 using model::TensorSpec;
 using model::WeightSlot;
 
-constexpr Arch kFamilies[] = {Arch::kLlama, Arch::kMistral, Arch::kQwen2, Arch::kQwen3};
+constexpr Arch kFamilies[] = {Arch::kLlama, Arch::kMistral,  Arch::kQwen2,
+                              Arch::kQwen3, Arch::kQwen3Moe, Arch::kMixtral};
 
 // A fresh random config of `arch` with the given switches (the table is switched by the config,
 // whatever the family's config.json would say).
@@ -49,6 +54,18 @@ ModelConfig random_config(Arch arch, bool bias, bool qk_norm, bool tied) {
   c.attention_bias = bias;
   c.qk_norm = qk_norm;
   c.tie_word_embeddings = tied;
+  if (c.is_moe()) {
+    c.n_expert = pick(1, 6);
+    c.n_expert_used = pick(1, c.n_expert);
+    c.n_ff_expert = arch == Arch::kMixtral ? c.n_ff : pick(4, 32);
+    if (arch == Arch::kQwen3Moe) {
+      c.moe_sparse_step = pick(1, 2);
+      c.moe_dense_layers.clear();
+      for (int64_t il = 0; il < c.n_layer; ++il) {
+        if (pick(0, 3) == 0) c.moe_dense_layers.push_back(il);
+      }
+    }
+  }
   EXPECT_TRUE(c.validate().ok());
   return c;
 }
@@ -65,9 +82,12 @@ std::vector<ModelConfig> all_configs() {
 }
 
 std::string describe(const ModelConfig& c) {
-  return fmt::format("{} bias={} qk_norm={} tied={} layers={} E={} H={}/{} D={} F={} V={}",
-                     model::arch_name(c.arch), c.attention_bias, c.qk_norm, c.tie_word_embeddings,
-                     c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_vocab);
+  return fmt::format(
+      "{} bias={} qk_norm={} tied={} layers={} E={} H={}/{} D={} F={} V={} experts={}/{} Fe={} "
+      "step={} dense={}",
+      model::arch_name(c.arch), c.attention_bias, c.qk_norm, c.tie_word_embeddings, c.n_layer,
+      c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_vocab, c.n_expert_used, c.n_expert,
+      c.n_ff_expert, c.moe_sparse_step, fmt::join(c.moe_dense_layers, ","));
 }
 
 // A random split of n_layer layers into 1..n_layer stages.
@@ -107,9 +127,14 @@ TEST(ArchTensors, RandomWeightsHoldExactlyTheTable) {
       EXPECT_EQ(info->shape, t.shape) << t.name;
     }
     EXPECT_EQ((*source)->names().size(), required);
-    // Per layer: 9 tensors, 3 biases with attention_bias, 2 norms with qk_norm.
-    const size_t per_layer = 9 + (c.attention_bias ? 3 : 0) + (c.qk_norm ? 2 : 0);
-    EXPECT_EQ(required, size_t(c.n_layer) * per_layer + 2 + (c.tie_word_embeddings ? 0 : 1));
+    // Per layer: 9 tensors, 3 biases with attention_bias, 2 norms with qk_norm; an MoE layer
+    // has a router and 3 tensors per expert instead of the dense MLP's 3.
+    const size_t attention = 6 + (c.attention_bias ? 3 : 0) + (c.qk_norm ? 2 : 0);
+    size_t layers = 0;
+    for (int64_t il = 0; il < c.n_layer; ++il) {
+      layers += attention + (c.layer_is_moe(il) ? 1 + 3 * size_t(c.n_expert) : 3);
+    }
+    EXPECT_EQ(required, layers + 2 + (c.tie_word_embeddings ? 0 : 1));
   }
 }
 
@@ -123,6 +148,35 @@ TEST(ArchTensors, FusedSlotsAreTiledByTheirParts) {
         {WeightSlot::kAttnNorm, {E, 1}},   {WeightSlot::kQkv, {Q + 2 * KV, E}},
         {WeightSlot::kO, {E, Q}},          {WeightSlot::kFfnNorm, {E, 1}},
         {WeightSlot::kGateUp, {2 * F, E}}, {WeightSlot::kDown, {E, F}}};
+    if (c.layer_is_moe(il)) {
+      // Expert e's gate at rows e 2Fe, its up at e 2Fe + Fe, its down at rows e E.
+      const int64_t n = c.n_expert, Fe = c.n_ff_expert;
+      want.erase(WeightSlot::kGateUp);
+      want.erase(WeightSlot::kDown);
+      want[WeightSlot::kRouter] = {n, E};
+      want[WeightSlot::kExpertGateUp] = {n * 2 * Fe, E};
+      want[WeightSlot::kExpertDown] = {n * E, Fe};
+      for (const TensorSpec& t : layer) {
+        for (int64_t e = 0; e < n; ++e) {
+          const std::string expert = fmt::format(".experts.{}.", e);
+          if (t.name.find(expert) == std::string::npos) continue;
+          const bool gate = t.name.ends_with("gate_proj.weight") || t.name.ends_with("w1.weight");
+          const bool up = t.name.ends_with("up_proj.weight") || t.name.ends_with("w3.weight");
+          if (gate || up) {
+            EXPECT_EQ(t.slot, WeightSlot::kExpertGateUp) << t.name;
+            EXPECT_EQ(t.row_offset, e * 2 * Fe + (up ? Fe : 0)) << t.name;
+            EXPECT_EQ(t.split, model::TpSplit::kColumn) << t.name;
+          } else {
+            EXPECT_EQ(t.slot, WeightSlot::kExpertDown) << t.name;
+            EXPECT_EQ(t.row_offset, e * E) << t.name;
+            EXPECT_EQ(t.split, model::TpSplit::kRow) << t.name;
+          }
+        }
+        if (t.slot == WeightSlot::kRouter) {
+          EXPECT_EQ(t.split, model::TpSplit::kReplicated);
+        }
+      }
+    }
     if (c.attention_bias) want[WeightSlot::kQkvBias] = {Q + 2 * KV, 1};
     if (c.qk_norm) {
       want[WeightSlot::kQNorm] = {c.head_dim, 1};

@@ -202,8 +202,8 @@ TEST(ConfigHf, Qwen3BothForms) {
 }
 
 TEST(ConfigHf, RoundTrip) {
-  for (const char* name :
-       {"tiny-llama", "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"}) {
+  for (const char* name : {"tiny-llama", "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3",
+                           "tiny-qwen3-moe", "tiny-mixtral"}) {
     auto c = model::config_from_hf_dir(fixture_dir() / "models" / name);
     if (!c.ok()) continue;  // fixtures are optional here; test-reference needs them
     const ModelConfig back = parse_ok(model::config_to_hf_json(*c));
@@ -466,6 +466,31 @@ class GgufBuilder {
   std::vector<uint8_t> kv_;
   uint64_t n_kv_ = 0;
 };
+
+// GGUF experts (llama.cpp's ffn_gate_inp and ffn_{gate,up,down}_exps) are not read yet: a
+// Mixtral ("llama" with expert_count) or a qwen3moe file is refused with a clear error.
+TEST(MoeConfig, GgufMoeIsRefused) {
+  for (const char* arch : {"llama", "qwen3moe"}) {
+    const std::string p = std::string(arch) + ".";
+    const std::vector<uint8_t> img = GgufBuilder()
+                                         .str("general.architecture", arch)
+                                         .u32(p + "block_count", 2)
+                                         .u32(p + "context_length", 4096)
+                                         .u32(p + "embedding_length", 256)
+                                         .u32(p + "feed_forward_length", 512)
+                                         .u32(p + "attention.head_count", 4)
+                                         .u32(p + "expert_count", 8)
+                                         .u32(p + "expert_used_count", 2)
+                                         .u32(p + "vocab_size", 100)
+                                         .bytes();
+    auto f = model::GgufFile::parse(img, "moe.gguf");
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    auto c = model::config_from_gguf(**f);
+    ASSERT_FALSE(c.ok()) << arch;
+    EXPECT_EQ(c.status().code(), StatusCode::kUnimplemented);
+    EXPECT_EQ(c.status().message(), "mixture-of-experts GGUF files are not supported yet");
+  }
+}
 
 TEST(ConfigGguf, Qwen3Metadata) {
   std::vector<std::string> tokens(300);

@@ -4,9 +4,11 @@
 // straight from the Hugging Face modeling code, to check StageModel against.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <set>
 #include <string>
@@ -86,6 +88,22 @@ inline MemoryWeights cache_weights(const model::WeightSource& src) {
   return w;
 }
 
+// The Hugging Face names of an MoE layer's router and expert `e`'s gate, up and down, under
+// the layer prefix (written out here, not read from the table, so the table is checked).
+struct MoeNames {
+  std::string router, gate, up, down;
+};
+inline MoeNames moe_names(const model::ModelConfig& c, int64_t e) {
+  const std::string x = std::to_string(e);
+  if (c.arch == model::Arch::kMixtral) {
+    return {"block_sparse_moe.gate.weight", "block_sparse_moe.experts." + x + ".w1.weight",
+            "block_sparse_moe.experts." + x + ".w3.weight",
+            "block_sparse_moe.experts." + x + ".w2.weight"};
+  }
+  return {"mlp.gate.weight", "mlp.experts." + x + ".gate_proj.weight",
+          "mlp.experts." + x + ".up_proj.weight", "mlp.experts." + x + ".down_proj.weight"};
+}
+
 // Random weights for `c`, scaled like a trained model's (so activations stay O(1)).
 inline MemoryWeights random_weights(const model::ModelConfig& c) {
   MemoryWeights w;
@@ -113,6 +131,18 @@ inline MemoryWeights random_weights(const model::ModelConfig& c) {
     }
     w.add(p + "self_attn.o_proj.weight", {E, Q}, mat(E, Q));
     w.add(p + "post_attention_layernorm.weight", {E}, norm(E));
+    if (c.layer_is_moe(il)) {
+      const int64_t Fe = c.n_ff_expert;
+      // A router with spread, so the top k is clear of ties.
+      w.add(p + moe_names(c, 0).router, {c.n_expert, E}, random_floats(size_t(c.n_expert * E)));
+      for (int64_t e = 0; e < c.n_expert; ++e) {
+        const MoeNames n = moe_names(c, e);
+        w.add(p + n.gate, {Fe, E}, mat(Fe, E));
+        w.add(p + n.up, {Fe, E}, mat(Fe, E));
+        w.add(p + n.down, {E, Fe}, mat(E, Fe));
+      }
+      continue;
+    }
     w.add(p + "mlp.gate_proj.weight", {F, E}, mat(F, E));
     w.add(p + "mlp.up_proj.weight", {F, E}, mat(F, E));
     w.add(p + "mlp.down_proj.weight", {E, F}, mat(E, F));
@@ -233,6 +263,35 @@ inline std::vector<double> reference_logits(const model::ModelConfig& c, const M
       linear(&attn[t * H * D], p + "self_attn.o_proj.weight", E, H * D, o.data(), "");
       for (int64_t i = 0; i < E; ++i) h[t * E + i] += o[i];
       rmsnorm(&h[t * E], w.data(p + "post_attention_layernorm.weight"), E, x.data());
+      if (c.layer_is_moe(il)) {
+        // Softmax over the router logits, the top k (stable: ties to the lower expert),
+        // renormalised when expert_norm_topk; the weighted sum of those experts' SwiGLU MLPs.
+        const int64_t NE = c.n_expert, Fe = c.n_ff_expert;
+        Vec r(static_cast<size_t>(NE));
+        linear(x.data(), p + moe_names(c, 0).router, NE, E, r.data(), "");
+        const double mx = *std::max_element(r.begin(), r.end());
+        double sum = 0;
+        for (double& e : r) sum += (e = std::exp(e - mx));
+        for (double& e : r) e /= sum;
+        std::vector<int64_t> order(static_cast<size_t>(NE));
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int64_t a, int64_t b) { return r[a] > r[b]; });
+        double top = 0;
+        for (int64_t j = 0; j < c.n_expert_used; ++j) top += r[order[j]];
+        Vec ge(static_cast<size_t>(Fe)), ue(static_cast<size_t>(Fe)), ae(static_cast<size_t>(Fe));
+        for (int64_t j = 0; j < c.n_expert_used; ++j) {
+          const int64_t e = order[j];
+          const double we = c.expert_norm_topk ? r[e] / top : r[e];
+          const MoeNames nm = moe_names(c, e);
+          linear(x.data(), p + nm.gate, Fe, E, ge.data(), "");
+          linear(x.data(), p + nm.up, Fe, E, ue.data(), "");
+          for (int64_t i = 0; i < Fe; ++i) ae[i] = ge[i] / (1 + std::exp(-ge[i])) * ue[i];
+          linear(ae.data(), p + nm.down, E, Fe, dn.data(), "");
+          for (int64_t i = 0; i < E; ++i) h[t * E + i] += we * dn[i];
+        }
+        continue;
+      }
       linear(x.data(), p + "mlp.gate_proj.weight", F, E, g.data(), "");
       linear(x.data(), p + "mlp.up_proj.weight", F, E, u.data(), "");
       for (int64_t i = 0; i < F; ++i) a[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
@@ -286,6 +345,23 @@ inline model::ModelConfig tiny_config(model::Arch arch) {
       c.model_type = "qwen3";
       c.qk_norm = true;
       c.head_dim = 16;  // q_dim 96 != n_embd 48
+      break;
+    case model::Arch::kQwen3Moe:
+      c.model_type = "qwen3_moe";
+      c.qk_norm = true;
+      c.n_expert = 6;
+      c.n_expert_used = 2;
+      c.n_ff_expert = 24;
+      c.expert_norm_topk = true;
+      c.moe_dense_layers = {1};  // a dense MLP between two MoE ones
+      break;
+    case model::Arch::kMixtral:
+      c.model_type = "mixtral";
+      c.n_ff = 32;
+      c.n_expert = 4;
+      c.n_expert_used = 2;
+      c.n_ff_expert = c.n_ff;
+      c.expert_norm_topk = true;
       break;
   }
   return c;

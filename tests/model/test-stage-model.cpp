@@ -187,8 +187,8 @@ TEST_P(StageModelFamily, BatchInvariance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, StageModelFamily,
-                         ::testing::Values(Arch::kLlama, Arch::kMistral, Arch::kQwen2,
-                                           Arch::kQwen3),
+                         ::testing::Values(Arch::kLlama, Arch::kMistral, Arch::kQwen2, Arch::kQwen3,
+                                           Arch::kQwen3Moe, Arch::kMixtral),
                          [](const auto& info) {
                            return std::string(model::arch_name(info.param));
                          });

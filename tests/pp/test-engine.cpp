@@ -78,7 +78,8 @@ TEST_P(EngineTinyModels, EverySplitAndDepthGivesTheGeneratorsTokens) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineTinyModels,
                          ::testing::Values("tiny-llama", "tiny-llama-headdim", "tiny-llama3",
                                            "tiny-mistral", "tiny-qwen2", "tiny-qwen3",
-                                           "tiny-llama-fp8-ct", "tiny-qwen3-fp8-block"));
+                                           "tiny-llama-fp8-ct", "tiny-qwen3-fp8-block",
+                                           "tiny-qwen3-moe", "tiny-mixtral"));
 
 // The fixtures have 2-3 layers; a random 5-layer model covers 4 stages.
 TEST(Engine, FourStagesOnADeeperRandomModel) {

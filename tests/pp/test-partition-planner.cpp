@@ -188,8 +188,49 @@ TEST(PartitionPlanner, StageCostsAddUpToTheModel) {
   EXPECT_EQ(kv, uint64_t(36 * 2 * 8 * 128 * 2));  // layers x K,V x kv heads x head_dim x bf16
   // The last stage's FLOPs include the lm_head: 2 x n_embd x n_vocab per token.
   const StagePlan& last = plan->stages.back();
-  double layers_only = double(last.layers.size()) * layer_flops_per_token(c, o.cost_model);
+  double layers_only = 0;
+  for (int64_t il = last.layers.begin; il < last.layers.end; ++il) {
+    layers_only += layer_flops_per_token(c, il, o.cost_model);
+  }
   EXPECT_NEAR(last.flops_per_token - layers_only, 2.0 * 4096 * 151936 + 5.0 * 151936, 1.0);
+}
+
+// Qwen3-30B-A3B (tests/fixtures/configs/qwen3-30b-a3b.json, as published): memory counts all
+// 128 experts of every layer (30.5 B parameters), the FLOPs only the 8 a token touches (about
+// 3.3 B active); the cost plan of an MoE model over many layers stays quick.
+TEST(PartitionPlanner, MoeCountsEveryExpertForMemoryAndTheTouchedOnesForTime) {
+  const ModelConfig c = read_config("qwen3-30b-a3b.json");
+  ASSERT_TRUE(c.is_moe());
+  PlanOptions o;
+  o.n_stages = 4;
+  o.strategy = Strategy::kCost;
+  auto plan = make_plan(c, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  int64_t params = 0;
+  double flops = 0;
+  for (const auto& s : plan->stages) {
+    params += s.params;
+    flops += s.flops_per_token;
+    EXPECT_EQ(s.bytes, uint64_t(s.params) * 2);
+  }
+  EXPECT_NEAR(double(params), 30.53e9, 0.01e9);
+  const double E = 2048, Q = 32 * 128, KV = 4 * 128, Fe = 768, V = 151936;
+  const double touched = Q * E * 2 + 2 * KV * E + 128 * E + 8 * 3 * Fe * E;  // per layer
+  const double attention = 4.0 * Q * o.cost_model.attention_context;
+  EXPECT_NEAR(flops, 48 * (2 * touched + attention) + 2 * V * E + 5 * V, 48.0);
+  EXPECT_NEAR(layer_flops_per_token(c, 0, o.cost_model), 2 * touched + attention, 1.0);
+}
+
+// A dense layer among MoE ones (mlp_only_layers) costs as a dense layer.
+TEST(PartitionPlanner, MixedDenseAndMoeLayersCostPerLayer) {
+  ModelConfig c = read_config("qwen3-30b-a3b.json");
+  c.moe_dense_layers = {5};
+  const int64_t E = 2048, Q = 32 * 128, KV = 4 * 128, F = 6144;
+  const int64_t dense = 2 * E + Q * E * 2 + 2 * KV * E + 2 * 128 + 3 * F * E;
+  EXPECT_EQ(layer_params(c, 5), dense);
+  EXPECT_EQ(layer_params(c, 4), dense - 3 * F * E + 128 * E + 128 * 3 * 768 * E);
+  const StagePlan s = stage_cost(c, {4, 6}, false, false, model::DType::kBF16, CostModel{});
+  EXPECT_EQ(s.params, layer_params(c, 4) + layer_params(c, 5));
 }
 
 // fp8: the layers' linears count one byte per element plus an f32 scale per row (per 128 x 128

@@ -151,7 +151,7 @@ void expect_split_bitwise(const fs::path& model_path, int max_p = 4, bool large 
 TEST(PartitionSplit, BitwiseLogitsOnTinyFixtures) {
   test::TempDir tmp;
   for (const char* name : {"tiny-llama", "tiny-llama-headdim", "tiny-llama3", "tiny-mistral",
-                           "tiny-qwen2", "tiny-qwen3"}) {
+                           "tiny-qwen2", "tiny-qwen3", "tiny-qwen3-moe", "tiny-mixtral"}) {
     if (!fs::exists(test::fixture_dir() / "models" / name)) {
       ADD_FAILURE() << "missing fixture " << name;
       continue;

@@ -49,9 +49,10 @@ TensorSpec lm_head_spec(const ModelConfig& c, bool reads_embedding) {
 
 const char* weight_slot_name(WeightSlot s) {
   // In the order of the enumerators.
-  static constexpr const char* kNames[] = {"embedding", "final_norm", "lm_head", "attn_norm",
-                                           "qkv",       "qkv_bias",   "q_norm",  "k_norm",
-                                           "o",         "ffn_norm",   "gate_up", "down"};
+  static constexpr const char* kNames[] = {"embedding", "final_norm",     "lm_head",    "attn_norm",
+                                           "qkv",       "qkv_bias",       "q_norm",     "k_norm",
+                                           "o",         "ffn_norm",       "gate_up",    "down",
+                                           "router",    "expert_gate_up", "expert_down"};
   static_assert(std::size(kNames) == size_t(WeightSlot::kCount));
   return size_t(s) < std::size(kNames) ? kNames[size_t(s)] : "?";
 }

@@ -1,8 +1,10 @@
 // ArchSpec: what one decoder architecture adds to the shared code. Every family we serve is the
 // same pre-norm decoder (decoder-layer.h); a family differs only in names, defaults and a few
 // switches on ModelConfig (q/k/v bias, q/k norm, sliding window). Each family lives in its own
-// file (llama.cpp, mistral.cpp, qwen2.cpp, qwen3.cpp) and fills one of these, pointing at the
-// table of its layer's tensors (arch-tensors.h): the dense families share the dense decoder's.
+// file (llama.cpp, mistral.cpp, qwen2.cpp, qwen3.cpp, qwen3-moe.cpp, mixtral.cpp) and fills one
+// of these, pointing at the table of its layer's tensors (arch-tensors.h): the dense families
+// share the dense decoder's; an MoE family's table swaps the MLP for a router and experts
+// (moe_layer_tensors), which the same layer runs.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +26,21 @@ class GgufFile;
 // The tensors of layer `il` of the dense pre-norm decoder (decoder-layer.cpp) that every family
 // we serve shares: the default table of an ArchSpec.
 std::vector<TensorSpec> dense_layer_tensors(const ModelConfig& c, int64_t il);
+
+// What an MoE family calls its router and experts, under the layer prefix. `expert_*` are
+// format strings of the expert index: "mlp.experts.{}.gate_proj.weight".
+struct MoeTensorNames {
+  const char* router;       // "mlp.gate.weight" [n_expert, n_embd]
+  const char* expert_gate;  // [n_ff_expert, n_embd]
+  const char* expert_up;    // [n_ff_expert, n_embd]
+  const char* expert_down;  // [n_embd, n_ff_expert]
+};
+// Layer `il` with an MoE MLP: the dense decoder's attention and norms, then the router and each
+// expert's gate, up and down (slots kRouter, kExpertGateUp, kExpertDown; arch-tensors.h).
+std::vector<TensorSpec> moe_layer_tensors(const ModelConfig& c, int64_t il,
+                                          const MoeTensorNames& names);
+// The MoE families' GGUF reader: refuses the file (GGUF experts are not supported yet).
+Status read_moe_gguf(const GgufFile& f, ModelConfig& c);
 
 struct ArchSpec {
   Arch arch = Arch::kLlama;
@@ -51,6 +68,8 @@ const ArchSpec& llama_arch();
 const ArchSpec& mistral_arch();
 const ArchSpec& qwen2_arch();
 const ArchSpec& qwen3_arch();
+const ArchSpec& qwen3_moe_arch();
+const ArchSpec& mixtral_arch();
 
 // Every supported family, and lookups by the names the files use. nullptr when unknown.
 std::span<const ArchSpec* const> all_archs();

@@ -7,7 +7,13 @@
 //
 //   x = rmsnorm(h) ; q,k,v = x Wqkv^T (+b) ; [q,k = rmsnorm_head(q,k)] ; rope(q,k) ;
 //   kv <- k,v ; a = attention(q, kv) ; h += a Wo^T ; x = rmsnorm(h) ;
-//   h += (silu(x Wg^T) * x Wu^T) Wd^T
+//   h += (silu(x Wg^T) * x Wu^T) Wd^T                          (a dense MLP)
+//   h += sum_j w_j (silu(x Wg[e_j]^T) * x Wu[e_j]^T) Wd[e_j]^T    (an MoE MLP, Qwen3-MoE, Mixtral)
+//
+// An MoE layer's MLP (the table gave it a router slot: moe_layer_tensors) routes each token to
+// its top k experts (cpu::moe_route), runs each expert on the tokens routed to it (the same
+// linear and SwiGLU kernels, whose rows are independent of the batch), and sums each token's k
+// outputs in its own top-k order: a token's result never depends on the other tokens.
 //
 // The layer reads and writes only the residual stream h, ending with a plain add, so running
 // layers in one stage or split across several gives bitwise the same h.
@@ -55,6 +61,16 @@ struct LayerWorkspace {
   std::vector<float> proj;     // [n_tokens, n_embd] output of o_proj, then of down_proj
   std::vector<float> gate_up;  // [n_tokens, 2 n_ff]
   std::vector<float> act;      // [n_tokens, n_ff]
+  // MoE layers only (k = n_expert_used, F = n_ff_expert).
+  std::vector<float> router;          // [n_tokens, n_expert] router logits
+  std::vector<int32_t> expert_ids;    // [n_tokens, k] chosen experts
+  std::vector<float> expert_weights;  // [n_tokens, k] their weights
+  std::vector<int64_t> expert_rows;   // [n_tokens * k] the (token, j) pairs of one expert
+  std::vector<float> expert_x;        // [n_tokens, n_embd] those tokens' inputs
+  std::vector<float> expert_gate_up;  // [n_tokens, 2 F]
+  std::vector<float> expert_act;      // [n_tokens, F]
+  std::vector<float> expert_out;      // [n_tokens, n_embd] one expert's outputs
+  std::vector<float> expert_y;        // [n_tokens, k, n_embd] each (token, j)'s expert output
   void reserve(const ModelConfig& c, int64_t n_tokens);
 };
 
@@ -71,9 +87,13 @@ class DecoderLayer {
   int64_t n_params() const;
 
  private:
+  // ws.proj [T, n_embd] = the MoE MLP of ws.x [T, n_embd].
+  void moe_mlp(int64_t n_tokens, LayerWorkspace& ws) const;
+
   const ModelConfig* c_ = nullptr;  // the owning stage's config (outlives the layer)
   // The layer's slots (shapes in arch-tensors.h): attn_norm, qkv, qkv_bias (attention_bias),
-  // q_norm and k_norm (qk_norm), o, ffn_norm, gate_up, down; the others stay empty.
+  // q_norm and k_norm (qk_norm), o, ffn_norm, then gate_up and down (a dense MLP) or router,
+  // expert_gate_up and expert_down (an MoE one); the others stay empty.
   SlotMap<kernels::HostWeight> w_;
 };
 

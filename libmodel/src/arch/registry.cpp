@@ -13,8 +13,9 @@
 namespace pp::model {
 
 std::span<const ArchSpec* const> all_archs() {
-  static const std::array<const ArchSpec*, 4> kArchs = {&llama_arch(), &mistral_arch(),
-                                                        &qwen2_arch(), &qwen3_arch()};
+  static const std::array<const ArchSpec*, 6> kArchs = {&llama_arch(),     &mistral_arch(),
+                                                        &qwen2_arch(),     &qwen3_arch(),
+                                                        &qwen3_moe_arch(), &mixtral_arch()};
   return kArchs;
 }
 
@@ -41,7 +42,7 @@ const ArchSpec* find_arch_by_model_type(std::string_view model_type) {
 
 const ArchSpec* find_arch_by_gguf_name(std::string_view gguf_name) {
   for (const ArchSpec* a : all_archs()) {
-    if (gguf_name == a->gguf_name) return a;
+    if (!gguf_name.empty() && gguf_name == a->gguf_name) return a;
   }
   return nullptr;
 }
@@ -61,6 +62,10 @@ Status read_qwen_sliding_window(const nlohmann::json& j, ModelConfig& c) {
 void write_qwen_sliding_window(const ModelConfig& c, nlohmann::json& j) {
   j["use_sliding_window"] = c.sliding_window > 0;
   j["sliding_window"] = c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nullptr;
+}
+
+Status read_moe_gguf(const GgufFile&, ModelConfig&) {
+  return unimplemented("mixture-of-experts GGUF files are not supported yet");
 }
 
 const char* arch_name(Arch arch) { return arch_spec(arch).hf_class; }

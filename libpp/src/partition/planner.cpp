@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <span>
 
 #include "pp/assert.h"
 #include "pp/model/quantization.h"
@@ -160,25 +161,55 @@ model::StageParts stage_parts(const StagePlan& s) {
           .head = s.has_lm_head};
 }
 
-int64_t layer_params(const ModelConfig& c) {
-  return model::tensor_params(model::layer_tensors(c, 0));
-}
-
 namespace {
 
-int64_t layer_matmul_params(const ModelConfig& c) {
-  return model::matrix_params(model::layer_tensors(c, 0));
+// What one step touches of a layer's linear weights: all of a dense layer's; of an MoE layer's
+// experts only the n_expert_used chosen per token (the router and attention are always run).
+double touched_matrix_params(const ModelConfig& c, std::span<const model::TensorSpec> tensors) {
+  double n = 0;
+  for (const model::TensorSpec& t : tensors) {
+    if (!t.is_matrix()) continue;
+    const bool expert =
+        t.slot == model::WeightSlot::kExpertGateUp || t.slot == model::WeightSlot::kExpertDown;
+    n += expert ? double(t.numel()) * double(c.n_expert_used) / double(c.n_expert)
+                : double(t.numel());
+  }
+  return n;
 }
 
-}  // namespace
+// One layer's share of a stage's cost.
+struct LayerCost {
+  int64_t params = 0;
+  double flops_per_token = 0;
+  uint64_t bytes = 0;
+};
 
-double layer_flops_per_token(const ModelConfig& c, const CostModel& m) {
-  return 2.0 * double(layer_matmul_params(c)) +
-         4.0 * double(c.q_dim()) * double(m.attention_context);
+LayerCost layer_cost(const ModelConfig& c, int64_t il, DType dtype, const CostModel& m) {
+  const std::vector<model::TensorSpec> tensors = model::layer_tensors(c, il);
+  LayerCost out;
+  out.params = model::tensor_params(tensors);
+  out.flops_per_token = 2.0 * touched_matrix_params(c, tensors) +
+                        4.0 * double(c.q_dim()) * double(m.attention_context);
+  for (const model::TensorSpec& t : tensors) out.bytes += shard_tensor_bytes(c, t, dtype);
+  return out;
 }
 
-StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding, bool has_lm_head,
-                     DType dtype, const CostModel& m) {
+// Every layer's cost. The layers of a family differ only in their MLP (dense or MoE, per
+// ModelConfig::layer_is_moe), so each kind's table is read once: the planner's dynamic program
+// asks for many ranges, and an MoE layer lists hundreds of expert tensors.
+std::vector<LayerCost> layer_costs(const ModelConfig& c, DType dtype, const CostModel& m) {
+  std::vector<LayerCost> out(size_t(c.n_layer));
+  int64_t dense = -1, moe = -1;
+  for (int64_t il = 0; il < c.n_layer; ++il) {
+    int64_t& first = c.layer_is_moe(il) ? moe : dense;
+    out[size_t(il)] = first < 0 ? layer_cost(c, il, dtype, m) : out[size_t(first)];
+    if (first < 0) first = il;
+  }
+  return out;
+}
+
+StagePlan stage_cost_of(const ModelConfig& c, std::span<const LayerCost> costs, LayerRange layers,
+                        bool has_embedding, bool has_lm_head, DType dtype, const CostModel& m) {
   StagePlan s;
   s.layers = layers;
   s.has_embedding = has_embedding;
@@ -188,18 +219,19 @@ StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding
   // the lm_head, which a tied model shares with the embedding only when the same stage holds both.
   const model::StageTensors edges = model::stage_tensors(
       c, {layers.begin, layers.begin, has_embedding, has_lm_head}, c.tie_word_embeddings);
-  s.params = layers.size() * layer_params(c) + model::tensor_params(edges.tensors);
-  s.flops_per_token = double(layers.size()) * layer_flops_per_token(c, m);
-  if (has_lm_head) s.flops_per_token += 2.0 * double(table) + 5.0 * double(c.n_vocab);
+  s.params = model::tensor_params(edges.tensors);
+  s.flops_per_token = 0;
   s.bytes = 0;
-  for (const model::TensorSpec& t : edges.tensors) s.bytes += shard_tensor_bytes(c, t, dtype);
-  if (layers.size() > 0) {
-    uint64_t layer_bytes = 0;
-    for (const model::TensorSpec& t : model::layer_tensors(c, 0)) {
-      layer_bytes += shard_tensor_bytes(c, t, dtype);
-    }
-    s.bytes += uint64_t(layers.size()) * layer_bytes;
+  // Memory holds every expert; the FLOPs count the touched ones. The step time below still
+  // streams every expert's bytes, which holds for large batches (they touch every expert) and
+  // overstates a small batch's MoE step.
+  for (int64_t il = layers.begin; il < layers.end; ++il) {
+    s.params += costs[size_t(il)].params;
+    s.flops_per_token += costs[size_t(il)].flops_per_token;
+    s.bytes += costs[size_t(il)].bytes;
   }
+  if (has_lm_head) s.flops_per_token += 2.0 * double(table) + 5.0 * double(c.n_vocab);
+  for (const model::TensorSpec& t : edges.tensors) s.bytes += shard_tensor_bytes(c, t, dtype);
   // fp8 is a weight format: the tensors it leaves alone, and the KV cache, stay 16-bit.
   const uint64_t elem = uint64_t(shard_dtype_bytes(dtype));
   s.kv_bytes_per_token =
@@ -216,6 +248,21 @@ StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding
   double memory = double(streamed) / m.bandwidth;
   s.est_time_s = std::max(compute, memory);
   return s;
+}
+
+}  // namespace
+
+int64_t layer_params(const ModelConfig& c, int64_t il) {
+  return model::tensor_params(model::layer_tensors(c, il));
+}
+
+double layer_flops_per_token(const ModelConfig& c, int64_t il, const CostModel& m) {
+  return layer_cost(c, il, DType::kBF16, m).flops_per_token;
+}
+
+StagePlan stage_cost(const ModelConfig& c, LayerRange layers, bool has_embedding, bool has_lm_head,
+                     DType dtype, const CostModel& m) {
+  return stage_cost_of(c, layer_costs(c, dtype, m), layers, has_embedding, has_lm_head, dtype, m);
 }
 
 uint64_t stage_memory_needed(const ModelConfig& c, const StagePlan& s, const CostModel& m) {
@@ -268,8 +315,9 @@ std::vector<LayerRange> cost_ranges(const ModelConfig& c, const PlanOptions& o,
   const int64_t L = c.n_layer;
   constexpr double kInf = std::numeric_limits<double>::infinity();
   // cost[k][i][j]: time of stage k on [i, j), infinity when it does not fit.
+  const std::vector<LayerCost> layers = layer_costs(c, o.dtype, o.cost_model);
   auto cost = [&](int k, int64_t i, int64_t j) {
-    StagePlan s = stage_cost(c, {i, j}, k == 0, k == P - 1, o.dtype, o.cost_model);
+    StagePlan s = stage_cost_of(c, layers, {i, j}, k == 0, k == P - 1, o.dtype, o.cost_model);
     if (memory[k] != 0 && stage_memory_needed(c, s, o.cost_model) > memory[k]) return kInf;
     return s.est_time_s;
   };

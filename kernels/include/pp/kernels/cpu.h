@@ -94,6 +94,20 @@ struct SwigluParams {
 };
 void swiglu(const SwigluParams& p);
 
+// Mixture-of-experts routing, one token (row) at a time: the softmax of its router logits over
+// the experts (f32), the k most probable experts, most probable first, ties to the lower expert
+// index (what torch.topk gives in practice), and their probabilities as weights, renormalised to
+// sum to 1 when `renormalize` (Qwen3-MoE's norm_topk_prob; Mixtral's softmax over the chosen
+// logits is the same). A row's result depends on that row alone.
+struct MoeRouteParams {
+  const float* logits = nullptr;  // [n_tokens, n_expert]
+  int32_t* ids = nullptr;         // [n_tokens, k] chosen experts
+  float* weights = nullptr;       // [n_tokens, k] their weights
+  int64_t n_tokens = 0, n_expert = 0, k = 0;
+  bool renormalize = false;
+};
+void moe_route(const MoeRouteParams& p);
+
 // One layer's paged KV pool. Slot s = block * block_size + offset holds one token.
 struct PagedKv {
   float* k = nullptr;  // [n_blocks, block_size, n_head_kv, head_dim]

@@ -10,6 +10,14 @@
 // `kGateUp` slot ([2 F, E]); their biases likewise. A slot's shape is the sum of its parts'
 // (slots_of), so no consumer spells a fused shape by hand.
 //
+// Experts (an MoE layer, ModelConfig::layer_is_moe): the router fills `kRouter` ([n_expert,
+// E]); every expert's gate and up fill one `kExpertGateUp` slot, expert e's gate at rows
+// e 2F and its up at e 2F + F ([n_expert 2F, E], i.e. [n_expert, 2F, E]); every expert's down
+// one `kExpertDown` slot at rows e E ([n_expert E, F], i.e. [n_expert, E, F]). One contiguous
+// weight per layer with a fixed stride per expert is what a grouped GEMM wants (vLLM's fused_moe
+// w13 / w2 layout): expert e is a pointer offset, not a lookup in a list, and each expert's
+// gate|up is the dense layer's kGateUp, so the same SwiGLU follows.
+//
 // The head: tied embeddings read model.embed_tokens.weight for the lm_head; so does a checkpoint
 // without lm_head.weight (head_reads_embedding). A stage holding both the embedding and the head
 // then shares one table (StageTensors::head_shares_embedding); a last stage without the
@@ -40,25 +48,28 @@ enum class TensorOwner : uint8_t {
 // How a tensor splits across the ranks of a tensor-parallel stage.
 enum class TpSplit : uint8_t {
   kReplicated,  // every rank holds all of it (norms)
-  kColumn,      // rows (output features) split: q, k, v, gate, up and their biases
-  kRow,         // columns (input features) split, outputs summed: o_proj, down_proj
+  kColumn,      // rows (output features) split: q, k, v, gate, up (experts' too), biases
+  kRow,         // columns (input features) split, outputs summed: o_proj, down_proj (experts')
   kVocab,       // vocabulary rows split: embedding and lm_head
 };
 
 // The weights a stage computes with. A tensor fills one slot, whole or at a row offset.
 enum class WeightSlot : uint8_t {
-  kEmbedding,  // [n_vocab, n_embd]
-  kFinalNorm,  // [n_embd]
-  kLmHead,     // [n_vocab, n_embd]
-  kAttnNorm,   // [n_embd]
-  kQkv,        // [q_dim + 2 kv_dim, n_embd]: q | k | v rows
-  kQkvBias,    // [q_dim + 2 kv_dim]
-  kQNorm,      // [head_dim]
-  kKNorm,      // [head_dim]
-  kO,          // [n_embd, q_dim]
-  kFfnNorm,    // [n_embd]
-  kGateUp,     // [2 n_ff, n_embd]: gate | up rows
-  kDown,       // [n_embd, n_ff]
+  kEmbedding,     // [n_vocab, n_embd]
+  kFinalNorm,     // [n_embd]
+  kLmHead,        // [n_vocab, n_embd]
+  kAttnNorm,      // [n_embd]
+  kQkv,           // [q_dim + 2 kv_dim, n_embd]: q | k | v rows
+  kQkvBias,       // [q_dim + 2 kv_dim]
+  kQNorm,         // [head_dim]
+  kKNorm,         // [head_dim]
+  kO,             // [n_embd, q_dim]
+  kFfnNorm,       // [n_embd]
+  kGateUp,        // [2 n_ff, n_embd]: gate | up rows
+  kDown,          // [n_embd, n_ff]
+  kRouter,        // [n_expert, n_embd]: the MoE router (gate)
+  kExpertGateUp,  // [n_expert * 2 n_ff_expert, n_embd]: per expert gate | up rows
+  kExpertDown,    // [n_expert * n_embd, n_ff_expert]: per expert down
   kCount,
 };
 const char* weight_slot_name(WeightSlot s);  // "qkv", "gate_up", ...

@@ -16,10 +16,12 @@
 namespace pp::model {
 
 enum class Arch : uint8_t {
-  kLlama,    // LlamaForCausalLM: Llama 2/3, SmolLM2, TinyLlama
-  kMistral,  // MistralForCausalLM (dense)
-  kQwen2,    // Qwen2ForCausalLM: q/k/v bias
-  kQwen3,    // Qwen3ForCausalLM: q/k RMSNorm per head
+  kLlama,     // LlamaForCausalLM: Llama 2/3, SmolLM2, TinyLlama
+  kMistral,   // MistralForCausalLM (dense)
+  kQwen2,     // Qwen2ForCausalLM: q/k/v bias
+  kQwen3,     // Qwen3ForCausalLM: q/k RMSNorm per head
+  kQwen3Moe,  // Qwen3MoeForCausalLM: Qwen3 attention, mixture-of-experts MLPs
+  kMixtral,   // MixtralForCausalLM: Mistral attention, mixture-of-experts MLPs
 };
 
 const char* arch_name(Arch arch);  // the Hugging Face class name, "LlamaForCausalLM"
@@ -87,6 +89,20 @@ struct ModelConfig {
   std::vector<int32_t> bos_token_ids;   // usually one
   std::vector<int32_t> eos_token_ids;   // config + generation_config, deduplicated
   WeightQuantConfig quant;              // quantization_config; method kNone when absent
+
+  // Mixture of experts (Qwen3-MoE, Mixtral); n_expert == 0 for a dense model. An MoE layer's MLP
+  // is n_expert SwiGLU experts of n_ff_expert, of which a router picks n_expert_used per token.
+  int64_t n_expert = 0;  // num_experts (Qwen3-MoE) / num_local_experts (Mixtral, transformers 5)
+  int64_t n_expert_used = 0;      // num_experts_per_tok: the top k
+  int64_t n_ff_expert = 0;        // moe_intermediate_size (Qwen3-MoE); intermediate_size (Mixtral)
+  bool expert_norm_topk = false;  // renormalise the top k's probabilities to sum to 1
+  // Which layers are MoE (Qwen3-MoE): those with (il + 1) % moe_sparse_step == 0 and not in
+  // moe_dense_layers (mlp_only_layers); the others are dense MLPs of n_ff.
+  int64_t moe_sparse_step = 1;            // decoder_sparse_step
+  std::vector<int64_t> moe_dense_layers;  // mlp_only_layers
+
+  bool is_moe() const { return n_expert > 0; }
+  bool layer_is_moe(int64_t il) const;
 
   // The longest context we serve: max_position, capped by a sliding window (full attention
   // equals sliding-window attention while the context fits in the window).

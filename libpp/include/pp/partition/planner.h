@@ -17,7 +17,9 @@
 // step, H200-like figures) decode is bandwidth-bound, so bytes dominate. FLOPs per token are 2 x
 // the matmul parameters plus attention's 4 x q_dim x attention_context (QK^T and AV at an assumed
 // context), and on the last stage 2 x n_embd x n_vocab for the lm_head plus ~5 x n_vocab for the
-// softmax and sampling; the embedding lookup counts no FLOPs.
+// softmax and sampling; the embedding lookup counts no FLOPs. An MoE layer's bytes and memory
+// count every expert, its FLOPs only the n_expert_used experts a token touches (the bytes a step
+// streams still count every expert: right for large batches, pessimistic for small ones).
 #pragma once
 
 #include <cstdint>
@@ -108,10 +110,12 @@ struct PlanOptions {
   CostModel cost_model;
 };
 
-// Per-layer and edge costs from the model's table of tensors (model::layer_tensors): every
-// layer of a family has the same shapes.
-int64_t layer_params(const model::ModelConfig& c);
-double layer_flops_per_token(const model::ModelConfig& c, const CostModel& m);
+// Layer `il`'s costs from the model's table of tensors (model::layer_tensors): its parameters
+// (an MoE layer's all experts), and its FLOPs per token (of the experts, only the
+// n_expert_used a token touches). An MoE family may mix dense and MoE layers (Qwen3-MoE's
+// mlp_only_layers), so the cost is per layer.
+int64_t layer_params(const model::ModelConfig& c, int64_t il);
+double layer_flops_per_token(const model::ModelConfig& c, int64_t il, const CostModel& m);
 // Fills params, bytes, FLOPs, KV bytes and est_time_s of a stage with the given layers and edges.
 StagePlan stage_cost(const model::ModelConfig& c, LayerRange layers, bool has_embedding,
                      bool has_lm_head, model::DType dtype, const CostModel& m);
