@@ -25,6 +25,8 @@ bool quantized_on_load(const TensorSpec& t) {
     case WeightSlot::kO:
     case WeightSlot::kGateUp:
     case WeightSlot::kDown:
+    case WeightSlot::kExpertGateUp:  // each expert's gate, up and down; the router stays
+    case WeightSlot::kExpertDown:
       return true;
     default:
       return false;

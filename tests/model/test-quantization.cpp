@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
 
 #include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
+#include "pp/model/config.h"
 #include "pp/model/quantization.h"
+#include "pp/model/weights.h"
 #include "test-model-util.h"
 
 namespace pp::test {
@@ -132,6 +135,35 @@ INSTANTIATE_TEST_SUITE_P(Families, QuantizeOnLoad,
                          [](const auto& info) {
                            return std::string(model::arch_name(info.param));
                          });
+
+// An MoE model: every expert's gate, up and down are quantized like the dense linears; the
+// router (a small, sensitive matrix) keeps its precision.
+TEST(Quantization, ExpertsQuantizedRouterKept) {
+  const std::filesystem::path dir = fixture_dir() / "models" / "tiny-qwen3-moe";
+  auto c = model::config_from_hf_dir(dir);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  auto w = model::open_safetensors(dir);
+  ASSERT_TRUE(w.ok()) << w.status().message();
+  auto q = model::quantize_on_load(std::shared_ptr<const model::WeightSource>(std::move(*w)), *c,
+                                   model::Quantization::kFp8);
+  int experts = 0, routers = 0;
+  for (const std::string& name : q->names()) {
+    SCOPED_TRACE(name);
+    const auto spec = model::find_tensor_spec(*c, name);
+    ASSERT_TRUE(spec.has_value());
+    const bool expert = spec->slot == model::WeightSlot::kExpertGateUp ||
+                        spec->slot == model::WeightSlot::kExpertDown;
+    const bool router = spec->slot == model::WeightSlot::kRouter;
+    experts += expert;
+    routers += router;
+    if (expert) EXPECT_EQ(q->find(name)->dtype, DType::kF8E4M3);
+    if (router) EXPECT_NE(q->find(name)->dtype, DType::kF8E4M3);
+    EXPECT_EQ(model::quantized_on_load(*spec),
+              spec->owner == model::TensorOwner::kLayer && spec->is_matrix() && !router);
+  }
+  EXPECT_GT(experts, 0);
+  EXPECT_GT(routers, 0);
+}
 
 TEST(Quantization, AnFp8SourceIsNotQuantizedAgain) {
   const model::ModelConfig c = tiny_config(model::Arch::kLlama);

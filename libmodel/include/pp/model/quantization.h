@@ -1,8 +1,8 @@
 // Quantization on load (`--quantization fp8`, `pp-partition split --dtype fp8`): a model stored
 // in bf16 (or f16, f32, GGUF) is served with fp8 e4m3 weights, one f32 scale per output channel,
 // the way vLLM's and SGLang's `--quantization fp8` do it. Which tensors: the decoder layers'
-// linear weights (q, k, v, o, gate, up, down); the embedding, the lm_head, norms and biases stay
-// in their precision. A checkpoint already stored in fp8 keeps its own bytes and scales.
+// linear weights (q, k, v, o, gate, up, down, and every expert's); the embedding, the lm_head,
+// an MoE router, norms and biases stay in their precision. A checkpoint already stored in fp8 keeps its own bytes and scales.
 //
 // quantize_on_load wraps a weight source so that every consumer sees the quantized model: find()
 // reports those tensors as kF8E4M3 with per-channel scales, read_weight() returns the fp8 bytes
@@ -29,7 +29,7 @@ const char* quantization_name(Quantization q);  // "none", "fp8"
 // "fp8" (or "none"); kInvalidArgument naming the value and the choices otherwise.
 Result<Quantization> parse_quantization(std::string_view s);
 
-// Whether `t` is quantized on load: a decoder layer's linear weight.
+// Whether `t` is quantized on load: a decoder layer's linear weight (an expert's too).
 bool quantized_on_load(const TensorSpec& t);
 
 // `inner` with every tensor quantized_on_load() says (and that is not already fp8) quantized to
