@@ -2,7 +2,8 @@
 // in bf16 (or f16, f32, GGUF) is served with fp8 e4m3 weights, one f32 scale per output channel,
 // the way vLLM's and SGLang's `--quantization fp8` do it. Which tensors: the decoder layers'
 // linear weights (q, k, v, o, gate, up, down, and every expert's); the embedding, the lm_head,
-// an MoE router, norms and biases stay in their precision. A checkpoint already stored in fp8 keeps its own bytes and scales.
+// an MoE router, norms and biases stay in their precision. A checkpoint already stored in fp8 keeps
+// its own bytes and scales.
 //
 // quantize_on_load wraps a weight source so that every consumer sees the quantized model: find()
 // reports those tensors as kF8E4M3 with per-channel scales, read_weight() returns the fp8 bytes
