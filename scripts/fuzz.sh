@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of tests/fuzz with clang, AddressSanitizer and
-# UndefinedBehaviorSanitizer (every library instrumented) in ${PP_FUZZ_BUILD_DIR:-build-fuzz}, and
+# UndefinedBehaviorSanitizer (every library instrumented) in the sanitized tree that
+# sanitize-tests.sh shares (scripts/configure-sanitized.sh: ${PP_SAN_BUILD_DIR:-build-san}), and
 # runs each for SECONDS_PER_TARGET (default 60) on a scratch copy of its seed corpus
 # (tests/fuzz/corpus/<target>/; the committed corpus never grows). Fails on any finding: the
 # input that triggered it is kept under BUILD/fuzz-findings/ with the command that replays it.
@@ -10,7 +11,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
 [ $# -gt 0 ] && shift
-build=${PP_FUZZ_BUILD_DIR:-$root/build-fuzz}
 jobs=${PP_JOBS:-$(nproc)}
 
 if [ $# -gt 0 ]; then
@@ -24,9 +24,7 @@ else
 fi
 
 # -O2 with line tables: fast enough to fuzz, and findings name file and line.
-CC=${PP_FUZZ_CC:-clang} CXX=${PP_FUZZ_CXX:-clang++} cmake -S "$root" -B "$build" -G Ninja \
-  -DPP_CUDA=OFF -DPP_FUZZ=ON -DPP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1" >/dev/null
+build=$("$root/scripts/configure-sanitized.sh")
 ninja -C "$build" -j"$jobs" "${targets[@]/#/fuzz-}" >&2
 
 bin() { echo "$build/tests/fuzz/fuzz-$1"; }

@@ -1,24 +1,21 @@
 #!/usr/bin/env bash
-# The unit tests under AddressSanitizer and UndefinedBehaviorSanitizer: configures
-# ${PP_ASAN_BUILD_DIR:-build-asan} with gcc and -DPP_SANITIZE=ON (CPU only), builds test-kernels,
-# test-model and test-pp (and pp-stage, which they start), and runs them with
+# The unit tests under AddressSanitizer and UndefinedBehaviorSanitizer: configures the sanitized
+# tree that fuzz.sh shares (scripts/configure-sanitized.sh: ${PP_SAN_BUILD_DIR:-build-san},
+# clang, CPU only), builds test-kernels, test-model and test-pp (and pp-stage, which they
+# start), and runs them with
 # `ctest -LE "gpu|slow"`. Every finding is fatal: an ASan report, a UBSan report
 # (-fno-sanitize-recover) or a leak fails the test that caused it.
 # Extra arguments go to ctest (e.g. -R Wire).
 #
 # Left out, for time only (each runs minutes of the 135M default model's forward passes, which
 # ASan slows several times; the tiny-model and fixture versions of the same code paths stay in):
-# the tests matching $heavy below. Run everything with PP_ASAN_ALL=1.
+# the tests matching $heavy below. Run everything with PP_SAN_ALL=1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-build=${PP_ASAN_BUILD_DIR:-$root/build-asan}
 jobs=${PP_JOBS:-$(nproc)}
 binaries=(test-kernels test-model test-pp)
 
-# gcc rather than clang: clang 14 (Debian 12) has no _Float16 on x86, which the tests use.
-CC=${PP_ASAN_CC:-gcc} CXX=${PP_ASAN_CXX:-g++} cmake -S "$root" -B "$build" -G Ninja \
-  -DPP_CUDA=OFF -DPP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1" >/dev/null
+build=$("$root/scripts/configure-sanitized.sh")
 # pp-stage too: the engine tests run their stages as pp-stage processes, sanitized like the rest.
 ninja -C "$build" -j"$jobs" "${binaries[@]}" pp-stage >&2
 
@@ -44,7 +41,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 heavy="DefaultModel|RealModels|smollm2_"
 exclude=()
-[ "${PP_ASAN_ALL:-0}" = 1 ] || exclude=(-E "$heavy")
+[ "${PP_SAN_ALL:-0}" = 1 ] || exclude=(-E "$heavy")
 labels=$(IFS='|'; echo "${binaries[*]}")
 ctest --test-dir "$build" -L "^($labels)\$" -LE "gpu|slow" "${exclude[@]}" --output-on-failure \
   -j"$jobs" --timeout 900 "$@"

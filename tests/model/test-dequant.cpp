@@ -8,6 +8,7 @@
 #include <cstring>
 #include <set>
 
+#include "f16-reference.h"
 #include "pp/model/gguf.h"
 #include "test-util.h"
 
@@ -73,9 +74,7 @@ TEST(Dequant, EveryF16Value) {
                                     out.data(), int64_t(all.size()))
                   .ok());
   for (uint32_t i = 0; i < all.size(); ++i) {
-    _Float16 h;
-    std::memcpy(&h, &all[i], 2);
-    const float want = static_cast<float>(h);
+    const float want = f16_reference_value(all[i]);
     if (std::isnan(want)) {
       EXPECT_TRUE(std::isnan(out[i])) << i;
     } else {

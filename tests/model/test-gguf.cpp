@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <variant>
 
+#include "f16-reference.h"
 #include "gguf-builder.h"
 #include "pp/model/gguf.h"
 #include "pp/model/weights.h"
@@ -34,14 +35,14 @@ Bytes f32_bytes(std::span<const float> v) {
   return b;
 }
 
-// f16 bytes of `v`, and in `rounded` the values they hold (the compiler's own conversion).
+// f16 bytes of `v`, and in `rounded` the values they hold (the hardware's own conversion).
 Bytes f16_bytes(std::span<const float> v, std::vector<float>* rounded) {
   Bytes b;
   rounded->clear();
   for (float x : v) {
-    const _Float16 h = static_cast<_Float16>(x);
+    const uint16_t h = f16_reference_bits(x);
     put(b, h);
-    rounded->push_back(static_cast<float>(h));
+    rounded->push_back(f16_reference_value(h));
   }
   return b;
 }

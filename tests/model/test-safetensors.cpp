@@ -10,6 +10,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "f16-reference.h"
 #include "pp/model/safetensors-writer.h"
 #include "pp/model/safetensors.h"
 #include "test-util.h"
@@ -38,7 +39,7 @@ float to_bf16_reference(float x) {
   return ((bits >> 16) & 1) ? hi : lo;
 }
 
-float to_f16_reference(float x) { return static_cast<float>(static_cast<_Float16>(x)); }
+float to_f16_reference(float x) { return f16_reference_value(f16_reference_bits(x)); }
 
 bool same_value(float a, float b) {
   return (std::isnan(a) && std::isnan(b)) ||
