@@ -61,6 +61,20 @@ std::string describe(const LinearParams& p) {
 
 }  // namespace
 
+namespace {
+
+// Releases what a plan holds (parts not yet created are null).
+template <typename P>
+void destroy_plan(P* pl) {
+  if (!pl) return;
+  if (pl->a) cublasLtMatrixLayoutDestroy(pl->a);
+  if (pl->b) cublasLtMatrixLayoutDestroy(pl->b);
+  if (pl->c) cublasLtMatrixLayoutDestroy(pl->c);
+  if (pl->op) cublasLtMatmulDescDestroy(pl->op);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Blas>> Blas::create(size_t workspace_bytes) {
   std::unique_ptr<Blas> b(new Blas());
   cublasStatus_t s = cublasLtCreate(&b->handle_);
@@ -76,16 +90,26 @@ Result<std::unique_ptr<Blas>> Blas::create(size_t workspace_bytes) {
   return b;
 }
 
+cublasStatus_t Blas::heuristic_algo(Plan* pl) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  cublasStatus_t s = cublasLtMatmulPreferenceCreate(&pref);
+  if (s != CUBLAS_STATUS_SUCCESS) return s;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                       &workspace_bytes_, sizeof(workspace_bytes_));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  s = cublasLtMatmulAlgoGetHeuristic(handle_, pl->op, pl->a, pl->b, pl->c, pl->c, pref, 1, &result,
+                                     &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS) return s;
+  if (found == 0) return CUBLAS_STATUS_NOT_SUPPORTED;
+  pl->algo = result.algo;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 void Blas::clear_plans() {
-  auto destroy = [](Plan* pl) {
-    if (!pl) return;
-    if (pl->a) cublasLtMatrixLayoutDestroy(pl->a);
-    if (pl->b) cublasLtMatrixLayoutDestroy(pl->b);
-    if (pl->c) cublasLtMatrixLayoutDestroy(pl->c);
-    if (pl->op) cublasLtMatmulDescDestroy(pl->op);
-  };
-  for (auto& [key, pl] : plans_) destroy(pl.get());
-  for (auto& [key, pl] : fp8_lt_plans_) destroy(pl.get());
+  for (auto& [key, pl] : plans_) destroy_plan(pl.get());
+  for (auto& [key, pl] : fp8_lt_plans_) destroy_plan(pl.get());
   plans_.clear();
   fp8_lt_plans_.clear();
   fp8_plans_.clear();  // they point into fp8_lt_plans_
@@ -113,10 +137,7 @@ Result<Blas::Plan*> Blas::plan_for(const LinearParams& p) {
   pl.f32 = f32;
   pl.accumulate = p.accumulate;
   auto fail = [&](const char* what, cublasStatus_t s) {
-    if (pl.a) cublasLtMatrixLayoutDestroy(pl.a);
-    if (pl.b) cublasLtMatrixLayoutDestroy(pl.b);
-    if (pl.c) cublasLtMatrixLayoutDestroy(pl.c);
-    if (pl.op) cublasLtMatmulDescDestroy(pl.op);
+    destroy_plan(&pl);
     return blas_error(what, s);
   };
   cublasStatus_t s = cublasLtMatmulDescCreate(&pl.op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
@@ -144,20 +165,7 @@ Result<Blas::Plan*> Blas::plan_for(const LinearParams& p) {
       CUBLAS_STATUS_SUCCESS) {
     return fail("layout", s);
   }
-  cublasLtMatmulPreference_t pref = nullptr;
-  if ((s = cublasLtMatmulPreferenceCreate(&pref)) != CUBLAS_STATUS_SUCCESS) {
-    return fail("preference", s);
-  }
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                       &workspace_bytes_, sizeof(workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  s = cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result,
-                                     &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (s != CUBLAS_STATUS_SUCCESS) return fail("heuristic", s);
-  if (found == 0) return fail("heuristic", CUBLAS_STATUS_NOT_SUPPORTED);
-  pl.algo = result.algo;
+  if ((s = heuristic_algo(&pl)) != CUBLAS_STATUS_SUCCESS) return fail("heuristic", s);
   auto owned = std::make_unique<Plan>(pl);
   Plan* raw = owned.get();
   plans_.emplace(key, std::move(owned));
@@ -177,10 +185,7 @@ Result<Blas::Plan*> Blas::fp8_lt_plan(int64_t m, int64_t n, int64_t k, ScaleKind
   pl.accumulate = accumulate;
   // Refused (no algorithm, or an attribute this cuBLASLt does not know): remembered as nullptr.
   auto refuse = [&]() -> Result<Plan*> {
-    if (pl.a) cublasLtMatrixLayoutDestroy(pl.a);
-    if (pl.b) cublasLtMatrixLayoutDestroy(pl.b);
-    if (pl.c) cublasLtMatrixLayoutDestroy(pl.c);
-    if (pl.op) cublasLtMatmulDescDestroy(pl.op);
+    destroy_plan(&pl);
     fp8_lt_plans_.emplace(key, nullptr);
     return static_cast<Plan*>(nullptr);
   };
@@ -219,20 +224,8 @@ Result<Blas::Plan*> Blas::fp8_lt_plan(int64_t m, int64_t n, int64_t k, ScaleKind
                                       uint64_t(m), n)) != CUBLAS_STATUS_SUCCESS) {
     return refuse();
   }
-  cublasLtMatmulPreference_t pref = nullptr;
-  if ((s = cublasLtMatmulPreferenceCreate(&pref)) != CUBLAS_STATUS_SUCCESS) {
-    (void)refuse();
-    return blas_error("preference", s);
-  }
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                       &workspace_bytes_, sizeof(workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  s = cublasLtMatmulAlgoGetHeuristic(handle_, pl.op, pl.a, pl.b, pl.c, pl.c, pref, 1, &result,
-                                     &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (s != CUBLAS_STATUS_SUCCESS || found == 0) return refuse();
-  pl.algo = result.algo;
+  // No algorithm, or none that takes these attributes: refused (the caller falls back).
+  if (heuristic_algo(&pl) != CUBLAS_STATUS_SUCCESS) return refuse();
   auto owned = std::make_unique<Plan>(pl);
   Plan* raw = owned.get();
   fp8_lt_plans_.emplace(key, std::move(owned));

@@ -108,6 +108,9 @@ class Blas {
   Result<Fp8Plan> fp8_plan_for(const LinearParams& p);
   Status fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t stream);
   Status bf16_run(const LinearParams& p, cudaStream_t stream);
+  // cuBLASLt's first choice of algorithm for pl's descriptor and layouts within the workspace:
+  // CUBLAS_STATUS_NOT_SUPPORTED when it has none.
+  cublasStatus_t heuristic_algo(Plan* pl);
   void clear_plans();
   void log(const std::string& line) {
     if (log_) log_(line);
