@@ -312,7 +312,8 @@ int main() {
   }
 
   // Decode linears at Qwen3-8B shapes (qkv, o, gate|up, down): the fp8 GEMV (per-channel
-  // scales) next to cuBLASLt bf16, as bytes moved (weight, x, y, scales) over time.
+  // scales) next to the bf16 one (Blas::linear takes the GEMV up to 8 rows), as bytes moved
+  // (weight, x, y, scales) over time; then the lm_head into f32 logits.
   std::printf("\n| kernel | shape | us | GB/s | of copy |\n|---|---|---|---|---|\n");
   {
     auto blas = ck::Blas::create();
@@ -362,7 +363,8 @@ int main() {
               }
             },
             20);
-        report_bw("cublasLt linear bf16", shape, ms16, double(n * k * 2 + m * k * 2 + m * n * 2));
+        report_bw("bf16 gemv (Blas::linear)", shape, ms16,
+                  double(n * k * 2 + m * k * 2 + m * n * 2));
       }
       CHECK(cudaFree(w8));
       CHECK(cudaFree(w16));
@@ -370,6 +372,43 @@ int main() {
       CHECK(cudaFree(x));
       CHECK(cudaFree(y));
     }
+  }
+
+  // The lm_head at batch 1..8: bf16 [151936, 4096] into f32 logits (the GEMV; cuBLASLt before).
+  {
+    auto blas = ck::Blas::create();
+    if (!blas.ok()) {
+      std::fprintf(stderr, "%s\n", blas.status().message().c_str());
+      return 1;
+    }
+    const int64_t n = 151936, k = 4096;
+    bf16* w16 = random_bf16(size_t(n * k));
+    bf16* x = random_bf16(size_t(8 * k));
+    float* y = alloc<float>(size_t(8 * n));
+    for (int64_t m : {1, 8}) {
+      char shape[96];
+      std::snprintf(shape, sizeof shape, "m=%lld n=%lld k=%lld f32", (long long)m, (long long)n,
+                    (long long)k);
+      ck::LinearParams lp;
+      lp.x = x;
+      lp.w = w16;
+      lp.out_f32 = y;
+      lp.m = m;
+      lp.n = n;
+      lp.k = k;
+      const double ms = time_ms(
+          [&] {
+            if (auto st = (*blas)->linear(lp, nullptr); !st.ok()) {
+              std::fprintf(stderr, "%s\n", st.message().c_str());
+              std::exit(1);
+            }
+          },
+          20);
+      report_bw("lm_head bf16 gemv", shape, ms, double(n * k * 2 + m * k * 2 + m * n * 4));
+    }
+    CHECK(cudaFree(w16));
+    CHECK(cudaFree(x));
+    CHECK(cudaFree(y));
   }
 
   // Sampling: 256 rows of a 151936 vocabulary, f32 logits.

@@ -86,6 +86,7 @@ Status Blas::linear(const LinearArgs&, Stream&) { return no_cuda(); }
 Status Blas::reserve_fp8(int64_t, int64_t, int64_t, int64_t) { return no_cuda(); }
 Result<LinearPath> Blas::path_for(const LinearArgs&) { return no_cuda(); }
 void Blas::set_log(std::function<void(const std::string&)>) {}
+void Blas::set_fp8_activations(bool) {}
 Status quantize_fp8_rows(const Bf16*, void*, float*, int64_t, int64_t, Stream&) {
   return no_cuda();
 }

@@ -166,6 +166,7 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
   PP_ASSIGN_OR_RETURN(stream_, gpu::Stream::create(true));
   PP_ASSIGN_OR_RETURN(copy_stream_, gpu::Stream::create(false));
   PP_ASSIGN_OR_RETURN(blas_, gpu::Blas::create());
+  blas_->set_fp8_activations(options_.fp8_activations);
   const std::vector<float> inv = rope_inv_freq_for(config_);
   PP_ASSIGN_OR_RETURN(inv_freq_, gpu::DeviceBuffer::allocate(inv.size() * sizeof(float)));
   PP_RETURN_IF_ERROR(
@@ -470,7 +471,7 @@ Status GpuStageModel::reserve_fp8() {
   if (T <= gpu::kFp8GemvMaxRows) return ok_status();
   // The linears forward() runs, at the smallest and largest m beyond the GEMV.
   const Layer& l = layers_.front();
-  bool need_dequant = false;
+  bool need_dequant = !options_.fp8_activations;
   for (int64_t m : {gpu::kFp8GemvMaxRows + 1, T}) {
     const gpu::LinearArgs calls[] = {
         {.x = x_,
@@ -490,10 +491,11 @@ Status GpuStageModel::reserve_fp8() {
     }
   }
   if (!need_dequant) return ok_status();
-  spdlog::warn(
-      "layers [{}, {}): cuBLASLt refuses some fp8 linears; reserving {} MiB for their "
-      "dequantized weights",
-      layer_begin_, layer_end_, max_elems * 2 >> 20);
+  if (options_.fp8_activations)
+    spdlog::warn(
+        "layers [{}, {}): cuBLASLt refuses some fp8 linears; reserving {} MiB for their "
+        "dequantized weights",
+        layer_begin_, layer_end_, max_elems * 2 >> 20);
   return blas_->reserve_fp8(T, max_n, max_k, max_elems);
 }
 

@@ -3,6 +3,9 @@
 // shapes (odd m included) and a repeated shape (the cached plan).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
+
 #include "cuda-test-util.h"
 #include "pp/kernels/cpu.h"
 #include "pp/kernels/cuda/linear.h"
@@ -83,6 +86,74 @@ TEST(CudaLinear, AccumulatesAndWritesF32) {
   EXPECT_EQ(pp::test::first_mismatch(df.download(), ref, 1e-3, 1e-4), -1);
   for (size_t i = 0; i < ref.size(); ++i) ref[i] += h[i];
   EXPECT_EQ(pp::test::first_mismatch(pp::test::download_f32(dh), ref, 3e-2, 1e-2), -1);
+}
+
+}  // namespace
+
+namespace {
+
+// Up to 8 rows, Blas::linear takes the bf16 GEMV: every m, odd n (rows past a warp's last),
+// k from one vector to many, every variant (bias, accumulate, f32 out), against float64.
+TEST(CudaLinear, GemvEveryRowCountAndVariantMatchesFloat64) {
+  ASSERT_TRUE(pp::test::have_gpu()) << "no CUDA device";
+  auto blas = pp::kernels::cuda::Blas::create();
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  std::uniform_int_distribution<int64_t> pick_n(1, 700), pick_kv(1, 300);
+  for (int64_t m = 1; m <= 9; ++m) {
+    for (int variant = 0; variant < 8; ++variant) {
+      const bool bias = variant & 1, accumulate = variant & 2, f32 = variant & 4;
+      const int64_t n = pick_n(pp::test::rng()), k = 8 * pick_kv(pp::test::rng());
+      SCOPED_TRACE(testing::Message() << "m=" << m << " n=" << n << " k=" << k << " bias=" << bias
+                                      << " accumulate=" << accumulate << " f32=" << f32);
+      auto x = pp::test::round_bf16(pp::test::random_floats(size_t(m * k), -1, 1));
+      auto w = pp::test::round_bf16(pp::test::random_floats(size_t(n * k), -1, 1));
+      auto b = pp::test::round_bf16(pp::test::random_floats(size_t(n), -2, 2));
+      auto h = pp::test::round_bf16(pp::test::random_floats(size_t(m * n), -4, 4));
+      auto dx = pp::test::upload_bf16(x);
+      auto dw = pp::test::upload_bf16(w);
+      auto db = pp::test::upload_bf16(b);
+      DeviceBuffer<__nv_bfloat16> dy(size_t(m * n));
+      DeviceBuffer<float> df(size_t(m * n));
+      if (accumulate) {
+        dy.upload(pp::test::to_bf16(h));
+        df.upload(h);
+      } else {
+        dy.fill_bytes(0xff);
+        df.fill_bytes(0xff);
+      }
+      const pp::kernels::cuda::LinearParams p{.x = dx.get(),
+                                              .w = dw.get(),
+                                              .bias = bias ? db.get() : nullptr,
+                                              .out = f32 ? nullptr : dy.get(),
+                                              .out_f32 = f32 ? df.get() : nullptr,
+                                              .m = m,
+                                              .n = n,
+                                              .k = k,
+                                              .accumulate = accumulate};
+      auto path = (*blas)->path_for(p);
+      ASSERT_TRUE(path.ok());
+      EXPECT_EQ(*path, m <= 8 ? pp::kernels::gpu::LinearPath::kBf16Gemv
+                              : pp::kernels::gpu::LinearPath::kBf16);
+      ASSERT_TRUE((*blas)->linear(p, nullptr).ok());
+      PP_CUDA_OK(cudaDeviceSynchronize());
+      const std::vector<float> got = f32 ? df.download() : pp::test::download_f32(dy);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < n; ++c) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < k; ++i) {
+            const double t = double(x[size_t(r * k + i)]) * double(w[size_t(c * k + i)]);
+            ref += t;
+            mag += std::fabs(t);
+          }
+          if (bias) ref += b[size_t(c)];
+          if (accumulate) ref += h[size_t(r * n + c)];
+          // f32 sums of bf16 products, then the output's rounding (bf16: 2^-8 relative).
+          const double tol = 1e-5 * mag + (f32 ? 1e-6 : 1.0 / 256) * (std::fabs(ref) + 4) + 1e-6;
+          ASSERT_NEAR(got[size_t(r * n + c)], ref, tol) << "row " << r << " col " << c;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

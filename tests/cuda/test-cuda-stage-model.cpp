@@ -171,7 +171,8 @@ void compare(const std::vector<float>& g, const std::vector<float>& c, int64_t V
 // `checkpoint` when given (both models load it), else random from `seed`, quantized as `q` says.
 Compare run_against_cpu(const ModelConfig& c, uint64_t seed, const std::vector<int64_t>& lens,
                         int steps, bool graphs, Quantization q = Quantization::kNone,
-                        std::shared_ptr<const WeightSource> checkpoint = nullptr) {
+                        std::shared_ptr<const WeightSource> checkpoint = nullptr,
+                        bool fp8_activations = true) {
   std::shared_ptr<const WeightSource> source = checkpoint;
   if (!source) {
     auto weights = random_weights(c, seed);
@@ -186,11 +187,14 @@ Compare run_against_cpu(const ModelConfig& c, uint64_t seed, const std::vector<i
   o.max_logit_rows = 1024;
   o.cuda_graphs = graphs;
   o.quantization = q;
+  o.fp8_activations = fp8_activations;
   auto g = checkpoint ? GpuStageModel::load(c, *checkpoint, 0, c.n_layer, o)
                       : GpuStageModel::random(c, seed, 0, c.n_layer, o);
   EXPECT_TRUE(g.ok()) << g.status().message();
   if (!g.ok() || !cpu.ok()) return {};
-  const int64_t blocks_each = 64;
+  // Tables no wider than the model's context (the GPU refuses wider ones, as the engine never
+  // builds them).
+  const int64_t blocks_each = std::min<int64_t>(64, c.max_context() / kBlock);
   const int64_t n_blocks = blocks_each * int64_t(lens.size());
   EXPECT_TRUE((*cpu)->allocate_kv(n_blocks, kBlock).ok());
   EXPECT_TRUE((*g)->allocate_kv(n_blocks, kBlock).ok());
@@ -358,39 +362,52 @@ TEST_F(GpuStageModelTest, Smollm2ShapeTeacherForcedTop1) {
 // activations and cuBLASLt for prefill) against the CPU computing in f32 on the dequantized
 // weights. Prefill's activation quantization costs accuracy the bf16 comparison does not have,
 // hence looser bounds; the measured ones are printed.
+// fp8 against the CPU, which computes with the dequantized weights and f32 activations. With
+// bf16 activations (W8A16) the GPU does the CPU's arithmetic and must match as closely as bf16
+// does. With fp8 activations (W8A8, the default beyond 8 rows) each activation is rounded to 3
+// mantissa bits first; the kernels are checked against exactly that in CudaFp8Linear, and here
+// the model only has to stay near: measured on an H100, max error 0.08-0.18 of the largest
+// logit and top-1 agreement 86-89 % on these random models (flat next-token distributions),
+// KL 0.016 nats on the Qwen3-8B shape.
+struct Fp8Tolerance {
+  double max_err, min_agree;
+};
+constexpr Fp8Tolerance kW8A16{0.03, 0.97}, kW8A8{0.25, 0.8};
+
 TEST_F(GpuStageModelTest, Fp8EveryFamilyMatchesCpu) {
   for (const char* name : {"llama", "llama3", "qwen2", "qwen3"}) {
-    SCOPED_TRACE(name);
-    const ModelConfig c = family(name);
-    std::uniform_int_distribution<int64_t> len(1, 150);
-    for (bool graphs : {false, true}) {
-      const Compare r = run_against_cpu(c, test::rng()(), {len(test::rng()), 77, 1, 5}, 12, graphs,
-                                        Quantization::kFp8);
-      std::printf("fp8 %s (graphs %d): max err %.4f, top-1 agreement %lld/%lld\n", name,
-                  int(graphs), r.max_err, (long long)r.agree, (long long)r.rows);
-      EXPECT_LT(r.max_err, 0.12) << name;
-      EXPECT_GE(double(r.agree) / double(r.rows), 0.9) << name << ": " << r.agree << "/" << r.rows;
+    for (bool act : {false, true}) {
+      for (bool graphs : {false, true}) {
+        SCOPED_TRACE(fmt::format("{} {} graphs {}", name, act ? "W8A8" : "W8A16", graphs));
+        const ModelConfig c = family(name);
+        std::uniform_int_distribution<int64_t> len(1, 150);
+        const Compare r = run_against_cpu(c, test::rng()(), {len(test::rng()), 77, 1, 5}, 12,
+                                          graphs, Quantization::kFp8, nullptr, act);
+        std::printf("fp8 %s %s (graphs %d): max err %.4f, top-1 agreement %lld/%lld\n", name,
+                    act ? "W8A8" : "W8A16", int(graphs), r.max_err, (long long)r.agree,
+                    (long long)r.rows);
+        const Fp8Tolerance tol = act ? kW8A8 : kW8A16;
+        EXPECT_LT(r.max_err, tol.max_err) << r.worst;
+        EXPECT_GE(double(r.agree) / double(r.rows), tol.min_agree) << r.agree << "/" << r.rows;
+      }
     }
   }
 }
 
-// The shapes of the FP8 fixtures (head_dim 64 with hidden 128 and 4 heads: q is wider than the
-// hidden state) with random weights, bf16 and quantized on load: what the checkpoint test below
-// adds is only the loading of stored fp8 bytes and scales.
-TEST_F(GpuStageModelTest, Fp8FixtureShapesMatchCpu) {
+// Random weights in the FP8 fixtures' shapes (head_dim 64 with hidden 128 and 4 heads: q is wider
+// than the hidden state, which the families above never are), bf16 and fp8 with bf16 activations.
+TEST_F(GpuStageModelTest, WideHeadShapesMatchCpu) {
   for (const char* name : {"tiny-llama-fp8-block", "tiny-qwen3-fp8-block"}) {
     auto c = config_from_hf_dir(test::fixture_dir() / "models" / name);
     ASSERT_TRUE(c.ok()) << c.status().message();
     c->quant = {};
     for (Quantization q : {Quantization::kNone, Quantization::kFp8}) {
-      SCOPED_TRACE(fmt::format("{} {}", name, q == Quantization::kFp8 ? "fp8" : "bf16"));
+      SCOPED_TRACE(fmt::format("{} {}", name, q == Quantization::kFp8 ? "fp8 W8A16" : "bf16"));
       std::uniform_int_distribution<int64_t> len(1, 100);
-      const Compare r =
-          run_against_cpu(*c, test::rng()(), {len(test::rng()), 40, 1, 9}, 8, false, q);
-      std::printf("%s shapes, %s: max err %.4f, top-1 agreement %lld/%lld\n", name,
-                  q == Quantization::kFp8 ? "fp8" : "bf16", r.max_err, (long long)r.agree,
-                  (long long)r.rows);
-      EXPECT_LT(r.max_err, q == Quantization::kFp8 ? 0.12 : 0.03) << r.worst;
+      const Compare r = run_against_cpu(*c, test::rng()(), {len(test::rng()), 40, 1, 9}, 8, false,
+                                        q, nullptr, /*fp8_activations=*/false);
+      EXPECT_LT(r.max_err, kW8A16.max_err) << r.worst;
+      EXPECT_GE(double(r.agree) / double(r.rows), kW8A16.min_agree) << r.agree << "/" << r.rows;
     }
   }
 }
@@ -410,13 +427,18 @@ TEST_F(GpuStageModelTest, Fp8CheckpointsMatchCpu) {
     ASSERT_TRUE(w.ok()) << w.status().message();
     const std::shared_ptr<const WeightSource> source(std::move(*w));
     std::uniform_int_distribution<int64_t> len(1, 100);
-    for (bool graphs : {false, true}) {
-      const Compare r = run_against_cpu(*c, 0, {len(test::rng()), 40, 1, 9}, 8, graphs,
-                                        Quantization::kNone, source);
-      std::printf("%s (graphs %d): max err %.4f, top-1 agreement %lld/%lld\n", name, int(graphs),
-                  r.max_err, (long long)r.agree, (long long)r.rows);
-      EXPECT_LT(r.max_err, 0.12) << name << ": " << r.worst;
-      EXPECT_GE(double(r.agree) / double(std::max<int64_t>(r.rows, 1)), 0.9) << name;
+    for (bool act : {false, true}) {
+      for (bool graphs : {false, true}) {
+        SCOPED_TRACE(fmt::format("{} graphs {}", act ? "W8A8" : "W8A16", graphs));
+        const Compare r = run_against_cpu(*c, 0, {len(test::rng()), 40, 1, 9}, 8, graphs,
+                                          Quantization::kNone, source, act);
+        std::printf("%s %s (graphs %d): max err %.4f, top-1 agreement %lld/%lld\n", name,
+                    act ? "W8A8" : "W8A16", int(graphs), r.max_err, (long long)r.agree,
+                    (long long)r.rows);
+        const Fp8Tolerance tol = act ? kW8A8 : kW8A16;
+        EXPECT_LT(r.max_err, tol.max_err) << r.worst;
+        EXPECT_GE(double(r.agree) / double(std::max<int64_t>(r.rows, 1)), tol.min_agree);
+      }
     }
   }
 }

@@ -365,6 +365,7 @@ Result<LinearPath> Blas::path_for(const LinearArgs& a) {
 void Blas::set_log(std::function<void(const std::string&)> log) {
   impl_->blas->set_log(std::move(log));
 }
+void Blas::set_fp8_activations(bool on) { impl_->blas->set_fp8_activations(on); }
 
 Status quantize_fp8_rows(const Bf16* x, void* q, float* scales, int64_t rows, int64_t cols,
                          Stream& s) {

@@ -21,6 +21,7 @@
 
 #include "pp/assert.h"
 #include "pp/kernels/cuda/fp8.h"
+#include "pp/kernels/cuda/gemv.h"
 
 namespace pp::kernels::cuda {
 static_assert(kFp8GemvMaxM == gpu::kFp8GemvMaxRows);
@@ -44,6 +45,18 @@ Fp8GemvParams gemv_params(const LinearParams& p) {
           .w = static_cast<const uint8_t*>(p.w),
           .scale_kind = p.scale_kind,
           .scales = p.scales,
+          .bias = p.bias,
+          .out = p.out,
+          .out_f32 = p.out_f32,
+          .m = p.m,
+          .n = p.n,
+          .k = p.k,
+          .accumulate = p.accumulate};
+}
+
+Bf16GemvParams bf16_gemv_params(const LinearParams& p) {
+  return {.x = p.x,
+          .w = static_cast<const __nv_bfloat16*>(p.w),
           .bias = p.bias,
           .out = p.out,
           .out_f32 = p.out_f32,
@@ -247,7 +260,9 @@ Result<Blas::Fp8Plan> Blas::fp8_plan_for(const LinearParams& p) {
   Fp8Plan fp;
   std::string why;
   bool done = false;
-  if (p.k % 16 != 0) {
+  if (!fp8_activations_) {
+    why = " (activations kept in bf16)";
+  } else if (p.k % 16 != 0) {
     why = " (k % 16 != 0: no fp8 GEMM)";
   } else {
     PP_ASSIGN_OR_RETURN(fp.full, fp8_lt_plan(p.m, p.n, p.k, p.scale_kind, bias, f32, p.accumulate));
@@ -394,7 +409,9 @@ Status Blas::fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t s
 }
 
 Result<LinearPath> Blas::path_for(const LinearParams& p) {
-  if (p.format == WeightFormat::kBF16) return LinearPath::kBf16;
+  if (p.format == WeightFormat::kBF16) {
+    return bf16_gemv_supported(bf16_gemv_params(p)) ? LinearPath::kBf16Gemv : LinearPath::kBf16;
+  }
   if (p.format != WeightFormat::kFp8E4M3) {
     return unimplemented("linear: {} weights are not supported on the GPU",
                          weight_format_name(p.format));
@@ -415,6 +432,9 @@ Status Blas::linear(const LinearParams& p, cudaStream_t stream) {
     if (p.scale_kind != ScaleKind::kNone) {
       return invalid_argument("linear: a bf16 weight with {} scales",
                               scale_kind_name(p.scale_kind));
+    }
+    if (const Bf16GemvParams g = bf16_gemv_params(p); bf16_gemv_supported(g)) {
+      return cuda_error("bf16_gemv", bf16_gemv(g, stream));
     }
     return bf16_run(p, stream);
   }

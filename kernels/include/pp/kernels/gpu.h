@@ -253,6 +253,7 @@ inline constexpr int64_t kFp8GemvMaxRows = 8;
 // How Blas::linear computes a call, by weight format, scale kind and m.
 enum class LinearPath : uint8_t {
   kBf16,           // bf16 weight: cuBLASLt bf16 GEMM
+  kBf16Gemv,       // bf16 weight, m <= 8: the bf16 GEMV (W streamed once)
   kFp8Gemv,        // fp8, m <= 8: the fp8 GEMV (W streamed once, exact bf16 activations)
   kFp8Lt,          // fp8: x quantized per token, cuBLASLt scaled fp8 GEMM, epilogue fused
   kFp8LtEpilogue,  // fp8: the same GEMM into f32 scratch rows, then bias/accumulate/convert
@@ -262,6 +263,8 @@ inline const char* linear_path_name(LinearPath p) {
   switch (p) {
     case LinearPath::kBf16:
       return "bf16";
+    case LinearPath::kBf16Gemv:
+      return "bf16-gemv";
     case LinearPath::kFp8Gemv:
       return "fp8-gemv";
     case LinearPath::kFp8Lt:
@@ -287,6 +290,11 @@ class Blas {
   Result<LinearPath> path_for(const LinearArgs& a);
   // Receives one line per fp8 shape and variant planned, naming its path (for the log).
   void set_log(std::function<void(const std::string&)> log);
+  // Off: fp8 linears keep their activations in bf16 (W8A16, the CPU's arithmetic): the GEMV up
+  // to 8 rows, the dequantizing fallback beyond (reserve its weight scratch). On (the default):
+  // beyond the GEMV, activations are quantized to fp8 per token (or per 128-column group with
+  // block scales) for cuBLASLt's fp8 GEMM. Set before the first linear.
+  void set_fp8_activations(bool on);
 
  private:
   Blas();

@@ -43,6 +43,10 @@ struct GpuStageOptions {
   // random(): the layers' linear weights quantized on load as quantize_on_load(random_weights(
   // config, seed), config, quantization) does (load() takes the source's formats as they are).
   Quantization quantization = Quantization::kNone;
+  // fp8 linears of more than 8 rows quantize their activations to fp8 (W8A8, cuBLASLt's fp8
+  // GEMM). false keeps them bf16 (W8A16: the CPU's arithmetic, through a dequantized bf16 copy
+  // of the weight; slower): the tests use it to check the fp8 model against the CPU closely.
+  bool fp8_activations = true;
 };
 
 // One logit row's sampling: the parameters of gpu::SampleRow, and its penalties.

@@ -80,6 +80,12 @@ class Blas {
   Result<LinearPath> path_for(const LinearParams& p);
   // Called once for each fp8 shape and variant planned, with a line naming its path.
   void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
+  // Off: no activation quantization; fp8 linears beyond the GEMV take the dequantizing fallback
+  // (gpu::Blas::set_fp8_activations). Clears the plans made so far.
+  void set_fp8_activations(bool on) {
+    fp8_activations_ = on;
+    clear_plans();
+  }
 
   // Rows of one cuBLASLt call on the epilogue fallback (its f32 scratch is this many rows).
   static constexpr int64_t kEpilogueRows = 256;
@@ -124,6 +130,7 @@ class Blas {
   std::map<Fp8Key, Fp8Plan> fp8_plans_;
   std::set<std::tuple<int64_t, int64_t, int64_t, int>> gemv_logged_;
   std::function<void(const std::string&)> log_;
+  bool fp8_activations_ = true;
 
   // fp8 scratch (reserve_fp8), one allocation.
   Fp8Reserve fp8_reserved_;
