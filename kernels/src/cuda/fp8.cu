@@ -268,7 +268,7 @@ __global__ void epilogue_kernel(Fp8EpilogueParams p) {
   const int64_t n = p.m * p.n;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    float y = p.acc[i];
+    float y = p.acc ? p.acc[i] : __bfloat162float(p.acc_bf16[i]);
     if (p.bias) y += __bfloat162float(p.bias[i % p.n]);
     if (p.out_f32) {
       p.out_f32[i] = p.accumulate ? p.out_f32[i] + y : y;
@@ -353,7 +353,10 @@ cudaError_t pad_block_scales(const float* scales, int64_t row_blocks, int64_t co
 
 cudaError_t linear_epilogue(const Fp8EpilogueParams& p, cudaStream_t stream) {
   if (p.m * p.n == 0) return cudaSuccess;
-  if (!p.acc || (p.out == nullptr) == (p.out_f32 == nullptr)) return cudaErrorInvalidValue;
+  if ((p.acc == nullptr) == (p.acc_bf16 == nullptr) ||
+      (p.out == nullptr) == (p.out_f32 == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   epilogue_kernel<<<detail::grid_for(p.m * p.n, 256), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }

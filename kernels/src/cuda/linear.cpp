@@ -272,17 +272,24 @@ Result<Blas::Fp8Plan> Blas::fp8_plan_for(const LinearParams& p) {
     } else {
       why = " (cuBLASLt has no algorithm with this epilogue";
       const int64_t rows = std::min(p.m, kEpilogueRows), tail = p.m % kEpilogueRows;
-      PP_ASSIGN_OR_RETURN(fp.full, fp8_lt_plan(rows, p.n, p.k, p.scale_kind, false, true, false));
-      if (fp.full && p.m > kEpilogueRows && tail > 0) {
-        PP_ASSIGN_OR_RETURN(fp.tail, fp8_lt_plan(tail, p.n, p.k, p.scale_kind, false, true, false));
+      // The plain GEMM of kEpilogueRows rows (and the tail's) into scratch: f32, else bf16
+      // (cuBLASLt has no f32 output with 128x128 block scales).
+      for (const bool f32_scratch : {true, false}) {
+        PP_ASSIGN_OR_RETURN(fp.full,
+                            fp8_lt_plan(rows, p.n, p.k, p.scale_kind, false, f32_scratch, false));
+        fp.tail = nullptr;
+        if (fp.full && p.m > kEpilogueRows && tail > 0) {
+          PP_ASSIGN_OR_RETURN(fp.tail,
+                              fp8_lt_plan(tail, p.n, p.k, p.scale_kind, false, f32_scratch, false));
+        }
+        if (fp.full && (p.m <= kEpilogueRows || tail == 0 || fp.tail)) {
+          fp.path = f32_scratch ? LinearPath::kFp8LtEpilogue : LinearPath::kFp8LtBf16Epilogue;
+          why += f32_scratch ? ")" : " nor into f32)";
+          done = true;
+          break;
+        }
       }
-      if (fp.full && (p.m <= kEpilogueRows || tail == 0 || fp.tail)) {
-        fp.path = LinearPath::kFp8LtEpilogue;
-        why += ")";
-        done = true;
-      } else {
-        why += " nor into f32)";
-      }
+      if (!done) why += " nor into f32 or bf16 scratch)";
     }
   }
   if (!done) {
@@ -395,13 +402,16 @@ Status Blas::fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t s
                        pl->c, &pl->algo, workspace_, workspace_bytes_, stream);
     if (s != CUBLAS_STATUS_SUCCESS) return blas_error("fp8 matmul", s);
     if (!fused) {
-      Fp8EpilogueParams ep{.acc = acc_,
-                           .bias = p.bias,
-                           .out = p.out ? p.out + r0 * p.n : nullptr,
-                           .out_f32 = p.out_f32 ? p.out_f32 + r0 * p.n : nullptr,
-                           .m = mc,
-                           .n = p.n,
-                           .accumulate = p.accumulate};
+      const bool bf16_scratch = fp.path == LinearPath::kFp8LtBf16Epilogue;
+      Fp8EpilogueParams ep{
+          .acc = bf16_scratch ? nullptr : acc_,
+          .acc_bf16 = bf16_scratch ? reinterpret_cast<__nv_bfloat16*>(acc_) : nullptr,
+          .bias = p.bias,
+          .out = p.out ? p.out + r0 * p.n : nullptr,
+          .out_f32 = p.out_f32 ? p.out_f32 + r0 * p.n : nullptr,
+          .m = mc,
+          .n = p.n,
+          .accumulate = p.accumulate};
       PP_RETURN_IF_ERROR(cuda_error("linear_epilogue", linear_epilogue(ep, stream)));
     }
   }

@@ -252,12 +252,14 @@ inline constexpr int64_t kFp8GemvMaxRows = 8;
 
 // How Blas::linear computes a call, by weight format, scale kind and m.
 enum class LinearPath : uint8_t {
-  kBf16,           // bf16 weight: cuBLASLt bf16 GEMM
-  kBf16Gemv,       // bf16 weight, m <= 8: the bf16 GEMV (W streamed once)
-  kFp8Gemv,        // fp8, m <= 8: the fp8 GEMV (W streamed once, exact bf16 activations)
-  kFp8Lt,          // fp8: x quantized per token, cuBLASLt scaled fp8 GEMM, epilogue fused
-  kFp8LtEpilogue,  // fp8: the same GEMM into f32 scratch rows, then bias/accumulate/convert
-  kFp8Dequant,     // fp8: W dequantized to a bf16 scratch, then the bf16 GEMM
+  kBf16,               // bf16 weight: cuBLASLt bf16 GEMM
+  kBf16Gemv,           // bf16 weight, m <= 8: the bf16 GEMV (W streamed once)
+  kFp8Gemv,            // fp8, m <= 8: the fp8 GEMV (W streamed once, exact bf16 activations)
+  kFp8Lt,              // fp8: x quantized per token, cuBLASLt scaled fp8 GEMM, epilogue fused
+  kFp8LtEpilogue,      // fp8: the same GEMM into f32 scratch rows, then bias/accumulate/convert
+  kFp8LtBf16Epilogue,  // fp8: the same into bf16 scratch rows (block scales: cuBLASLt has no
+                       // f32 output for them), then bias/accumulate/convert
+  kFp8Dequant,         // fp8: W dequantized to a bf16 scratch, then the bf16 GEMM
 };
 inline const char* linear_path_name(LinearPath p) {
   switch (p) {
@@ -271,6 +273,8 @@ inline const char* linear_path_name(LinearPath p) {
       return "fp8-cublaslt";
     case LinearPath::kFp8LtEpilogue:
       return "fp8-cublaslt+epilogue";
+    case LinearPath::kFp8LtBf16Epilogue:
+      return "fp8-cublaslt+bf16-epilogue";
     case LinearPath::kFp8Dequant:
       return "fp8-dequant-bf16";
   }

@@ -72,9 +72,10 @@ cudaError_t pad_block_scales(const float* scales, int64_t row_blocks, int64_t co
 // The epilogue of a GEMM done into f32 scratch: y = acc (+ bias), written as bf16 or f32, or
 // added to what out holds (accumulate).
 struct Fp8EpilogueParams {
-  const float* acc = nullptr;           // [m, n]
-  const __nv_bfloat16* bias = nullptr;  // [n] or nullptr
-  __nv_bfloat16* out = nullptr;         // [m, n], or
+  const float* acc = nullptr;               // [m, n], or
+  const __nv_bfloat16* acc_bf16 = nullptr;  // [m, n] (set one of the two)
+  const __nv_bfloat16* bias = nullptr;      // [n] or nullptr
+  __nv_bfloat16* out = nullptr;             // [m, n], or
   float* out_f32 = nullptr;
   int64_t m = 0, n = 0;
   bool accumulate = false;

@@ -101,8 +101,8 @@ class Blas {
   // One fp8 shape's decision: its path and, for the cuBLASLt paths, the plans of its chunks.
   struct Fp8Plan {
     LinearPath path = LinearPath::kFp8Dequant;
-    Plan* full = nullptr;  // kFp8Lt: all m rows; kFp8LtEpilogue: kEpilogueRows rows
-    Plan* tail = nullptr;  // kFp8LtEpilogue: the last m % kEpilogueRows rows
+    Plan* full = nullptr;  // kFp8Lt: all m rows; the epilogue paths: kEpilogueRows rows
+    Plan* tail = nullptr;  // the epilogue paths: the last m % kEpilogueRows rows
   };
   using Fp8Key = std::tuple<int64_t, int64_t, int64_t, int, int>;  // m n k kind flags
 
