@@ -366,7 +366,7 @@ void Coordinator::handle_commands() {
       } else {
         const bool flushed = scheduler_->flush_prefix_cache();
         PP_ASSERT(flushed);  // nothing runs, so nothing holds a block
-        spdlog::info("prefix cache flushed");
+        if (scheduler_->kv_cache().caching()) spdlog::info("prefix cache flushed");
         publish_stats();  // so that stats() after flush_cache() shows the empty cache
         f->done->set_value(ok_status());
       }
