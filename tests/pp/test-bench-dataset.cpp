@@ -1,7 +1,9 @@
 // pp-bench's datasets: SGLang's length rule and id pattern for random-ids, exact lengths for
-// fixed, determinism by seed, random text of the asked token lengths, and ShareGPT filtering.
+// fixed, determinism by seed, random text of the asked token lengths, ShareGPT filtering, and
+// the shared-prefix datasets (generated-shared-prefix groups, multi-turn histories).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 
@@ -185,6 +187,74 @@ TEST(BenchDataset, ShareGptFiltersAndCounts) {
   std::ofstream(dir.path() / "bad.json") << "[{\"conversations\": [";
   o.path = dir.path() / "bad.json";
   EXPECT_EQ(make_dataset(o, 0, tok.get()).status().code(), StatusCode::kDataLoss);
+}
+
+TEST(BenchDataset, GeneratedSharedPrefixGroupsShareTheirSystemPrompt) {
+  auto& g = test::rng();
+  DatasetOptions o;
+  o.kind = DatasetKind::kGeneratedSharedPrefix;
+  o.gsp_num_groups = std::uniform_int_distribution<int64_t>(2, 6)(g);
+  o.gsp_prompts_per_group = std::uniform_int_distribution<int64_t>(1, 5)(g);
+  o.gsp_system_prompt_len = std::uniform_int_distribution<int64_t>(10, 80)(g);
+  o.gsp_question_len = std::uniform_int_distribution<int64_t>(1, 20)(g);
+  o.gsp_output_len = std::uniform_int_distribution<int64_t>(1, 30)(g);
+  o.num_prompts = 1;  // not used
+  o.seed = g();
+  const int64_t vocab = 5000;
+  auto ds = make_dataset(o, vocab, nullptr);
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  ASSERT_EQ(int64_t(ds->size()), o.gsp_num_groups * o.gsp_prompts_per_group);
+  std::map<std::vector<int32_t>, int64_t> groups;  // system prompt -> prompts
+  for (const BenchRequest& r : *ds) {
+    ASSERT_EQ(r.prompt_len, o.gsp_system_prompt_len + o.gsp_question_len);
+    ASSERT_EQ(int64_t(r.prompt_ids.size()), r.prompt_len);
+    EXPECT_EQ(r.output_len, o.gsp_output_len);
+    for (int32_t t : r.prompt_ids) ASSERT_TRUE(t >= 0 && t < vocab);
+    ++groups[{r.prompt_ids.begin(), r.prompt_ids.begin() + o.gsp_system_prompt_len}];
+  }
+  ASSERT_EQ(int64_t(groups.size()), o.gsp_num_groups);
+  for (const auto& [sys, n] : groups) EXPECT_EQ(n, o.gsp_prompts_per_group);
+  auto again = make_dataset(o, vocab, nullptr);
+  ASSERT_TRUE(again.ok());
+  for (size_t i = 0; i < ds->size(); ++i) EXPECT_EQ((*again)[i].prompt_ids, (*ds)[i].prompt_ids);
+
+  auto tok = gpt2();
+  ASSERT_TRUE(tok);
+  auto text = make_dataset(o, 0, tok.get());
+  ASSERT_TRUE(text.ok()) << text.status().message();
+  for (const BenchRequest& r : *text) {
+    EXPECT_FALSE(r.prompt_text.empty());
+    for (int32_t t : r.prompt_ids) EXPECT_FALSE(tok->is_special(t));
+  }
+  o.gsp_num_groups = 0;
+  EXPECT_EQ(make_dataset(o, vocab, nullptr).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(BenchDataset, MultiTurnResendsTheHistoryTurnByTurn) {
+  auto& g = test::rng();
+  DatasetOptions o;
+  o.kind = DatasetKind::kMultiTurn;
+  o.num_prompts = std::uniform_int_distribution<int64_t>(1, 5)(g);
+  o.mt_turns = std::uniform_int_distribution<int64_t>(1, 4)(g);
+  o.input_len = std::uniform_int_distribution<int64_t>(5, 40)(g);
+  o.output_len = std::uniform_int_distribution<int64_t>(1, 20)(g);
+  o.mt_user_len = std::uniform_int_distribution<int64_t>(1, 20)(g);
+  o.seed = g();
+  auto ds = make_dataset(o, 1000, nullptr);
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  ASSERT_EQ(int64_t(ds->size()), o.num_prompts * o.mt_turns);
+  for (int64_t t = 0; t < o.mt_turns; ++t) {
+    for (int64_t c = 0; c < o.num_prompts; ++c) {
+      const BenchRequest& r = (*ds)[size_t(t * o.num_prompts + c)];
+      EXPECT_EQ(r.prompt_len, o.input_len + t * (o.output_len + o.mt_user_len));
+      EXPECT_EQ(r.output_len, o.output_len);
+      if (t == 0) continue;
+      // The previous turn's whole prompt comes first.
+      const BenchRequest& prev = (*ds)[size_t((t - 1) * o.num_prompts + c)];
+      ASSERT_GT(r.prompt_ids.size(), prev.prompt_ids.size());
+      EXPECT_TRUE(std::equal(prev.prompt_ids.begin(), prev.prompt_ids.end(), r.prompt_ids.begin()));
+    }
+  }
 }
 
 TEST(BenchDataset, BadOptionsAreRefused) {

@@ -369,6 +369,60 @@ TEST_F(HttpServerTest, MetricsHaveTheFamilies) {
   EXPECT_NE(m.find("pp_e2e_request_latency_seconds_bucket{le=\"+Inf\"}"), std::string::npos);
 }
 
+// Prefix caching through the API: a repeated prompt reports its cached tokens (OpenAI usage and
+// SGLang meta_info), /metrics counts hits and cached blocks, /flush_cache is refused (409) while a
+// request runs and empties the cache otherwise.
+TEST_F(HttpServerTest, PrefixCacheReportsCachedTokensAndFlushes) {
+  // 60 random letters: 60 tokens (one per byte), 3 full blocks of 16 cacheable.
+  std::string text;
+  for (int i = 0; i < 60; ++i) text += char('a' + rng()() % 26);
+  const std::string body = json{{"prompt", text}, {"max_tokens", 2}, {"ignore_eos", true}}.dump();
+  auto first = post("/v1/completions", body);
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->status, 200) << first->body;
+  EXPECT_EQ(json::parse(first->body)["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  auto again = post("/v1/completions", body);
+  ASSERT_TRUE(again);
+  ASSERT_EQ(again->status, 200) << again->body;
+  EXPECT_EQ(json::parse(again->body)["usage"]["prompt_tokens_details"]["cached_tokens"], 48);
+  auto gen =
+      post("/generate", json{{"text", text}, {"sampling_params", {{"max_new_tokens", 2}}}}.dump());
+  ASSERT_TRUE(gen);
+  ASSERT_EQ(gen->status, 200) << gen->body;
+  EXPECT_EQ(json::parse(gen->body)["meta_info"]["cached_tokens"], 48);
+  std::string m = metrics_text();
+  EXPECT_GT(metric(m, "pp_prefix_cache_hit_ratio"), 0) << m;
+  EXPECT_GE(metric(m, "pp_prefix_cache_hit_tokens_total"), 96) << m;
+  EXPECT_GE(metric(m, "pp_kv_blocks_cached"), 3) << m;
+  EXPECT_EQ(metric(m, "pp_kv_blocks_cached_unreferenced"), metric(m, "pp_kv_blocks_cached"));
+
+  // A long request runs: the flush is refused.
+  std::thread runner([&] {
+    auto r =
+        post("/v1/completions", R"({"prompt": "long", "max_tokens": 400, "ignore_eos": true})");
+    EXPECT_TRUE(r && r->status == 200);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (metric(metrics_text(), "pp_requests_running") < 1 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  auto refused = client().Post("/flush_cache", auth(), "", "text/plain");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 409) << refused->body;
+  runner.join();
+  EXPECT_GE(metric(metrics_text(), "pp_kv_blocks_cached"), 3);
+  auto flushed = client().Post("/flush_cache", auth(), "", "text/plain");
+  ASSERT_TRUE(flushed);
+  EXPECT_EQ(flushed->status, 200) << flushed->body;
+  m = metrics_text();
+  EXPECT_EQ(metric(m, "pp_kv_blocks_cached"), 0) << m;
+  EXPECT_EQ(metric(m, "pp_kv_blocks_used"), 0) << m;
+  auto after = post("/v1/completions", body);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(json::parse(after->body)["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+}
+
 // A server of its own: tiny queue limits, a stage to kill, SIGTERM.
 class HttpServerLifecycleTest : public ::testing::Test {
  protected:

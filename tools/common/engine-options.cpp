@@ -62,6 +62,10 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
                "plan a long prompt's next chunk only once its previous one has come back, in "
                "chunks of --max-batch-tokens (default: the next chunk follows the previous one "
                "through the stages, later chunks smaller)");
+  app.add_flag("--disable-prefix-cache,--disable-radix-cache", a.disable_prefix_cache,
+               "compute every prompt whole: do not reuse the KV of a prefix already computed for "
+               "another request (default: full blocks of common prefixes are computed once and "
+               "shared; --disable-radix-cache is SGLang's name)");
   CLI::Option* kv_blocks =
       app.add_option("--kv-blocks", a.kv_blocks,
                      "KV cache blocks of 16 tokens (default: what the stages' memory holds)")
@@ -160,6 +164,7 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   e.max_running_requests = a.max_running_requests;
   e.max_batch_tokens = a.max_batch_tokens;
   e.chunked_pipeline = !a.disable_chunked_pipeline;
+  e.prefix_cache = !a.disable_prefix_cache;
   e.kv_blocks = a.kv_blocks;
   if (!a.kv_memory.empty()) {
     if (a.kv_blocks > 0) return invalid_argument("--kv-memory and --kv-blocks exclude each other");
@@ -182,6 +187,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
   j["max_running_requests"] = a.max_running_requests;
   j["max_batch_tokens"] = a.max_batch_tokens;
   if (a.disable_chunked_pipeline) j["chunked_pipeline"] = false;
+  if (a.disable_prefix_cache) j["prefix_cache"] = false;
   j["kv_blocks"] = a.kv_blocks;
   if (!a.kv_memory.empty()) j["kv_memory"] = a.kv_memory;
   j["threads_per_stage"] = a.threads_per_stage;

@@ -44,6 +44,7 @@ struct EngineArgs {
   std::string kv_memory;                  // KV bytes per stage as text ("4GiB"); empty: kv_blocks
   int32_t threads_per_stage = 0;          // compute threads of each local stage; 0: all cores
   bool disable_chunked_pipeline = false;  // one plan in flight per request, fixed chunks
+  bool disable_prefix_cache = false;      // every prompt computed whole, nothing cached
 
   // --- stages elsewhere, and lost stages
   std::string listen;                    // tcp://HOST:PORT for the stages; empty: ipc://
@@ -56,7 +57,8 @@ struct EngineArgs {
 
 // The groups of options a tool offers beyond the ones every engine tool has (--pp,
 // --async-depth, --max-running-requests, --max-batch-tokens, --disable-chunked-pipeline,
-// --kv-blocks, --threads-per-stage, --device, --gpus, --mem-fraction, --disable-cuda-graph,
+// --disable-prefix-cache (alias --disable-radix-cache), --kv-blocks, --threads-per-stage, --device,
+// --gpus, --mem-fraction, --disable-cuda-graph,
 // --random-weights, --quantization, --layers, --trace).
 struct EngineOptionGroups {
   bool model = true;           // --model (pp-bench sweep names the model itself)
@@ -76,7 +78,7 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a);
 
 // The options as JSON for the run store: model, pp, async_depth, max_running_requests,
 // max_batch_tokens, kv_blocks, threads_per_stage, device; and when given or relevant
-// chunked_pipeline (false), trace,
+// chunked_pipeline (false), prefix_cache (false), trace,
 // gpus, mem_fraction, cuda_graphs, random_weights, layers, kv_memory, listen, expect_stages.
 nlohmann::json engine_params(const EngineArgs& a);
 

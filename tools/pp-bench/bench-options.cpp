@@ -23,8 +23,10 @@ namespace fs = std::filesystem;
 
 void add_common_options(CLI::App* app, CommonArgs& a) {
   app->add_option("--dataset-name", a.dataset_name,
-                  "random-ids, random, sharegpt or fixed (default random-ids)")
-      ->check(CLI::IsMember({"random-ids", "random", "sharegpt", "fixed"}));
+                  "random-ids, random, sharegpt, fixed, generated-shared-prefix or multi-turn "
+                  "(default random-ids)")
+      ->check(CLI::IsMember(
+          {"random-ids", "random", "sharegpt", "fixed", "generated-shared-prefix", "multi-turn"}));
   app->add_option("--dataset-path", a.dataset_path,
                   "ShareGPT-format JSON (sharegpt; for random: the source of its text)");
   app->add_option("--num-prompts", a.num_prompts, "number of requests (default 1000)");
@@ -38,6 +40,22 @@ void add_common_options(CLI::App* app, CommonArgs& a) {
                   "sharegpt: this many new tokens for every prompt");
   app->add_option("--sharegpt-context-len", a.sharegpt_context_len,
                   "sharegpt: skip pairs longer than this in all");
+  app->add_option("--gsp-num-groups", a.gsp_num_groups,
+                  "generated-shared-prefix: groups, each with its own system prompt (default 64)");
+  app->add_option("--gsp-prompts-per-group", a.gsp_prompts_per_group,
+                  "generated-shared-prefix: prompts sharing each system prompt (default 16)");
+  app->add_option("--gsp-system-prompt-len", a.gsp_system_prompt_len,
+                  "generated-shared-prefix: tokens of each system prompt (default 2048)");
+  app->add_option("--gsp-question-len", a.gsp_question_len,
+                  "generated-shared-prefix: tokens of each question (default 128)");
+  app->add_option("--gsp-output-len", a.gsp_output_len,
+                  "generated-shared-prefix: new tokens of each request (default 256)");
+  app->add_option("--multi-turn-turns", a.multi_turn_turns,
+                  "multi-turn: turns of each of --num-prompts conversations, each re-sending the "
+                  "history (default 4)");
+  app->add_option("--multi-turn-user-len", a.multi_turn_user_len,
+                  "multi-turn: tokens of each user message after the first (which has "
+                  "--random-input-len; answers have --random-output-len) (default 128)");
   app->add_option("--request-rate", a.request_rate,
                   "requests per second, Poisson arrivals; inf sends all at once (default inf)");
   app->add_option("--max-concurrency", a.max_concurrency,
@@ -93,6 +111,13 @@ Result<bench::DatasetOptions> dataset_options(const CommonArgs& a) {
   o.path = a.dataset_path;
   if (a.sharegpt_output_len > 0) o.sharegpt_output_len = a.sharegpt_output_len;
   o.context_len = a.sharegpt_context_len;
+  o.gsp_num_groups = a.gsp_num_groups;
+  o.gsp_prompts_per_group = a.gsp_prompts_per_group;
+  o.gsp_system_prompt_len = a.gsp_system_prompt_len;
+  o.gsp_question_len = a.gsp_question_len;
+  o.gsp_output_len = a.gsp_output_len;
+  o.mt_turns = a.multi_turn_turns;
+  o.mt_user_len = a.multi_turn_user_len;
   return o;
 }
 
@@ -188,6 +213,17 @@ nlohmann::json common_params(const CommonArgs& c) {
   j["random_range_ratio"] = c.random_range_ratio;
   if (c.sharegpt_output_len > 0) j["sharegpt_output_len"] = c.sharegpt_output_len;
   if (c.sharegpt_context_len > 0) j["sharegpt_context_len"] = c.sharegpt_context_len;
+  if (c.dataset_name == "generated-shared-prefix") {
+    j["gsp_num_groups"] = c.gsp_num_groups;
+    j["gsp_prompts_per_group"] = c.gsp_prompts_per_group;
+    j["gsp_system_prompt_len"] = c.gsp_system_prompt_len;
+    j["gsp_question_len"] = c.gsp_question_len;
+    j["gsp_output_len"] = c.gsp_output_len;
+  }
+  if (c.dataset_name == "multi-turn") {
+    j["multi_turn_turns"] = c.multi_turn_turns;
+    j["multi_turn_user_len"] = c.multi_turn_user_len;
+  }
   j["request_rate"] = c.request_rate;
   if (c.max_concurrency > 0) {
     j["max_concurrency"] = c.max_concurrency;

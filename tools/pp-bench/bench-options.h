@@ -33,6 +33,13 @@ struct CommonArgs {
   double random_range_ratio = 0.0;
   int64_t sharegpt_output_len = 0;  // 0: the dataset's own
   int64_t sharegpt_context_len = 0;
+  int64_t gsp_num_groups = 64;  // generated-shared-prefix (SGLang's defaults)
+  int64_t gsp_prompts_per_group = 16;
+  int64_t gsp_system_prompt_len = 2048;
+  int64_t gsp_question_len = 128;
+  int64_t gsp_output_len = 256;
+  int64_t multi_turn_turns = 4;  // multi-turn
+  int64_t multi_turn_user_len = 128;
   std::string request_rate = "inf";
   int64_t max_concurrency = 0;
   int64_t warmup_requests = 1;

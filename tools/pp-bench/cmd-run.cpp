@@ -26,7 +26,9 @@ Result<Measured> measure_serve(const CommonArgs& c, const ServeArgs& s,
   }
   PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
   if (!tok && c.vocab_size <= 0 &&
-      (dopt.kind == bench::DatasetKind::kRandomIds || dopt.kind == bench::DatasetKind::kFixed)) {
+      (dopt.kind == bench::DatasetKind::kRandomIds || dopt.kind == bench::DatasetKind::kFixed ||
+       dopt.kind == bench::DatasetKind::kGeneratedSharedPrefix ||
+       dopt.kind == bench::DatasetKind::kMultiTurn)) {
     return invalid_argument("random token ids need a vocabulary: give --tokenizer or --vocab-size");
   }
   PP_ASSIGN_OR_RETURN(auto requests, bench::make_dataset(dopt, c.vocab_size, tok.get()));
@@ -114,6 +116,12 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
       auto it = m.outcome.extra_metrics.find(fmt::format("stage{}_busy_fraction", k));
       if (it == m.outcome.extra_metrics.end()) break;
       std::printf("stage %d: busy %.1f%%\n", k, 100.0 * it->second.value);
+    }
+    if (auto it = m.outcome.extra_metrics.find("prefix_cache_hit_rate");
+        it != m.outcome.extra_metrics.end() && !o.disable_prefix_cache) {
+      std::printf("prefix cache: hit rate %.1f%% (%.0f prompt tokens cached)\n",
+                  100.0 * it->second.value,
+                  m.outcome.extra_metrics["prefix_cache_hit_tokens"].value);
     }
   }
   return m;

@@ -19,13 +19,18 @@ const char* dataset_kind_name(DatasetKind kind) {
       return "sharegpt";
     case DatasetKind::kFixed:
       return "fixed";
+    case DatasetKind::kGeneratedSharedPrefix:
+      return "generated-shared-prefix";
+    case DatasetKind::kMultiTurn:
+      return "multi-turn";
   }
   return "?";
 }
 
 std::optional<DatasetKind> parse_dataset_kind(std::string_view name) {
-  for (DatasetKind k : {DatasetKind::kRandomIds, DatasetKind::kRandom, DatasetKind::kShareGpt,
-                        DatasetKind::kFixed}) {
+  for (DatasetKind k :
+       {DatasetKind::kRandomIds, DatasetKind::kRandom, DatasetKind::kShareGpt, DatasetKind::kFixed,
+        DatasetKind::kGeneratedSharedPrefix, DatasetKind::kMultiTurn}) {
     if (name == dataset_kind_name(k)) return k;
   }
   return std::nullopt;
@@ -70,6 +75,22 @@ Status check_options(const DatasetOptions& o) {
   if (o.num_prompts < 1) return invalid_argument("--num-prompts must be at least 1");
   if (o.range_ratio < 0.0 || o.range_ratio > 1.0) {
     return invalid_argument("--random-range-ratio must be in [0, 1], not {}", o.range_ratio);
+  }
+  if (o.kind == DatasetKind::kGeneratedSharedPrefix) {
+    if (o.gsp_num_groups < 1) return invalid_argument("--gsp-num-groups must be at least 1");
+    if (o.gsp_prompts_per_group < 1) {
+      return invalid_argument("--gsp-prompts-per-group must be at least 1");
+    }
+    if (o.gsp_system_prompt_len < 0) {
+      return invalid_argument("--gsp-system-prompt-len must not be negative");
+    }
+    if (o.gsp_question_len < 1) return invalid_argument("--gsp-question-len must be at least 1");
+    if (o.gsp_output_len < 1) return invalid_argument("--gsp-output-len must be at least 1");
+    return ok_status();
+  }
+  if (o.kind == DatasetKind::kMultiTurn) {
+    if (o.mt_turns < 1) return invalid_argument("--multi-turn-turns must be at least 1");
+    if (o.mt_user_len < 1) return invalid_argument("--multi-turn-user-len must be at least 1");
   }
   if (o.kind != DatasetKind::kShareGpt) {
     if (o.input_len < 1) return invalid_argument("--random-input-len must be at least 1");
@@ -155,6 +176,88 @@ Result<std::vector<BenchRequest>> make_random_text(const DatasetOptions& o,
   return out;
 }
 
+// Draws token ids for the shared-prefix datasets: the tokenizer's ordinary ids, else any below
+// vocab_size.
+class IdSource {
+ public:
+  static Result<IdSource> make(int64_t vocab_size, const model::Tokenizer* tok) {
+    IdSource s;
+    if (tok) {
+      for (int64_t id = 0; id < tok->vocab_size(); ++id) {
+        if (!tok->is_special(int32_t(id)) && !tok->id_to_token(int32_t(id)).empty()) {
+          s.ordinary_.push_back(int32_t(id));
+        }
+      }
+      if (s.ordinary_.empty()) return invalid_argument("the tokenizer has no ordinary token");
+    } else if (vocab_size <= 0) {
+      return invalid_argument("random token ids need a vocabulary size");
+    }
+    s.vocab_size_ = vocab_size;
+    return s;
+  }
+  void append(int64_t n, std::mt19937_64& rng, std::vector<int32_t>* out) const {
+    for (int64_t j = 0; j < n; ++j) {
+      if (!ordinary_.empty()) {
+        out->push_back(
+            ordinary_[std::uniform_int_distribution<size_t>(0, ordinary_.size() - 1)(rng)]);
+      } else {
+        out->push_back(int32_t(std::uniform_int_distribution<int64_t>(0, vocab_size_ - 1)(rng)));
+      }
+    }
+  }
+
+ private:
+  std::vector<int32_t> ordinary_;
+  int64_t vocab_size_ = 0;
+};
+
+BenchRequest ids_request(std::vector<int32_t> ids, int64_t output_len,
+                         const model::Tokenizer* tok) {
+  BenchRequest r;
+  r.prompt_len = int64_t(ids.size());
+  r.output_len = output_len;
+  if (tok) r.prompt_text = tok->decode(ids);
+  r.prompt_ids = std::move(ids);
+  return r;
+}
+
+Result<std::vector<BenchRequest>> make_shared_prefix(const DatasetOptions& o, int64_t vocab_size,
+                                                     const model::Tokenizer* tok,
+                                                     std::mt19937_64& rng) {
+  PP_ASSIGN_OR_RETURN(const IdSource ids, IdSource::make(vocab_size, tok));
+  std::vector<BenchRequest> out;
+  for (int64_t g = 0; g < o.gsp_num_groups; ++g) {
+    std::vector<int32_t> system;
+    ids.append(o.gsp_system_prompt_len, rng, &system);
+    for (int64_t q = 0; q < o.gsp_prompts_per_group; ++q) {
+      std::vector<int32_t> prompt = system;
+      ids.append(o.gsp_question_len, rng, &prompt);
+      out.push_back(ids_request(std::move(prompt), o.gsp_output_len, tok));
+    }
+  }
+  std::shuffle(out.begin(), out.end(), rng);
+  return out;
+}
+
+Result<std::vector<BenchRequest>> make_multi_turn(const DatasetOptions& o, int64_t vocab_size,
+                                                  const model::Tokenizer* tok,
+                                                  std::mt19937_64& rng) {
+  PP_ASSIGN_OR_RETURN(const IdSource ids, IdSource::make(vocab_size, tok));
+  std::vector<std::vector<int32_t>> history(size_t(o.num_prompts));
+  for (auto& h : history) ids.append(o.input_len, rng, &h);
+  std::vector<BenchRequest> out;
+  for (int64_t t = 0; t < o.mt_turns; ++t) {
+    for (auto& h : history) {
+      if (t > 0) {
+        ids.append(o.output_len, rng, &h);  // the previous turn's (synthetic) answer
+        ids.append(o.mt_user_len, rng, &h);
+      }
+      out.push_back(ids_request(h, o.output_len, tok));
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<std::vector<BenchRequest>> make_dataset(const DatasetOptions& o, int64_t vocab_size,
@@ -174,6 +277,10 @@ Result<std::vector<BenchRequest>> make_dataset(const DatasetOptions& o, int64_t 
         return make_sharegpt(o, *tok, rng);
       }
       return make_random_text(o, *tok, rng);
+    case DatasetKind::kGeneratedSharedPrefix:
+      return make_shared_prefix(o, vocab_size, tok, rng);
+    case DatasetKind::kMultiTurn:
+      return make_multi_turn(o, vocab_size, tok, rng);
     case DatasetKind::kRandomIds:
     case DatasetKind::kFixed:
       break;

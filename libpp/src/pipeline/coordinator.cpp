@@ -207,6 +207,7 @@ Status Coordinator::bring_up() {
   so.seed = options_.seed;
   so.chunked_pipeline = options_.chunked_pipeline;
   so.chunk_attention_tokens = options_.chunked_pipeline ? chunk_attention_tokens_for(config_) : 0;
+  so.enable_prefix_cache = options_.prefix_cache;
   PP_RETURN_IF_ERROR(so.validate());
   scheduler_ = std::make_unique<Scheduler>(so, tokenizer_.get());
   in_flight_.assign(size_t(so.n_groups), PlanSpan{});
@@ -214,8 +215,10 @@ Status Coordinator::bring_up() {
   publish_stage_pids();
   trace_ = TraceRecorder(P);
   spdlog::info(
-      "pipeline ready: {} stages, {} groups, {} KV blocks of {} tokens, chunked pipeline {}", P,
-      so.n_groups, n_blocks_, options_.kv_block_size, so.chunked_pipeline ? "on" : "off");
+      "pipeline ready: {} stages, {} groups, {} KV blocks of {} tokens, chunked pipeline {}, "
+      "prefix cache {}",
+      P, so.n_groups, n_blocks_, options_.kv_block_size, so.chunked_pipeline ? "on" : "off",
+      so.enable_prefix_cache ? "on" : "off");
   return ok_status();
 }
 
@@ -275,6 +278,20 @@ void Coordinator::cancel(uint64_t id) {
     waker = waker_;
   }
   waker.wake();
+}
+
+Status Coordinator::flush_cache() {
+  auto done = std::make_shared<std::promise<Status>>();
+  std::future<Status> result = done->get_future();
+  transport::Waker waker;
+  {
+    std::lock_guard lock(mu_);
+    if (closed_ || stopping_) return make_error(StatusCode::kUnavailable, "the engine has stopped");
+    commands_.push_back(FlushCommand{std::move(done)});
+    waker = waker_;
+  }
+  waker.wake();
+  return result.get();  // the loop or the teardown answers every command it takes
 }
 
 Status Coordinator::stop() {
@@ -340,6 +357,19 @@ void Coordinator::handle_commands() {
         continue;
       }
       sinks_[s->id] = std::move(s->sink);
+    } else if (auto* f = std::get_if<FlushCommand>(&c)) {
+      // As SGLang: only with nothing queued or running (a waiting request may be about to hit).
+      if (scheduler_->has_work()) {
+        f->done->set_value(make_error(StatusCode::kFailedPrecondition,
+                                      "cannot flush the cache while requests are waiting or "
+                                      "running"));
+      } else {
+        const bool flushed = scheduler_->flush_prefix_cache();
+        PP_ASSERT(flushed);  // nothing runs, so nothing holds a block
+        if (scheduler_->kv_cache().caching()) spdlog::info("prefix cache flushed");
+        publish_stats();  // so that stats() after flush_cache() shows the empty cache
+        f->done->set_value(ok_status());
+      }
     } else {
       (void)scheduler_->cancel(std::get<CancelCommand>(c).id);  // unknown ids are fine
     }
@@ -554,6 +584,7 @@ void Coordinator::teardown() {
     why = failure_.ok() ? make_error(StatusCode::kCancelled, "the engine shut down") : failure_;
   }
   for (Command& c : late) {
+    if (auto* f = std::get_if<FlushCommand>(&c)) f->done->set_value(why);
     if (auto* s = std::get_if<SubmitCommand>(&c); s && s->sink) {
       RequestEvent e;
       e.request_id = s->id;

@@ -74,6 +74,8 @@ class Coordinator {
   Result<uint64_t> submit(std::vector<int32_t> prompt_ids, model::SamplingParams params,
                           EventSink sink);
   void cancel(uint64_t id);
+  // Engine::flush_cache: waits for the coordinator thread's answer.
+  Status flush_cache();
   // Stops the loop (live requests are aborted), tears down and joins. Idempotent.
   Status stop();
 
@@ -102,7 +104,10 @@ class Coordinator {
   struct CancelCommand {
     uint64_t id;
   };
-  using Command = std::variant<SubmitCommand, CancelCommand>;
+  struct FlushCommand {
+    std::shared_ptr<std::promise<Status>> done;
+  };
+  using Command = std::variant<SubmitCommand, CancelCommand, FlushCommand>;
 
   struct Lost {
     int32_t stage;

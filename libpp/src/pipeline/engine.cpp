@@ -36,6 +36,7 @@ Result<uint64_t> Engine::submit(std::vector<int32_t> prompt_ids, model::Sampling
 }
 
 void Engine::cancel(uint64_t id) { coordinator_->cancel(id); }
+Status Engine::flush_cache() { return coordinator_->flush_cache(); }
 EngineStats Engine::stats() const { return coordinator_->stats(); }
 Status Engine::health() const { return coordinator_->health(); }
 bool Engine::recovering() const { return coordinator_->recovering(); }

@@ -115,6 +115,7 @@ void Generation::poll(std::vector<ChoiceEvent>* out, std::chrono::milliseconds t
       c.stop_token = e.stop_token;
       c.n_prompt_tokens = e.n_prompt_tokens;
       c.n_output_tokens = e.n_output_tokens;
+      c.n_cached_tokens = e.n_cached_tokens;
       finished_[i] = true;
       ++n_finished_;
       if (!ce.event.error.ok() && error_.ok()) error_ = ce.event.error;

@@ -119,6 +119,23 @@ void HttpServer::Impl::declare_metrics() {
             "Requests refused before reaching the engine (queue_full, draining, unhealthy, "
             "never_fits).");
   m.declare("pp_prompt_tokens_total", MetricType::kCounter, "Prompt tokens prefilled.");
+  m.declare("pp_prefix_cache_hit_ratio", MetricType::kGauge,
+            "Prompt tokens served from the prefix cache over prompt tokens admitted (0..1).");
+  m.declare("pp_prefix_cache_query_tokens_total", MetricType::kCounter,
+            "Tokens of the sequences admitted with prefix caching on (the hit ratio's "
+            "denominator).");
+  m.declare("pp_prefix_cache_hit_tokens_total", MetricType::kCounter,
+            "Tokens whose KV was taken from the prefix cache instead of being computed.");
+  m.declare("pp_prefix_cache_queries_total", MetricType::kCounter,
+            "Admissions that asked the prefix cache.");
+  m.declare("pp_prefix_cache_hits_total", MetricType::kCounter,
+            "Admissions that shared at least one cached block.");
+  m.declare("pp_prefix_cache_evictions_total", MetricType::kCounter,
+            "Cached unreferenced KV blocks handed out for new content.");
+  m.declare("pp_kv_blocks_cached", MetricType::kGauge,
+            "KV blocks holding cached prefix content (referenced or not).");
+  m.declare("pp_kv_blocks_cached_unreferenced", MetricType::kGauge,
+            "Cached KV blocks no request holds (the eviction pool).");
   m.declare("pp_generation_tokens_total", MetricType::kCounter, "Tokens generated.");
   m.declare("pp_http_requests_total", MetricType::kCounter, "HTTP responses by status code.");
   m.declare("pp_engine_healthy", MetricType::kGauge, "1 while every stage is up, else 0.");
@@ -159,6 +176,16 @@ void HttpServer::Impl::update_engine_metrics() {
   m.set("pp_requests_finished_total", {{"reason", "length"}}, double(q.n_finished_length));
   m.set("pp_requests_finished_total", {{"reason", "abort"}}, double(q.n_finished_abort));
   m.set("pp_prompt_tokens_total", {}, double(q.n_prefill_tokens));
+  const pipeline::KvCacheStats& c = q.kv_cache;
+  m.set("pp_prefix_cache_hit_ratio", {},
+        c.n_query_tokens > 0 ? double(c.n_hit_tokens) / double(c.n_query_tokens) : 0.0);
+  m.set("pp_prefix_cache_query_tokens_total", {}, double(c.n_query_tokens));
+  m.set("pp_prefix_cache_hit_tokens_total", {}, double(c.n_hit_tokens));
+  m.set("pp_prefix_cache_queries_total", {}, double(c.n_queries));
+  m.set("pp_prefix_cache_hits_total", {}, double(c.n_hits));
+  m.set("pp_prefix_cache_evictions_total", {}, double(c.n_evictions));
+  m.set("pp_kv_blocks_cached", {}, double(c.n_cached_blocks));
+  m.set("pp_kv_blocks_cached_unreferenced", {}, double(c.n_pooled_blocks));
   m.set("pp_generation_tokens_total", {}, double(q.n_generated_tokens));
   m.set("pp_engine_healthy", {}, engine->health().ok() ? 1.0 : 0.0);
   m.set("pp_uptime_seconds", {}, s.uptime_s);
@@ -277,6 +304,19 @@ void HttpServer::Impl::routes() {
     send_json(res, 200, {{"object", "list"}, {"data", json::array({card})}});
   };
   svr.Get("/v1/models", models);
+  // SGLang's /flush_cache (GET or POST): empties the prefix cache; refused with 409 while any
+  // request is waiting or running (SGLang answers 400 then; 409 says which kind of refusal).
+  auto flush = [this](const httplib::Request&, httplib::Response& res) {
+    const Status s = engine->flush_cache();
+    if (s.ok()) {
+      res.set_content("Cache flushed.\n", "text/plain; charset=utf-8");
+      return;
+    }
+    res.status = s.code() == StatusCode::kFailedPrecondition ? 409 : 503;
+    res.set_content(s.message() + "\n", "text/plain; charset=utf-8");
+  };
+  svr.Get("/flush_cache", flush);
+  svr.Post("/flush_cache", flush);
   svr.Get("/get_model_info", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, {{"model_path", o.served_model_name}, {"is_generation", true}});
   });
@@ -405,6 +445,7 @@ void HttpServer::Impl::respond_whole(ApiKind kind, const ApiRequest& r, Generati
   for (const ChoiceResult& c : gen.choices()) {
     if (c.index % r.n == 0) u.prompt_tokens += c.n_prompt_tokens;
     u.completion_tokens += c.n_output_tokens;
+    u.cached_tokens += c.n_cached_tokens;
   }
   const bool lp = r.params.logprobs;
   switch (kind) {
@@ -541,6 +582,7 @@ void HttpServer::Impl::respond_stream(ApiKind kind, const ApiRequest& r,
         for (const ChoiceResult& c : g.choices()) {
           if (c.index % st->n == 0) u.prompt_tokens += c.n_prompt_tokens;
           u.completion_tokens += c.n_output_tokens;
+          u.cached_tokens += c.n_cached_tokens;
         }
         out += sse_data(usage_chunk(st->meta, st->kind == ApiKind::kChat, u));
       }

@@ -38,7 +38,8 @@ json choice_logprobs_or_null(const ChoiceResult& c, bool chat, bool with_logprob
 json Usage::to_json() const {
   return {{"prompt_tokens", prompt_tokens},
           {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
 }
 
 std::string make_response_id(const std::string& prefix) {

@@ -31,7 +31,7 @@ json generate_object(const ChoiceResult& c, const std::string& rid, bool with_lo
   json meta = {{"id", rid},
                {"prompt_tokens", c.n_prompt_tokens},
                {"completion_tokens", int64_t(c.token_ids.size())},
-               {"cached_tokens", 0},
+               {"cached_tokens", c.n_cached_tokens},
                {"finish_reason", finished ? sglang_finish_reason(c) : json()},
                {"e2e_latency", e2e_latency_s}};
   if (with_logprobs) {

@@ -16,6 +16,24 @@
 //               together than the context length, are skipped. Needs a tokenizer.
 //   fixed       every prompt exactly input_len ids and output_len new tokens (random-ids with
 //               range ratio 1).
+//   generated-shared-prefix
+//               SGLang's: gsp_num_groups groups of gsp_prompts_per_group prompts; the prompts of a
+//               group share one system prompt of gsp_system_prompt_len tokens, each followed by
+//               its own question of gsp_question_len tokens; gsp_output_len new tokens each;
+//               gsp_num_groups * gsp_prompts_per_group requests in all (num_prompts is not
+//               used), shuffled by the seed. Tokens are drawn uniformly from the tokenizer's
+//               non-special vocabulary (from [0, vocab_size) without one) and sent as ids (text
+//               would be retokenized and could move the boundary of the shared part).
+//   multi-turn  num_prompts conversations of mt_turns turns. Turn t of a conversation re-sends
+//               the whole history: its first turn's prompt (a user message of input_len tokens),
+//               then for each earlier turn an answer of output_len tokens and the next user
+//               message of mt_user_len tokens; every turn asks for output_len new tokens. The
+//               answers in the history are synthetic (random tokens, fixed by the seed), not what
+//               the server answered, so the requests do not depend on each other's outputs; a
+//               turn shares the whole previous turn's prompt. Requests are ordered turn by turn
+//               (every conversation's first turn, then every second turn, ...), so that with
+//               a --max-concurrency below the number of conversations a turn is usually sent
+//               after its previous one finished. Ids as above.
 //
 // One difference from SGLang: an output length is never 0 (SGLang's lower bound int(len *
 // ratio) may be 0; a server reads max_tokens 0 as "no limit"), so outputs are at least 1.
@@ -35,9 +53,17 @@
 
 namespace pp::bench {
 
-enum class DatasetKind { kRandomIds, kRandom, kShareGpt, kFixed };
+enum class DatasetKind {
+  kRandomIds,
+  kRandom,
+  kShareGpt,
+  kFixed,
+  kGeneratedSharedPrefix,
+  kMultiTurn
+};
 
-const char* dataset_kind_name(DatasetKind kind);  // "random-ids", "random", "sharegpt", "fixed"
+// "random-ids", "random", "sharegpt", "fixed", "generated-shared-prefix", "multi-turn"
+const char* dataset_kind_name(DatasetKind kind);
 std::optional<DatasetKind> parse_dataset_kind(std::string_view name);
 
 struct DatasetOptions {
@@ -50,6 +76,15 @@ struct DatasetOptions {
   std::filesystem::path path;                  // ShareGPT JSON (sharegpt; optional for random)
   std::optional<int64_t> sharegpt_output_len;  // sharegpt: this output length for every prompt
   int64_t context_len = 0;  // sharegpt: skip pairs with prompt + output above this (0: no limit)
+  // generated-shared-prefix (SGLang's defaults)
+  int64_t gsp_num_groups = 64;           // groups (distinct system prompts)
+  int64_t gsp_prompts_per_group = 16;    // prompts sharing one system prompt
+  int64_t gsp_system_prompt_len = 2048;  // tokens of each system prompt
+  int64_t gsp_question_len = 128;        // tokens of each question
+  int64_t gsp_output_len = 256;          // new tokens of each request
+  // multi-turn (also input_len: the first user message; output_len: each answer)
+  int64_t mt_turns = 4;       // turns per conversation
+  int64_t mt_user_len = 128;  // tokens of each later user message
 };
 
 // One request of a benchmark.

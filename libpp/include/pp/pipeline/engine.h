@@ -87,6 +87,9 @@ struct EngineOptions {
   // chunk_attention_tokens, the latter from the model): a long prompt's chunks follow each
   // other through the stages. false: one plan in flight per request, fixed chunks.
   bool chunked_pipeline = true;
+  // Prefix caching (SchedulerOptions::enable_prefix_cache): a request reuses the KV of the
+  // longest run of full blocks of its prompt already computed for another request.
+  bool prefix_cache = true;
 
   // --- stages
   // Empty: local stages over ipc:// in a private folder. "tcp://HOST:PORT": bind there (port 0
@@ -187,6 +190,10 @@ class Engine {
                           EventSink sink);
   // Cancels a request (its final event says kAbort). Unknown or finished ids are ignored.
   void cancel(uint64_t id);
+  // Empties the prefix cache (every cached block becomes free) and waits for it to be done.
+  // kFailedPrecondition, changing nothing, while any request is waiting or running;
+  // kUnavailable once the engine has stopped or failed. Ok (a no-op) with caching off.
+  Status flush_cache();
 
   EngineStats stats() const;
   // Ok while the engine runs; the reason while it recovers from a lost stage, or once it has

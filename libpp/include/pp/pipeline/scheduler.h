@@ -66,13 +66,13 @@
 // request can be released and readmitted with reset_table in the same plan). Released ids a
 // stage does not know are ignored. Plans carry seq numbers in issue order.
 //
-// Prefix caching (options.enable_prefix_cache; off by default, and then nothing of this
-// happens). Once a plan is built (issued), the blocks its entries fill become cached: stages run
-// plans in issue order, so any later plan may read them; the plan itself may not (its entries
-// run together), which is why they are committed after the whole plan is built. A finished or
-// preempted request's cached blocks stay valid in the manager's eviction pool until their memory
-// is needed; a recompute can hit them. preempt_all() (a lost stage: every stage's KV is gone)
-// flushes the cache.
+// Prefix caching (options.enable_prefix_cache; off by default here, and then nothing of this
+// happens; the engine turns it on unless --disable-prefix-cache). Once a plan is built (issued),
+// the blocks its entries fill become cached: stages run plans in issue order, so any later plan may
+// read them; the plan itself may not (its entries run together), which is why they are committed
+// after the whole plan is built. A finished or preempted request's cached blocks stay valid in the
+// manager's eviction pool until their memory is needed; a recompute can hit them. preempt_all() (a
+// lost stage: every stage's KV is gone) flushes the cache.
 //
 // apply_tokens(t): the group's plan has come back from the last stage (so every stage is done
 // with it). For each entry: n_cached advances; a sampled token is appended (delta event), stop
@@ -119,7 +119,7 @@ struct SchedulerOptions {
   int64_t n_vocab = 0;                 // > 0: prompt ids and stop_token_ids must be below it
   std::vector<int32_t> eos_ids;        // the model's end-of-sequence ids
   std::optional<uint64_t> seed;        // seeds the seeds of requests without one (absent: random)
-  bool enable_prefix_cache = false;    // share cached full KV blocks of common prefixes
+  bool enable_prefix_cache = false;    // share cached full KV blocks (EngineOptions: on)
   // Chunked pipeline: a prefilling request's next chunk is planned as soon as its previous one
   // has been issued (in another group's plan). false: one plan in flight per request.
   bool chunked_pipeline = true;

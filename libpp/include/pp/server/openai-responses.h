@@ -36,11 +36,13 @@ struct ChoiceResult {
   std::optional<int32_t> stop_token;  // the eos / stop id that matched
   int64_t n_prompt_tokens = 0;
   int64_t n_output_tokens = 0;
+  int64_t n_cached_tokens = 0;  // prompt tokens whose KV came from the prefix cache
 };
 
 struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;  // of prompt_tokens: prompt_tokens_details.cached_tokens
   nlohmann::json to_json() const;
 };
 
