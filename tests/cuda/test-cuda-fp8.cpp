@@ -286,8 +286,11 @@ TEST_F(CudaFp8Linear, EveryScaleKindPathAndVariantMatchesFloat64) {
         const LinearPath path = check(m, n, k, kind, variants[vi]);
         EXPECT_EQ(path == LinearPath::kFp8Gemv, m <= 8) << "m=" << m;
         // Every variant has a cuBLASLt path (fused, or an epilogue over f32 or bf16 scratch):
-        // the dequantizing fallback is for shapes cuBLASLt refuses outright.
-        if (m > 8) EXPECT_NE(path, LinearPath::kFp8Dequant) << "m=" << m;
+        // the dequantizing fallback is for shapes cuBLASLt refuses outright, which with block
+        // scales is every m not a multiple of 16 (seen on an H100 with CUDA 13).
+        if (m > 8 && (kind != ScaleKind::kBlock128x128 || m % 16 == 0)) {
+          EXPECT_NE(path, LinearPath::kFp8Dequant) << "m=" << m;
+        }
       }
     }
   }
