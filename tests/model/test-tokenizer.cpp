@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "pp/model/gguf.h"
+#include "pp/model/tokenizer-export.h"
 #include "pp/model/tokenizer.h"
 #include "test-tokenizer-util.h"
 #include "test-util.h"
@@ -120,6 +121,51 @@ TEST(TokenizerSmolLM2, ToHfJsonGivesTheSameIds) {
   ASSERT_TRUE(again.ok()) << again.status().message();
   json ref = test::load_tokenizer_fixture("smollm2-ids.json");
   expect_matches_reference(**again, ref);
+}
+
+// The exported files (pp-partition inspect --export-tokenizer): tokenizer_config.json says what
+// pp adds, and tokenizer.json read back encodes as the reference (Hugging Face's ids; BOS not
+// added, as SmolLM2's GGUF says). scripts/check-exported-tokenizer.py checks the same files with
+// transformers itself.
+TEST(TokenizerExport, SmolLM2GgufAddsNoBos) {
+  if (!std::filesystem::exists(test::default_model_path())) GTEST_SKIP() << "no default model";
+  auto tok = load_default_model_tokenizer();
+  ASSERT_NE(tok, nullptr);
+  test::TempDir dir;
+  ASSERT_TRUE(export_hf_tokenizer(*tok, "{{ messages }}", 8192, dir.path() / "out").ok());
+  json config = json::parse(std::ifstream(dir.path() / "out" / "tokenizer_config.json"));
+  EXPECT_EQ(config["add_bos_token"], false);
+  EXPECT_EQ(config["add_eos_token"], false);
+  EXPECT_EQ(config["tokenizer_class"], "PreTrainedTokenizerFast");
+  EXPECT_EQ(config["eos_token"], tok->id_to_token(*tok->eos_id()));
+  EXPECT_EQ(config["model_max_length"], 8192);
+  EXPECT_EQ(config["chat_template"], "{{ messages }}");
+  auto again = Tokenizer::from_hf_file(dir.path() / "out" / "tokenizer.json");
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  expect_matches_reference(**again, test::load_tokenizer_fixture("smollm2-ids.json"));
+}
+
+TEST(TokenizerExport, Llama3AddsBosAsItsPostProcessorSays) {
+  auto tok = Tokenizer::from_hf_file(test::fixture_dir() / "tokenizers/llama3/tokenizer.json");
+  ASSERT_TRUE(tok.ok()) << tok.status().message();
+  json config = hf_tokenizer_config(**tok, "", 0);
+  EXPECT_EQ(config["add_bos_token"], true);
+  EXPECT_EQ(config["bos_token"], "<|begin_of_text|>");
+  EXPECT_FALSE(config.contains("model_max_length"));
+  EXPECT_FALSE(config.contains("chat_template"));
+  test::TempDir dir;
+  ASSERT_TRUE(export_hf_tokenizer(**tok, "", 0, dir.path()).ok());
+  auto again = Tokenizer::from_hf_file(dir.path() / "tokenizer.json");
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  for (const char* text : {"Hello world", " two  spaces\n", "ümlaut 123"}) {
+    EXPECT_EQ((*again)->encode(text, true), (*tok)->encode(text, true)) << text;
+    EXPECT_EQ((*again)->encode(text, false), (*tok)->encode(text, false)) << text;
+  }
+  // A folder that cannot be made is an error naming it.
+  std::ofstream(dir.path() / "file") << "x";
+  Status s = export_hf_tokenizer(**tok, "", 0, dir.path() / "file" / "sub");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("file"), std::string::npos) << s.message();
 }
 
 TEST(TokenizerSpm, MatchesSentencePiece) {

@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #include "../pp/test-partition-model.h"
+#include "pp/model/tokenizer.h"
 #include "pp/partition/partition-reader.h"
+#include "test-http-util.h"
 #include "test-util.h"
 
 namespace pp {
@@ -336,6 +338,58 @@ TEST_F(PpPartition, InterruptLeavesNothing) {
   EXPECT_EQ(WEXITSTATUS(st), 130);
   EXPECT_FALSE(fs::exists(dir));
   EXPECT_TRUE(leftovers(tmp_.path(), "part").empty());
+}
+
+// inspect --export-tokenizer: from a Hugging Face folder, a GGUF file (when the default model is
+// here) and a partition; the files read back encode as the model's own tokenizer. Bad input:
+// one line, exit 2.
+TEST_F(PpPartition, ExportTokenizerWritesFilesThatEncodeTheSame) {
+  const fs::path hf = test::make_tiny_chat_model(tmp_.path() / "tiny-chat");
+  const fs::path out = tmp_.path() / "tok";
+  ToolRun r = run("inspect " + quote(hf.string()) + " --export-tokenizer " + quote(out.string()) +
+                  " --db " + db());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("tokenizer_config.json"), std::string::npos) << r.out;
+  auto mine = model::Tokenizer::from_hf_file(hf / "tokenizer.json");
+  auto theirs = model::Tokenizer::from_hf_file(out / "tokenizer.json");
+  ASSERT_TRUE(mine.ok() && theirs.ok());
+  EXPECT_EQ((*theirs)->encode("<|im_start|>hello", true),
+            (*mine)->encode("<|im_start|>hello", true));
+  nlohmann::json config = nlohmann::json::parse(slurp(out / "tokenizer_config.json"));
+  EXPECT_EQ(config["eos_token"], "<|im_end|>");
+  EXPECT_EQ(config["add_bos_token"], false);  // its tokenizer.json has no post-processor
+  EXPECT_EQ(config["model_max_length"], 512);
+  EXPECT_TRUE(config["chat_template"].get<std::string>().find("im_start") != std::string::npos);
+
+  // A partition exports its own tokenizer after its table.
+  const fs::path part = tmp_.path() / "part";
+  ASSERT_EQ(
+      run("split " + quote(hf.string()) + " --pp 2 -o " + quote(part.string()) + " --db " + db())
+          .rc,
+      0);
+  ToolRun p = run("inspect " + quote(part.string()) + " --export-tokenizer " +
+                  quote((tmp_.path() / "tok2").string()) + " --db " + db());
+  ASSERT_EQ(p.rc, 0) << p.err;
+  EXPECT_NE(p.out.find("stage 1:"), std::string::npos) << p.out;
+  EXPECT_EQ(slurp(tmp_.path() / "tok2" / "tokenizer.json"), slurp(out / "tokenizer.json"));
+
+  if (fs::exists(test::default_model_path())) {
+    const fs::path g = tmp_.path() / "smol";
+    ToolRun gg = run("inspect " + quote(test::default_model_path().string()) +
+                     " --export-tokenizer " + quote(g.string()) + " --db " + db());
+    ASSERT_EQ(gg.rc, 0) << gg.err;
+    // SmolLM2's GGUF says add_bos_token false: the exported tokenizer adds none either.
+    EXPECT_EQ(nlohmann::json::parse(slurp(g / "tokenizer_config.json"))["add_bos_token"], false);
+  }
+
+  for (const std::string& bad :
+       {std::string("inspect /nonexistent --export-tokenizer ") + quote(out.string()),
+        "inspect " + quote(hf.string()) + " --export-tokenizr x"}) {
+    SCOPED_TRACE(bad);
+    ToolRun b = run(bad + " --db " + db());
+    EXPECT_EQ(b.rc, 2) << b.err;
+    EXPECT_EQ(count_lines(b.err), 1) << b.err;
+  }
 }
 
 }  // namespace

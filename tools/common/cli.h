@@ -4,6 +4,8 @@
 
 #include <functional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -29,7 +31,14 @@ void apply_log_level(const std::string& level);
 // Adds --version printing pp's version.
 void add_version_flag(CLI::App& app);
 
-// Parses argv with CLI11; returns -1 to go on, or the exit code when parsing ended the program
+// Levenshtein distance between two strings (insertions, deletions, substitutions).
+size_t edit_distance(std::string_view a, std::string_view b);
+// The option of `options` nearest `name` by edit distance, when near enough to be what was
+// meant (within a third of the longer name, at least 2 edits); else empty.
+std::string closest_option(const std::string& name, const std::vector<std::string>& options);
+
+// Parses argv with CLI11; an unknown --option is reported as "unknown option '--x' (did you mean
+// --y?)". Returns -1 to go on, or the exit code when parsing ended the program
 // (--help, --version, a usage error printed on one line).
 int parse(CLI::App& app, int argc, char** argv);
 

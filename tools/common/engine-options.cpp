@@ -35,28 +35,39 @@ constexpr Bound<int32_t> kExpectStages{"--expect-stages", 1, 1024};
 constexpr Bound<int32_t> kStageRestarts{"--stage-restarts", 0, 1 << 20};
 constexpr Bound<double> kStageTimeout{"--stage-timeout", 0.1, 86400.0};
 constexpr Bound<double> kMemFraction{"--mem-fraction", 0.01, 1.0};
+constexpr Bound<int64_t> kMaxTotalTokens{"--max-total-tokens", 0, int64_t(1) << 35};
+constexpr int32_t kKvBlockSize = 16;  // pipeline::EngineOptions::kv_block_size
+
+// The dtype each device computes in: what --dtype may name besides auto.
+const char* device_dtype(const std::string& device) {
+  return device == "cuda" ? "bfloat16" : "float32";
+}
 
 }  // namespace
 
 void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups) {
   if (groups.model) {
-    app.add_option("--model", a.model,
+    app.add_option("--model,--model-path", a.model,
                    "the model: a Hugging Face folder, a .gguf file or a partition folder")
         ->required();
   }
   const std::string pp_default =
       a.pp == 0 ? "default: 1, or a partition folder's own count" : fmt::format("default {}", a.pp);
-  app.add_option("--pp", a.pp,
+  app.add_option("--pp,--pp-size", a.pp,
                  "pipeline stages, each a local pp-stage process (" + pp_default + ")")
       ->check(kPp.range());
-  app.add_option("--async-depth", a.async_depth,
+  app.add_option("--tp-size", a.tp_size,
+                 "tensor parallel ranks per stage: only 1 (tensor parallelism is not supported "
+                 "yet)");
+  app.add_option("--async-depth,--pp-async-batch-depth", a.async_depth,
                  "micro-batch groups in flight beyond one per stage (default 1)")
       ->check(kAsyncDepth.range());
   app.add_option("--max-running-requests", a.max_running_requests,
                  "requests running at once at most (default 256)")
       ->check(kMaxRunning.range());
-  app.add_option("--max-batch-tokens", a.max_batch_tokens,
-                 "most tokens per micro-batch: the prefill chunk (default 512)")
+  app.add_option("--max-batch-tokens,--chunked-prefill-size", a.max_batch_tokens,
+                 "most tokens per micro-batch: the prefill chunk (default 512); decode tokens "
+                 "count too, and -1 (no chunking) is not supported")
       ->check(kMaxBatchTokens.range());
   app.add_flag("--disable-chunked-pipeline", a.disable_chunked_pipeline,
                "plan a long prompt's next chunk only once its previous one has come back, in "
@@ -70,9 +81,15 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
       app.add_option("--kv-blocks", a.kv_blocks,
                      "KV cache blocks of 16 tokens (default: what the stages' memory holds)")
           ->check(kKvBlocks.range());
+  CLI::Option* total_tokens =
+      app.add_option("--max-total-tokens", a.max_total_tokens,
+                     "KV cache size in tokens, rounded up to blocks of 16 (as --kv-blocks)")
+          ->check(kMaxTotalTokens.range())
+          ->excludes(kv_blocks);
   if (groups.kv_memory) {
     app.add_option("--kv-memory", a.kv_memory, "KV cache memory per stage, e.g. 4GiB")
-        ->excludes(kv_blocks);
+        ->excludes(kv_blocks)
+        ->excludes(total_tokens);
   }
   app.add_option("--threads-per-stage", a.threads_per_stage,
                  "compute threads of each local stage (default 0: all cores)")
@@ -101,7 +118,7 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
   app.add_option("--gpus", a.gpus,
                  "cuda: the GPUs to use, stage k on the (k mod n)-th (default: every visible one)")
       ->delimiter(',');
-  app.add_option("--mem-fraction", a.mem_fraction,
+  app.add_option("--mem-fraction,--mem-fraction-static", a.mem_fraction,
                  "cuda: share of each GPU's memory for weights, buffers and the KV cache "
                  "(default 0.85)")
       ->check(kMemFraction.range());
@@ -114,6 +131,9 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
                  "quantize the weights as they load: fp8 (e4m3, one scale per output channel; "
                  "activations per token). An fp8 checkpoint needs no flag")
       ->check(CLI::IsMember({"fp8", "none"}));
+  app.add_option("--dtype", a.dtype,
+                 "the dtype the stages compute in: auto (default), or the device's own: float32 "
+                 "on cpu, bfloat16 on cuda");
   app.add_option("--layers", a.layers,
                  "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
   app.add_option("--trace", a.trace,
@@ -131,8 +151,26 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   PP_RETURN_IF_ERROR(kStageRestarts.check(a.stage_restarts));
   PP_RETURN_IF_ERROR(kStageTimeout.check(a.stage_timeout_s));
   PP_RETURN_IF_ERROR(kMemFraction.check(a.mem_fraction));
+  PP_RETURN_IF_ERROR(kMaxTotalTokens.check(a.max_total_tokens));
   if (a.device != "cpu" && a.device != "cuda") {
     return invalid_argument("--device must be cpu or cuda, not '{}'", a.device);
+  }
+  if (a.tp_size != 1) {
+    return unimplemented(
+        "--tp-size {}: tensor parallelism is not supported yet (use --pp-size to split the model "
+        "across devices)",
+        a.tp_size);
+  }
+  // SGLang's spellings: "float" is float32, "half" float16.
+  const std::string dtype = a.dtype == "float"  ? "float32"
+                            : a.dtype == "half" ? "float16"
+                                                : a.dtype;
+  if (dtype != "auto" && dtype != device_dtype(a.device)) {
+    return invalid_argument("--dtype {} is not supported on {}: it computes in {} (or use auto)",
+                            a.dtype, a.device, device_dtype(a.device));
+  }
+  if (a.max_total_tokens > 0 && a.kv_blocks > 0) {
+    return invalid_argument("--max-total-tokens and --kv-blocks exclude each other");
   }
 
   pipeline::EngineOptions e;
@@ -166,8 +204,15 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   e.chunked_pipeline = !a.disable_chunked_pipeline;
   e.prefix_cache = !a.disable_prefix_cache;
   e.kv_blocks = a.kv_blocks;
+  if (a.max_total_tokens > 0) {
+    e.kv_blocks = (a.max_total_tokens + kKvBlockSize - 1) / kKvBlockSize;
+  }
   if (!a.kv_memory.empty()) {
-    if (a.kv_blocks > 0) return invalid_argument("--kv-memory and --kv-blocks exclude each other");
+    if (e.kv_blocks > 0) {
+      return invalid_argument(
+          "--kv-memory and --kv-blocks (or --max-total-tokens) exclude each "
+          "other");
+    }
     PP_ASSIGN_OR_RETURN(uint64_t bytes, partition::parse_byte_size(a.kv_memory));
     e.kv_memory = int64_t(bytes);
   }
@@ -189,6 +234,8 @@ nlohmann::json engine_params(const EngineArgs& a) {
   if (a.disable_chunked_pipeline) j["chunked_pipeline"] = false;
   if (a.disable_prefix_cache) j["prefix_cache"] = false;
   j["kv_blocks"] = a.kv_blocks;
+  if (a.max_total_tokens > 0) j["max_total_tokens"] = a.max_total_tokens;
+  if (a.dtype != "auto") j["dtype"] = a.dtype;
   if (!a.kv_memory.empty()) j["kv_memory"] = a.kv_memory;
   j["threads_per_stage"] = a.threads_per_stage;
   if (!a.trace.empty()) j["trace"] = a.trace;

@@ -29,6 +29,8 @@ struct EngineArgs {
   std::string layers;  // the split as inclusive ranges "0-19,20-35"
   std::optional<uint64_t> random_weights;  // model names a config; weights from this seed
   std::string quantization;                // "fp8": quantize the weights on load; empty: none
+  int32_t tp_size = 1;                     // tensor parallel ranks per stage: only 1 today
+  std::string dtype = "auto";  // compute dtype: auto, or the device's own (f32 cpu, bf16 cuda)
 
   // --- the device
   std::string device = "cpu";  // cpu or cuda
@@ -41,6 +43,7 @@ struct EngineArgs {
   int32_t max_running_requests = 256;
   int32_t max_batch_tokens = 512;         // tokens per micro-batch at most (the prefill chunk)
   int64_t kv_blocks = 0;                  // KV blocks of 16 tokens; 0: what the stages hold
+  int64_t max_total_tokens = 0;           // KV pool in tokens (rounded up to blocks); 0: unset
   std::string kv_memory;                  // KV bytes per stage as text ("4GiB"); empty: kv_blocks
   int32_t threads_per_stage = 0;          // compute threads of each local stage; 0: all cores
   bool disable_chunked_pipeline = false;  // one plan in flight per request, fixed chunks
@@ -60,6 +63,12 @@ struct EngineArgs {
 // --disable-prefix-cache (alias --disable-radix-cache), --kv-blocks, --threads-per-stage, --device,
 // --gpus, --mem-fraction, --disable-cuda-graph,
 // --random-weights, --quantization, --layers, --trace).
+//
+// SGLang's launch flags name the same options where pp has them, so that a SGLang command line
+// works unchanged: --model-path (--model), --pp-size (--pp), --pp-async-batch-depth
+// (--async-depth), --mem-fraction-static (--mem-fraction), --chunked-prefill-size
+// (--max-batch-tokens), --max-total-tokens (the KV pool in tokens), --tp-size (1 only) and
+// --dtype (auto, or the dtype the device computes in).
 struct EngineOptionGroups {
   bool model = true;           // --model (pp-bench sweep names the model itself)
   bool kv_memory = false;      // --kv-memory
@@ -71,7 +80,8 @@ struct EngineOptionGroups {
 void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups = {});
 
 // Checks the options (each value in its range, --pp against --expect-stages, --expect-stages
-// with --listen, --kv-memory a size and not with --kv-blocks) and builds the engine's options.
+// with --listen, --kv-memory a size and not with --kv-blocks or --max-total-tokens, --tp-size 1,
+// --dtype one the device computes in) and builds the engine's options.
 // Errors are kInvalidArgument naming the option. What needs the model (the layer split against
 // its layer count, a partition's stage count) is checked by Engine::start.
 Result<pipeline::EngineOptions> engine_options(const EngineArgs& a);

@@ -3,7 +3,9 @@
 //   pp-partition plan MODEL --pp N [--strategy even|cost|manual] [--layers 0-13,14-29]
 //                          [--device-memory 80GiB,...] [--dtype bf16|f16|f32|fp8]
 //   pp-partition split MODEL --pp N -o DIR [plan options] [--force]
-//   pp-partition verify DIR | inspect DIR | list
+//   pp-partition verify DIR | inspect DIR [--export-tokenizer OUT] | list
+// inspect --export-tokenizer also takes a model (a .gguf file or a Hugging Face folder): it
+// writes the tokenizer as tokenizer.json + tokenizer_config.json for Hugging Face clients.
 // Every subcommand takes --db PATH. Exit codes: 0 ok, 1 a failure while working, 2 bad usage or
 // bad input (a partition failing verification included), 130 interrupted.
 #include <atomic>
@@ -16,7 +18,9 @@
 
 #include "cli.h"
 #include "pp/model/model-source.h"
+#include "pp/model/tokenizer-export.h"
 #include "pp/partition/byte-size.h"
+#include "pp/partition/model-resolver.h"
 #include "pp/partition/partition-reader.h"
 #include "pp/partition/planner.h"
 #include "pp/partition/shard-writer.h"
@@ -49,6 +53,7 @@ struct Args {
   std::string out_dir;
   bool force = false;
   std::string dir;
+  std::string export_tokenizer;  // inspect: write the tokenizer here as Hugging Face files
   std::string db;
   std::string log_level;
 };
@@ -202,7 +207,23 @@ Status run_verify(const Args& a) {
   return ok_status();
 }
 
+// The model's (or partition's) tokenizer as tokenizer.json + tokenizer_config.json in `out`.
+Status export_tokenizer(const std::string& model_path, const std::string& out) {
+  PP_ASSIGN_OR_RETURN(ResolvedModel m, resolve_model(model_path));
+  PP_ASSIGN_OR_RETURN(std::shared_ptr<const model::Tokenizer> tok, m.load_tokenizer());
+  PP_RETURN_IF_ERROR(
+      model::export_hf_tokenizer(*tok, m.chat_template(), m.config().max_context(), out));
+  std::printf("wrote '%s' and '%s' (%lld tokens)\n", (fs::path(out) / "tokenizer.json").c_str(),
+              (fs::path(out) / "tokenizer_config.json").c_str(),
+              static_cast<long long>(tok->vocab_size()));
+  return ok_status();
+}
+
 Status run_inspect(const Args& a) {
+  // A model that is not a partition: only its tokenizer can be exported.
+  if (!a.export_tokenizer.empty() && !fs::exists(fs::path(a.dir) / "partition.json")) {
+    return export_tokenizer(a.dir, a.export_tokenizer);
+  }
   PP_ASSIGN_OR_RETURN(PartitionManifest m, open_partition(a.dir));
   std::printf("partition '%s'\n", a.dir.c_str());
   std::printf("model: %s, %lld layers, vocabulary %lld, from '%s' (%s, sha256 %s)\n",
@@ -219,6 +240,7 @@ Status run_inspect(const Args& a) {
                 static_cast<unsigned long long>(f.bytes), static_cast<long long>(f.n_tensors),
                 f.sha256.c_str());
   }
+  if (!a.export_tokenizer.empty()) return export_tokenizer(a.dir, a.export_tokenizer);
   return ok_status();
 }
 
@@ -277,8 +299,16 @@ int main(int argc, char** argv) {
   verify->add_option("DIR", a.dir, "partition folder")->required();
   cli::add_db_option(*verify, a.db);
 
-  CLI::App* inspect = app.add_subcommand("inspect", "print the plan table of a partition");
-  inspect->add_option("DIR", a.dir, "partition folder")->required();
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "print the plan table of a partition; export a model's tokenizer");
+  inspect
+      ->add_option("DIR", a.dir,
+                   "partition folder (with --export-tokenizer also a .gguf file or a Hugging "
+                   "Face folder)")
+      ->required();
+  inspect->add_option("--export-tokenizer", a.export_tokenizer,
+                      "write the tokenizer to OUT as tokenizer.json and tokenizer_config.json, "
+                      "which Hugging Face transformers loads and which encode as pp does");
   cli::add_db_option(*inspect, a.db);
 
   CLI::App* list = app.add_subcommand("list", "list the partitions recorded in the run store");

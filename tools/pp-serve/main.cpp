@@ -6,11 +6,13 @@
 // finish reason, prefill and decode speed, threads, stages) to stderr.
 //   pp-serve --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]
 //            [--top-k K] [--min-p M] [--seed S] [--threads T] [--no-chat-template]
-//            [--system TEXT] [engine options]
+//            [--system TEXT] [--context-length N] [--tokenizer-path P] [--chat-template F]
+//            [engine options]
 //   pp-serve --model PATH [--host ADDR] [--port PORT] [server options] [engine options]
 // The engine options (--pp, --async-depth, --kv-blocks, --device, --listen, ...) are those of
 // tools/common/engine-options.h. The model is opened once, by the model source resolver: its
-// chat template, and its tokenizer, which the engine then uses too.
+// chat template, and its tokenizer, which the engine then uses too (served-model.h, where
+// --tokenizer-path, --chat-template and --context-length replace or cap them).
 // Exit codes: 0 ok, 1 a failure while working, 2 bad usage or bad input.
 #include <algorithm>
 #include <chrono>
@@ -33,11 +35,13 @@
 #include "pp/partition/model-resolver.h"
 #include "pp/pipeline/engine.h"
 #include "serve.h"
+#include "served-model.h"
 
 namespace {
 
 using namespace pp;
 using namespace pp::model;
+using serve::ServedModel;
 
 constexpr const char* kTool = "pp-serve";
 
@@ -54,25 +58,19 @@ struct ServeOptions {
   int32_t threads = 0;  // each stage's compute threads, as --threads-per-stage; 0: all cores
   std::string db;
   std::string log_level;
-  cli::EngineArgs engine;  // --model, --pp and the rest of the engine's options
+  int64_t context_length = 0;      // caps the served context; 0: the model's
+  std::string tokenizer_path;      // a tokenizer used instead of the model's
+  std::string chat_template;       // a Jinja template file used instead of the model's
+  bool trust_remote_code = false;  // accepted for SGLang's command lines; pp runs no model code
+  cli::EngineArgs engine;          // --model, --pp and the rest of the engine's options
 };
 
-// What pp-serve needs of the model beyond the engine: its chat template and its tokenizer (null
-// when it has none), from the model source resolver.
-struct ServedModel {
-  std::string chat_template;
-  std::shared_ptr<const Tokenizer> tokenizer;
-};
-
-Result<ServedModel> open_served_model(const cli::EngineArgs& a) {
-  PP_ASSIGN_OR_RETURN(partition::ResolvedModel m,
-                      partition::resolve_model(a.model, {.random_weights = a.random_weights}));
-  ServedModel s;
-  s.chat_template = m.chat_template();
-  if (m.has_tokenizer()) {
-    PP_ASSIGN_OR_RETURN(s.tokenizer, m.load_tokenizer());
-  }
-  return s;
+Result<ServedModel> open_served_model(const ServeOptions& o) {
+  return serve::open_served_model({.model = o.engine.model,
+                                   .random_weights = o.engine.random_weights,
+                                   .context_length = o.context_length,
+                                   .tokenizer_path = o.tokenizer_path,
+                                   .chat_template = o.chat_template});
 }
 
 // The engine's options (either mode): the shared engine options, and what pp-serve adds to them
@@ -98,6 +96,9 @@ Result<pipeline::EngineOptions> engine_options(const ServeOptions& o, const Serv
   e.tokenizer = model.tokenizer;  // the resolver has looked: no tokenizer means none
   e.load_tokenizer = false;
   nlohmann::json config = cli::engine_params(a);
+  if (o.context_length > 0) config["context_length"] = o.context_length;
+  if (!o.tokenizer_path.empty()) config["tokenizer_path"] = o.tokenizer_path;
+  if (!o.chat_template.empty()) config["chat_template"] = o.chat_template;
   config["stage_restarts"] = a.stage_restarts;
   config["stage_timeout_s"] = a.stage_timeout_s;
   config["mode"] = mode;
@@ -139,7 +140,7 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 // One-shot: encode the prompt, start the engine, submit, stream the text as it comes.
 Status run_one_shot(const ServeOptions& o) {
   if (o.prompt->empty()) return invalid_argument("empty prompt");
-  PP_ASSIGN_OR_RETURN(ServedModel model, open_served_model(o.engine));
+  PP_ASSIGN_OR_RETURN(ServedModel model, open_served_model(o));
   if (!model.tokenizer) {
     return not_found("'{}' has no tokenizer, so a text prompt cannot be encoded", o.engine.model);
   }
@@ -155,7 +156,7 @@ Status run_one_shot(const ServeOptions& o) {
   SamplingParams params;
   // As many tokens as asked, but no more than the context leaves: the one-shot ends with
   // "length" there rather than refusing the prompt.
-  const int64_t room = engine->model_config().max_context() - int64_t(ids.size());
+  const int64_t room = model.context_length - int64_t(ids.size());
   params.max_tokens = room > 0 ? std::min(o.max_tokens, room) : o.max_tokens;
   params.temperature = o.temperature;
   params.top_p = o.top_p;
@@ -201,11 +202,52 @@ Status run_one_shot(const ServeOptions& o) {
   return engine->shutdown();
 }
 
+// The server's arguments under SGLang's names where pp has the same setting, for /server_info
+// (SGLang's clients read it). The API key is never shown.
+nlohmann::json sglang_server_args(const ServeOptions& o, const serve::HttpOptions& http) {
+  const cli::EngineArgs& a = o.engine;
+  nlohmann::json j;
+  j["model_path"] = a.model;
+  j["tokenizer_path"] = o.tokenizer_path.empty() ? a.model : o.tokenizer_path;
+  j["served_model_name"] =
+      http.served_model_name.empty() ? nullptr : nlohmann::json(http.served_model_name);
+  j["chat_template"] = o.chat_template.empty() ? nullptr : nlohmann::json(o.chat_template);
+  j["context_length"] = o.context_length > 0 ? nlohmann::json(o.context_length) : nullptr;
+  j["dtype"] = a.dtype;
+  j["device"] = a.device;
+  j["trust_remote_code"] = o.trust_remote_code;
+  j["host"] = http.host;
+  j["port"] = http.port;
+  j["tp_size"] = a.tp_size;
+  j["pp_size"] = a.pp > 0 ? a.pp : 1;
+  j["dp_size"] = 1;
+  j["pp_async_batch_depth"] = a.async_depth;
+  j["mem_fraction_static"] = a.mem_fraction;
+  j["chunked_prefill_size"] = a.max_batch_tokens;
+  j["max_running_requests"] = a.max_running_requests;
+  j["max_queued_requests"] = http.max_queued_requests;
+  j["max_total_tokens"] = a.max_total_tokens > 0 ? nlohmann::json(a.max_total_tokens) : nullptr;
+  j["random_seed"] = o.seed ? nlohmann::json(*o.seed) : nullptr;
+  j["quantization"] = a.quantization.empty() ? nullptr : nlohmann::json(a.quantization);
+  j["disable_cuda_graph"] = a.disable_cuda_graph;
+  j["disable_radix_cache"] = a.disable_prefix_cache;
+  j["log_level"] = o.log_level.empty() ? "info" : o.log_level;
+  j["api_key"] = nullptr;
+  return j;
+}
+
 // Server mode: the HTTP API over the engine (serve.cpp).
 Status run_server(const ServeOptions& o, const serve::HttpOptions& http) {
-  PP_ASSIGN_OR_RETURN(ServedModel model, open_served_model(o.engine));
+  PP_ASSIGN_OR_RETURN(ServedModel model, open_served_model(o));
   PP_ASSIGN_OR_RETURN(pipeline::EngineOptions e, engine_options(o, model, "serve"));
-  return serve::run_http_server(http, std::move(e), model.chat_template);
+  serve::ServedModelInfo info;
+  info.chat_template = model.chat_template;
+  info.context_length = model.context_length;
+  info.tokenizer_path = model.tokenizer_path;
+  info.model_type = model.model_type;
+  info.architecture = model.architecture;
+  info.server_args = sglang_server_args(o, http);
+  return serve::run_http_server(http, std::move(e), std::move(info));
 }
 
 }  // namespace
@@ -232,7 +274,19 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", o.top_p, "nucleus sampling mass, in (0, 1] (default 1: off)");
   app.add_option("--top-k", o.top_k, "keep the k most likely tokens (default 0: off)");
   app.add_option("--min-p", o.min_p, "drop tokens below min-p x the top probability (default 0)");
-  app.add_option("--seed", o.seed, "random seed (default: a fresh one)");
+  app.add_option("--seed,--random-seed", o.seed, "random seed (default: a fresh one)");
+  app.add_option("--context-length", o.context_length,
+                 "the longest context served, prompt and output (default: the model's; at most "
+                 "the model's)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
+  app.add_option("--tokenizer-path", o.tokenizer_path,
+                 "use this tokenizer instead of the model's: a tokenizer.json, a folder with one "
+                 "(and tokenizer_config.json), a .gguf file or a model folder");
+  app.add_option("--chat-template", o.chat_template,
+                 "a Jinja chat template file used instead of the model's (of a format pp "
+                 "renders: ChatML, Llama 3, Llama 2, Mistral)");
+  app.add_flag("--trust-remote-code", o.trust_remote_code,
+               "accepted for SGLang's command lines and ignored: pp runs no code from the model");
   app.add_option("--threads", o.threads,
                  "CPU threads of each stage, as --threads-per-stage (default 0: all cores)")
       ->check(CLI::Range(0, 4096));
@@ -244,7 +298,9 @@ int main(int argc, char** argv) {
   if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
   // stdout carries the completion; logs go to stderr.
   spdlog::set_default_logger(spdlog::stderr_color_mt(kTool));
-  spdlog::set_level(spdlog::level::warn);
+  // Server mode logs at info (the load line every few seconds while busy); one-shot at warn,
+  // to keep its stderr to the summary.
+  spdlog::set_level(o.prompt ? spdlog::level::warn : spdlog::level::info);
   cli::apply_log_level(o.log_level);
 
   return cli::report(kTool, o.prompt ? run_one_shot(o) : run_server(o, http));

@@ -48,8 +48,8 @@ void add_http_options(CLI::App& app, HttpOptions* o) {
   app.add_option("--port", o->port, "server mode: port to listen on (default 30000; 0: any free)")
       ->check(CLI::Range(0, 65535));
   app.add_option("--api-key", o->api_key,
-                 "server mode: require 'Authorization: Bearer KEY' on every route but /health "
-                 "and /metrics");
+                 "server mode: require 'Authorization: Bearer KEY' on every route but /health, "
+                 "/health_generate and /metrics");
   app.add_option("--served-model-name", o->served_model_name,
                  "server mode: the model name clients use (default: the model's file or folder "
                  "name)");
@@ -67,10 +67,14 @@ void add_http_options(CLI::App& app, HttpOptions* o) {
                  "server mode: seconds running requests get to finish after SIGTERM (default "
                  "30)")
       ->check(CLI::Range(0.0, 86400.0));
+  app.add_option("--log-interval", o->log_interval_s,
+                 "server mode: seconds between load lines on stderr while busy (running and "
+                 "queued requests, throughput, KV usage, stage busy; info level); 0: none "
+                 "(default 5)")
+      ->check(CLI::Range(0.0, 86400.0));
 }
 
-Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e,
-                       std::string chat_template) {
+Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e, ServedModelInfo model) {
   install_signal_handlers();
   server::ServerOptions so;
   so.host = http.host;
@@ -78,7 +82,13 @@ Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e,
   so.api_key = http.api_key;
   so.served_model_name =
       http.served_model_name.empty() ? default_model_name(e.model_path) : http.served_model_name;
-  so.chat_template = std::move(chat_template);
+  so.chat_template = std::move(model.chat_template);
+  so.context_length = model.context_length;
+  so.model_path = e.model_path;
+  so.tokenizer_path = std::move(model.tokenizer_path);
+  so.model_type = std::move(model.model_type);
+  so.architecture = std::move(model.architecture);
+  so.server_args = std::move(model.server_args);
   so.max_request_bytes = http.max_request_bytes;
   so.max_running_requests = e.max_running_requests;
   so.max_queued_requests = http.max_queued_requests;
@@ -103,8 +113,17 @@ Status run_http_server(const HttpOptions& http, pipeline::EngineOptions e,
   // /health and new requests with 503, so that a supervisor sees it and restarts the service;
   // the exit status then reports the failure.
   Status failure;
+  const auto log_every = std::chrono::milliseconds(int64_t(http.log_interval_s * 1000.0));
+  auto next_log = std::chrono::steady_clock::now() + log_every;
+  (void)s.sample_load();  // the first sample: the lines report from here on
   while (g_signal.load() == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (log_every.count() > 0 && std::chrono::steady_clock::now() >= next_log) {
+      next_log += log_every;
+      if (std::optional<server::LoadReport> r = s.sample_load(); r && r->busy) {
+        spdlog::info("{}", server::format_load_line(*r));
+      }
+    }
     if (Status h = engine->health(); !h.ok() && failure.ok() && !engine->recovering()) {
       failure = h;
       spdlog::error("the engine failed: {}", h.message());

@@ -13,6 +13,7 @@
 
 #include "generation.h"
 #include "pp/pipeline/scheduler.h"
+#include "pp/server/native-endpoints.h"
 #include "pp/server/openai-protocol.h"
 #include "pp/server/openai-responses.h"
 #include "pp/server/sglang-protocol.h"
@@ -86,10 +87,13 @@ struct HttpServer::Impl {
   std::atomic<bool> draining{false};
   std::atomic<bool> stopping{false};
   int64_t created = unix_now();
+  LoadMeter load;
 
   void declare_metrics();
   void update_engine_metrics();
   void routes();
+  void native_routes();
+  void health_generate(httplib::Response& res);
   void send_error(httplib::Response& res, const ApiError& e);
   void send_unavailable(httplib::Response& res, const std::string& why);
   void handle_generation(ApiKind kind, const httplib::Request& req, httplib::Response& res);
@@ -221,7 +225,16 @@ bool HttpServer::Impl::reserve(int64_t n) {
 
 void HttpServer::Impl::routes() {
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (o.api_key.empty() || req.path == "/health" || req.path == "/metrics") {
+    // A POST that declares no body would have the library wait for one until its read timeout.
+    if ((req.method == "POST" || req.method == "PUT") && !req.has_header("Content-Length") &&
+        !req.has_header("Transfer-Encoding")) {
+      res.set_header("Connection", "close");
+      send_error(res, bad_request("the request has no body (no Content-Length): send a JSON "
+                                  "object"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (o.api_key.empty() || req.path == "/health" || req.path == "/health_generate" ||
+        req.path == "/metrics") {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     const std::string auth = req.get_header_value("Authorization");
@@ -247,14 +260,21 @@ void HttpServer::Impl::routes() {
         ApiError e;
         e.http_status = res.status;
         e.type = status_text_type(res.status);
-        if (res.status == 404) {
+        const std::string allow = res.status == 404 ? route_methods(req.path) : std::string();
+        if (!allow.empty()) {
+          e.http_status = 405;
+          e.type = "invalid_request_error";
+          e.message = fmt::format("method {} is not allowed on '{}' (allowed: {})",
+                                  excerpt(req.method, 16), excerpt(req.path), allow);
+          res.set_header("Allow", allow);
+        } else if (res.status == 404) {
           e.message = fmt::format("no route {} '{}'", excerpt(req.method, 16), excerpt(req.path));
         } else if (res.status == 413) {
           e.message = fmt::format("the request body is larger than {} bytes", o.max_request_bytes);
         } else {
           e.message = fmt::format("http status {}", res.status);
         }
-        send_json(res, res.status, e.to_json());
+        send_json(res, e.http_status, e.to_json());
         return httplib::Server::HandlerResponse::Handled;
       }));
   svr.set_exception_handler(
@@ -293,17 +313,7 @@ void HttpServer::Impl::routes() {
     update_engine_metrics();
     res.set_content(shared->metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
   });
-  auto models = [this](const httplib::Request&, httplib::Response& res) {
-    json card = {{"id", o.served_model_name},
-                 {"object", "model"},
-                 {"created", created},
-                 {"owned_by", "pp"},
-                 {"root", o.served_model_name},
-                 {"parent", nullptr},
-                 {"max_model_len", limits.max_context}};
-    send_json(res, 200, {{"object", "list"}, {"data", json::array({card})}});
-  };
-  svr.Get("/v1/models", models);
+  native_routes();
   // SGLang's /flush_cache (GET or POST): empties the prefix cache; refused with 409 while any
   // request is waiting or running (SGLang answers 400 then; 409 says which kind of refusal).
   auto flush = [this](const httplib::Request&, httplib::Response& res) {
@@ -317,9 +327,6 @@ void HttpServer::Impl::routes() {
   };
   svr.Get("/flush_cache", flush);
   svr.Post("/flush_cache", flush);
-  svr.Get("/get_model_info", [this](const httplib::Request&, httplib::Response& res) {
-    send_json(res, 200, {{"model_path", o.served_model_name}, {"is_generation", true}});
-  });
   svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     handle_generation(ApiKind::kCompletion, req, res);
   });
@@ -329,6 +336,101 @@ void HttpServer::Impl::routes() {
   svr.Post("/generate", [this](const httplib::Request& req, httplib::Response& res) {
     handle_generation(ApiKind::kGenerate, req, res);
   });
+}
+
+// The informational and tokenizer routes; their bodies are native-endpoints.cpp's.
+void HttpServer::Impl::native_routes() {
+  svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    json card = model_card(o.served_model_name, created, limits.max_context);
+    send_json(res, 200, {{"object", "list"}, {"data", json::array({card})}});
+  });
+  svr.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1].str();
+    if (id != o.served_model_name) return send_error(res, model_not_found(id, o.served_model_name));
+    send_json(res, 200, model_card(o.served_model_name, created, limits.max_context));
+  });
+  auto model_info = [this](const httplib::Request&, httplib::Response& res) {
+    send_json(
+        res, 200,
+        model_info_body({.model_path = o.model_path.empty() ? o.served_model_name : o.model_path,
+                         .tokenizer_path = tok ? o.tokenizer_path : std::string(),
+                         .model_type = o.model_type,
+                         .architecture = o.architecture}));
+  };
+  svr.Get("/get_model_info", model_info);
+  svr.Get("/model_info", model_info);
+  auto server_info = [this](const httplib::Request&, httplib::Response& res) {
+    const pipeline::EngineStats s = engine->stats();
+    ServerState st;
+    st.n_running = s.scheduler.n_running;
+    st.n_waiting = s.scheduler.n_waiting;
+    st.kv_usage = s.scheduler.kv_usage;
+    st.gen_throughput = load.last_gen_tok_s();
+    st.max_total_tokens = engine->kv_blocks() * engine->kv_block_size();
+    st.max_context = limits.max_context;
+    st.n_stages = int32_t(s.stages.size());
+    send_json(res, 200, server_info_body(o.server_args, st));
+  };
+  svr.Get("/get_server_info", server_info);
+  svr.Get("/server_info", server_info);
+  svr.Get("/version", [](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, version_body());
+  });
+  auto tokenize = [this](const httplib::Request& req, httplib::Response& res) {
+    auto r = tokenize_body(req.body, tok, limits.max_context);
+    if (auto* e = std::get_if<ApiError>(&r)) return send_error(res, *e);
+    send_json(res, 200, std::get<json>(r));
+  };
+  auto detokenize = [this](const httplib::Request& req, httplib::Response& res) {
+    auto r = detokenize_body(req.body, tok);
+    if (auto* e = std::get_if<ApiError>(&r)) return send_error(res, *e);
+    send_json(res, 200, std::get<json>(r));
+  };
+  svr.Post("/tokenize", tokenize);
+  svr.Post("/v1/tokenize", tokenize);
+  svr.Post("/detokenize", detokenize);
+  svr.Post("/v1/detokenize", detokenize);
+  svr.Get("/health_generate",
+          [this](const httplib::Request&, httplib::Response& res) { health_generate(res); });
+}
+
+// One greedy token through every stage: the engine is healthy when it comes back. While
+// requests run, their tokens coming back are the proof (SGLang, too, sends nothing then).
+void HttpServer::Impl::health_generate(httplib::Response& res) {
+  if (draining.load()) return send_json(res, 503, {{"status", "draining"}});
+  const auto deadline = SteadyClock::now() + o.health_generate_timeout;
+  const pipeline::SchedulerStats before = engine->stats().scheduler;
+  if (before.n_running > 0) {
+    while (SteadyClock::now() < deadline && !stopping.load()) {
+      std::this_thread::sleep_for(20ms);
+      if (engine->stats().scheduler.n_generated_tokens > before.n_generated_tokens) {
+        return send_json(res, 200, {{"status", "ok"}});
+      }
+    }
+    return send_json(res, 503,
+                     {{"status", "unavailable"}, {"reason", "no token within the timeout"}});
+  }
+  model::SamplingParams p;
+  p.max_tokens = 1;
+  p.temperature = 0.0f;
+  // The queue is shared with the sink: a request cancelled at the timeout may still send.
+  auto q = std::make_shared<pipeline::EventQueue>();
+  const int32_t first = tok && tok->bos_id() ? *tok->bos_id() : 0;
+  Result<uint64_t> id =
+      engine->submit({first}, p, [q](pipeline::EngineEvent&& e) { q->push(std::move(e)); });
+  if (!id.ok()) {
+    return send_json(res, 503, {{"status", "unavailable"}, {"reason", id.status().message()}});
+  }
+  while (SteadyClock::now() < deadline && !stopping.load()) {
+    std::optional<pipeline::EngineEvent> ev = q->pop(100ms);
+    if (!ev || ev->event.kind != pipeline::EventKind::kFinal) continue;
+    if (!ev->error.ok()) {
+      return send_json(res, 503, {{"status", "unavailable"}, {"reason", ev->error.message()}});
+    }
+    return send_json(res, 200, {{"status", "ok"}});
+  }
+  engine->cancel(*id);
+  send_json(res, 503, {{"status", "unavailable"}, {"reason", "no token within the timeout"}});
 }
 
 void HttpServer::Impl::handle_generation(ApiKind kind, const httplib::Request& req,
@@ -625,6 +727,13 @@ Result<std::unique_ptr<HttpServer>> HttpServer::create(ServerOptions options,
   const model::ModelConfig& cfg = engine->model_config();
   s.limits.n_vocab = cfg.n_vocab;
   s.limits.max_context = cfg.max_context();
+  if (s.o.context_length > 0) {
+    if (s.o.context_length > s.limits.max_context) {
+      return invalid_argument("context length {} is longer than the model's ({})",
+                              s.o.context_length, s.limits.max_context);
+    }
+    s.limits.max_context = s.o.context_length;
+  }
   s.limits.max_n = s.o.max_n;
   if (s.o.served_model_name.empty()) s.o.served_model_name = "default";
   if (!s.o.chat_template.empty() && s.tok) {
@@ -706,5 +815,9 @@ void HttpServer::stop() {
 
 int64_t HttpServer::n_live_requests() const { return impl_->shared->n_live.load(); }
 MetricsRegistry& HttpServer::metrics() { return impl_->shared->metrics; }
+
+std::optional<LoadReport> HttpServer::sample_load() {
+  return impl_->load.sample(impl_->engine->stats());
+}
 
 }  // namespace pp::server

@@ -4,12 +4,19 @@
 //                                preemptions, finished requests by reason, latency histograms
 //                                (time to first token, inter-token, end-to-end), per-stage busy
 //                                and idle seconds
-//   GET  /v1/models              the served model
+//   GET  /health_generate        200 once one token generated through the engine comes back
+//                                (within health_generate_timeout), 503 otherwise
+//   GET  /v1/models              the served model; /v1/models/{id} that one model (404 others)
 //   POST /v1/completions         OpenAI completions, streaming (SSE) or not
 //   POST /v1/chat/completions    OpenAI chat completions, streaming or not
 //   POST /generate               SGLang's native generate
-// With an API key every route but /health and /metrics needs "Authorization: Bearer KEY"
-// (compared in constant time; 401 otherwise). Errors use OpenAI's envelope (api-error.h).
+//   GET  /get_model_info, /model_info, /get_server_info, /server_info, /version;
+//   POST /tokenize, /detokenize (and under /v1/)   SGLang's shapes (native-endpoints.h)
+// A known path asked with another method gets 405 with an Allow header; a POST without a body
+// (no Content-Length, not chunked) gets 400 at once.
+// With an API key every route but /health, /health_generate and /metrics needs "Authorization:
+// Bearer KEY" (compared in constant time; 401 otherwise). Errors use OpenAI's envelope
+// (api-error.h).
 //
 // Threads: the HTTP library runs each connection on a thread of a pool sized for
 // max_concurrent_connections (a streaming request holds its connection, and its thread, for its
@@ -33,7 +40,10 @@
 #include <memory>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "pp/pipeline/engine.h"
+#include "pp/server/load-log.h"
 #include "pp/server/metrics.h"
 #include "pp/status.h"
 
@@ -45,6 +55,13 @@ struct ServerOptions {
   std::string api_key;            // empty: no authentication
   std::string served_model_name;  // the one model name clients must use (or omit)
   std::string chat_template;      // the model's Jinja chat template (recognised, not executed)
+  int64_t context_length = 0;     // the context served; 0: the model's (never above it)
+  std::string model_path;         // for /model_info: what --model named
+  std::string tokenizer_path;     // where the tokenizer came from; empty: none
+  std::string model_type;         // config.json's model_type
+  std::string architecture;       // "LlamaForCausalLM"
+  nlohmann::json server_args;     // /server_info: the arguments under SGLang's names
+  std::chrono::seconds health_generate_timeout{20};
   int64_t max_request_bytes = 8 << 20;        // a larger body gets 413
   int32_t max_running_requests = 256;         // the engine's running limit (for the queue bound)
   int32_t max_queued_requests = 1024;         // requests waiting beyond the running ones
@@ -80,6 +97,9 @@ class HttpServer {
 
   // Engine requests accepted and not yet finished.
   int64_t n_live_requests() const;
+  // The load since the previous call (none at the first): for the server's log line, and the
+  // throughput /server_info reports.
+  std::optional<LoadReport> sample_load();
   MetricsRegistry& metrics();
 
   struct Impl;
