@@ -110,6 +110,10 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
                  "quantize the weights as they load: fp8 (e4m3, one scale per output channel; "
                  "activations per token). An fp8 checkpoint needs no flag")
       ->check(CLI::IsMember({"fp8", "none"}));
+  app.add_option("--cpu-dtype", a.cpu_dtype,
+                 "cpu: how the weights are held: auto (GGUF Q4_0..Q8_0, Q4_K..Q6_K kept quantized, "
+                 "8-bit activations; the default) or f32 (all dequantized: the exact reference)")
+      ->check(CLI::IsMember({"auto", "f32"}));
   app.add_option("--layers", a.layers,
                  "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
   app.add_option("--trace", a.trace,
@@ -149,6 +153,9 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   e.random_weights = a.random_weights;
   if (!a.quantization.empty()) {
     PP_ASSIGN_OR_RETURN(e.quantization, model::parse_quantization(a.quantization));
+  }
+  if (!a.cpu_dtype.empty()) {
+    PP_ASSIGN_OR_RETURN(e.cpu_dtype, model::parse_cpu_dtype(a.cpu_dtype));
   }
 
   e.device = a.device;
@@ -194,6 +201,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
   }
   if (a.random_weights) j["random_weights"] = *a.random_weights;
   if (!a.quantization.empty() && a.quantization != "none") j["quantization"] = a.quantization;
+  if (!a.cpu_dtype.empty() && a.cpu_dtype != "auto") j["cpu_dtype"] = a.cpu_dtype;
   if (!a.layers.empty()) j["layers"] = a.layers;
   if (!a.listen.empty()) j["listen"] = a.listen;
   if (a.expect_stages) j["expect_stages"] = *a.expect_stages;

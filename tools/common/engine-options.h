@@ -29,6 +29,7 @@ struct EngineArgs {
   std::string layers;  // the split as inclusive ranges "0-19,20-35"
   std::optional<uint64_t> random_weights;  // model names a config; weights from this seed
   std::string quantization;                // "fp8": quantize the weights on load; empty: none
+  std::string cpu_dtype;  // "f32": CPU weights dequantized; empty/"auto": as stored
 
   // --- the device
   std::string device = "cpu";  // cpu or cuda
