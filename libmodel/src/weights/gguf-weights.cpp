@@ -8,6 +8,9 @@
 // (n_head_kv heads for k_proj; biases likewise). Reading undoes all three, so an architecture sees
 // exactly the tensors of the original Hugging Face checkpoint. Names we do not know are kept
 // under their GGUF name.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstring>
@@ -136,6 +139,7 @@ class GgufWeights final : public WeightSource {
       }
       std::memcpy(dst.data() + to * row_bytes, bytes.data() + r * row_bytes, size_t(row_bytes));
     }
+    drop_pages(bytes);
     return w;
   }
 
@@ -168,6 +172,15 @@ class GgufWeights final : public WeightSource {
       std::copy_n(tmp.data() + r * cols, cols, out.data() + hf_row(r) * cols);
     }
     return ok_status();
+  }
+
+  // The copy is what the stage keeps: hand the mapped pages of the file back, so that a stage's
+  // resident set holds its weights once (clean file pages; a later read faults them in again).
+  static void drop_pages(std::span<const uint8_t> bytes) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (uintptr_t(bytes.data()) + page - 1) & ~(page - 1);
+    const uintptr_t end = (uintptr_t(bytes.data() + bytes.size())) & ~(page - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
   }
 
   std::shared_ptr<const GgufFile> file_;
