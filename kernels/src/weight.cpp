@@ -8,12 +8,14 @@
 
 #include "pp/assert.h"
 #include "pp/kernels/float-convert.h"
+#include "pp/kernels/gguf-blocks.h"
 
 namespace pp::kernels {
 
 // Names in the order of the enumerators.
 const char* weight_format_name(WeightFormat f) {
-  static constexpr const char* kNames[] = {"f32", "bf16", "f16", "fp8_e4m3"};
+  static constexpr const char* kNames[] = {"f32",  "bf16", "f16",  "fp8_e4m3", "q4_0", "q4_1",
+                                           "q5_0", "q5_1", "q8_0", "q4_k",     "q5_k", "q6_k"};
   return size_t(f) < std::size(kNames) ? kNames[size_t(f)] : "?";
 }
 
@@ -31,8 +33,44 @@ int64_t weight_format_bytes(WeightFormat f) {
       return 2;
     case WeightFormat::kFp8E4M3:
       return 1;
+    default:
+      break;
   }
-  PP_ASSERT_MSG(false, "unknown weight format");
+  PP_ASSERT_MSG(false, "weight_format_bytes of a block format");
+}
+
+int64_t weight_format_block_elems(WeightFormat f) {
+  if (!is_block_format(f)) return 1;
+  return f >= WeightFormat::kQ4_K ? 256 : 32;
+}
+
+int64_t weight_format_block_bytes(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kQ4_0:
+      return 18;
+    case WeightFormat::kQ4_1:
+      return 20;
+    case WeightFormat::kQ5_0:
+      return 22;
+    case WeightFormat::kQ5_1:
+      return 24;
+    case WeightFormat::kQ8_0:
+      return 34;
+    case WeightFormat::kQ4_K:
+      return 144;
+    case WeightFormat::kQ5_K:
+      return 176;
+    case WeightFormat::kQ6_K:
+      return 210;
+    default:
+      return weight_format_bytes(f);
+  }
+}
+
+int64_t weight_row_bytes(WeightFormat f, int64_t cols) {
+  const int64_t e = weight_format_block_elems(f);
+  PP_ASSERT_MSG(cols % e == 0, "a row of a block format holds whole blocks");
+  return cols / e * weight_format_block_bytes(f);
 }
 
 int64_t scale_count(ScaleKind s, int64_t rows, int64_t cols) {
@@ -63,7 +101,11 @@ Result<HostWeight> HostWeight::from_bytes(WeightFormat format, ScaleKind scale_k
                                           int64_t cols, std::vector<std::byte> data,
                                           std::vector<float> scales) {
   if (rows < 0 || cols < 0) return invalid_argument("weight of shape [{}, {}]", rows, cols);
-  const size_t want = size_t(rows * cols * weight_format_bytes(format));
+  if (cols % weight_format_block_elems(format) != 0) {
+    return invalid_argument("a {} weight's rows hold whole blocks of {}; got {} columns",
+                            weight_format_name(format), weight_format_block_elems(format), cols);
+  }
+  const size_t want = size_t(rows * weight_row_bytes(format, cols));
   if (data.size() != want) {
     return invalid_argument("a {} weight of [{}, {}] takes {} bytes, got {}",
                             weight_format_name(format), rows, cols, want, data.size());
@@ -158,8 +200,10 @@ void HostWeight::dequantize(std::span<float> out) const {
         }
       }
       return;
+    default:
+      dequantize_blocks(format_, p, out.data(), numel());
+      return;
   }
-  PP_ASSERT_MSG(false, "unknown weight format");
 }
 
 HostWeight HostWeight::to_f32() const {
@@ -180,6 +224,22 @@ WeightView HostWeight::view() const {
 const float* HostWeight::f32_data() const {
   PP_ASSERT_MSG(format_ == WeightFormat::kF32, "f32 values asked of a weight of another format");
   return reinterpret_cast<const float*>(data_.data());
+}
+
+HostWeight HostWeight::zeros(WeightFormat format, int64_t rows, int64_t cols) {
+  PP_ASSERT(rows >= 0 && cols >= 0 && (format == WeightFormat::kF32 || is_block_format(format)));
+  HostWeight w;
+  w.format_ = format;
+  w.rows_ = rows;
+  w.cols_ = cols;
+  w.data_.resize(size_t(rows * weight_row_bytes(format, cols)));
+  return w;
+}
+
+std::span<std::byte> HostWeight::row_bytes(int64_t row, int64_t n) {
+  PP_ASSERT(row >= 0 && n >= 0 && row + n <= rows_);
+  const int64_t rb = weight_row_bytes(format_, cols_);
+  return {data_.data() + row * rb, size_t(n * rb)};
 }
 
 std::span<float> HostWeight::f32_rows(int64_t row, int64_t n) {

@@ -18,6 +18,14 @@ Result<Quantization> parse_quantization(std::string_view s) {
   return invalid_argument("unknown quantization '{}' (choices: fp8, none)", s);
 }
 
+const char* cpu_dtype_name(CpuDtype d) { return d == CpuDtype::kF32 ? "f32" : "auto"; }
+
+Result<CpuDtype> parse_cpu_dtype(std::string_view s) {
+  if (s == "auto") return CpuDtype::kAuto;
+  if (s == "f32") return CpuDtype::kF32;
+  return invalid_argument("unknown CPU dtype '{}' (choices: auto, f32)", s);
+}
+
 bool quantized_on_load(const TensorSpec& t) {
   if (t.owner != TensorOwner::kLayer || !t.is_matrix()) return false;
   switch (t.slot) {

@@ -16,7 +16,8 @@ StageModel::~StageModel() = default;
 
 Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
                                                      const WeightSource& weights,
-                                                     int64_t layer_begin, int64_t layer_end) {
+                                                     int64_t layer_begin, int64_t layer_end,
+                                                     CpuDtype cpu_dtype) {
   PP_RETURN_IF_ERROR(config.validate());
   if (layer_begin < 0 || layer_end > config.n_layer || layer_begin >= layer_end) {
     return invalid_argument("bad layer range [{}, {}) for a model of {} layers", layer_begin,
@@ -38,10 +39,10 @@ Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
     while (j < all.size() && all[j].owner == all[i].owner && all[j].layer == all[i].layer) ++j;
     const std::span<const TensorSpec> run = all.subspan(i, j - i);
     if (all[i].owner == TensorOwner::kLayer) {
-      PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, weights, run));
+      PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, weights, run, cpu_dtype));
       m->layers_.push_back(std::move(layer));
     } else {
-      PP_RETURN_IF_ERROR(load_f32_slots(weights, run, m->edges_));
+      PP_RETURN_IF_ERROR(load_cpu_slots(weights, run, m->edges_, cpu_dtype));
     }
     i = j;
   }
@@ -126,12 +127,15 @@ Status StageModel::forward(const Batch& batch, std::span<const float> input_hidd
     return ok_status();
   }
   if (has_embedding()) {
-    cpu::embedding({.table = edges_[WeightSlot::kEmbedding].f32_data(),
+    const kernels::HostWeight& table = edges_[WeightSlot::kEmbedding];
+    const bool f32 = table.format() == kernels::WeightFormat::kF32;
+    cpu::embedding({.table = f32 ? table.f32_data() : nullptr,
                     .ids = batch.token_ids.data(),
                     .out = h.data(),
                     .n_vocab = V,
                     .n_embd = E,
-                    .n_tokens = T});
+                    .n_tokens = T,
+                    .blocks = f32 ? kernels::WeightView{} : table.view()});
   } else if (input_hidden.data() != h.data()) {  // a middle stage may run in place
     std::copy(input_hidden.begin(), input_hidden.end(), h.begin());
   }

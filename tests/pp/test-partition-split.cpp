@@ -105,8 +105,9 @@ void expect_split_bitwise(const fs::path& model_path, int max_p = 4, bool large 
   for (auto& t : prompt) t = tok(test::rng());
   int32_t next = tok(test::rng());
 
+  // Shards hold f32 (or bf16) tensors, so the whole model's reference is the f32 load of a GGUF.
   std::vector<std::unique_ptr<StageModel>> whole;
-  auto w = StageModel::load(c, *src->weights, 0, c.n_layer);
+  auto w = StageModel::load(c, *src->weights, 0, c.n_layer, model::CpuDtype::kF32);
   ASSERT_TRUE(w.ok()) << w.status().message();
   whole.push_back(std::move(w).value());
   std::vector<float> ref = run_pipeline(whole, prompt, next);

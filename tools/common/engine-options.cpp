@@ -134,6 +134,10 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
   app.add_option("--dtype", a.dtype,
                  "the dtype the stages compute in: auto (default), or the device's own: float32 "
                  "on cpu, bfloat16 on cuda");
+  app.add_option("--cpu-dtype", a.cpu_dtype,
+                 "cpu: how the weights are held: auto (GGUF Q4_0..Q8_0, Q4_K..Q6_K kept quantized, "
+                 "8-bit activations; the default) or f32 (all dequantized: the exact reference)")
+      ->check(CLI::IsMember({"auto", "f32"}));
   app.add_option("--layers", a.layers,
                  "the layers of each stage, inclusive ranges: 0-19,20-35 (default: even split)");
   app.add_option("--trace", a.trace,
@@ -192,6 +196,9 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   if (!a.quantization.empty()) {
     PP_ASSIGN_OR_RETURN(e.quantization, model::parse_quantization(a.quantization));
   }
+  if (!a.cpu_dtype.empty()) {
+    PP_ASSIGN_OR_RETURN(e.cpu_dtype, model::parse_cpu_dtype(a.cpu_dtype));
+  }
 
   e.device = a.device;
   e.gpus = a.gpus;
@@ -247,6 +254,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
   }
   if (a.random_weights) j["random_weights"] = *a.random_weights;
   if (!a.quantization.empty() && a.quantization != "none") j["quantization"] = a.quantization;
+  if (!a.cpu_dtype.empty() && a.cpu_dtype != "auto") j["cpu_dtype"] = a.cpu_dtype;
   if (!a.layers.empty()) j["layers"] = a.layers;
   if (!a.listen.empty()) j["listen"] = a.listen;
   if (a.expect_stages) j["expect_stages"] = *a.expect_stages;

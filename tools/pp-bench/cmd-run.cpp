@@ -73,7 +73,8 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
     // pp-serve finds it; id datasets need none.
     PP_ASSIGN_OR_RETURN(partition::ResolvedModel m,
                         partition::resolve_model(o.model, {.random_weights = o.random_weights,
-                                                           .quantization = eo.quantization}));
+                                                           .quantization = eo.quantization,
+                                                           .cpu_dtype = eo.cpu_dtype}));
     if (m.has_tokenizer()) {
       PP_ASSIGN_OR_RETURN(tok, m.load_tokenizer());
     }

@@ -10,11 +10,18 @@
 
 #include <cstdint>
 
+namespace pp::kernels::cpu {
+struct LinearParams;
+}
+
 namespace pp::kernels::cpu::detail {
 
 // The thread count for OpenMP regions, set by set_num_threads (a process-wide value, unlike
 // omp_set_num_threads, which only affects the calling thread).
 int pool_size();
+
+// cpu::linear for a GGUF block weight (quant-linear.cpp).
+void quant_linear(const LinearParams& p);
 
 // Lane mask for the last n % 8 elements of a row of n (all lanes off when n % 8 == 0).
 inline __m256i tail_mask(int64_t n) {

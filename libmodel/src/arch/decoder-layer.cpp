@@ -146,10 +146,10 @@ std::vector<TensorSpec> moe_layer_tensors(const ModelConfig& c, int64_t il,
 }
 
 Result<DecoderLayer> DecoderLayer::load(const ModelConfig& c, const WeightSource& w,
-                                        std::span<const TensorSpec> tensors) {
+                                        std::span<const TensorSpec> tensors, CpuDtype cpu_dtype) {
   DecoderLayer l;
   l.c_ = &c;
-  PP_RETURN_IF_ERROR(load_f32_slots(w, tensors, l.w_));
+  PP_RETURN_IF_ERROR(load_cpu_slots(w, tensors, l.w_, cpu_dtype));
   return l;
 }
 
@@ -267,8 +267,11 @@ void DecoderLayer::moe_mlp(int64_t T, LayerWorkspace& ws) const {
   // Expert e's [2F, E] gate|up and [E, F] down: views into the layer's stacked slots.
   const kernels::WeightView gate_up_all = w[WeightSlot::kExpertGateUp].view();
   const kernels::WeightView down_all = w[WeightSlot::kExpertDown].view();
-  PP_ASSERT(gate_up_all.format == kernels::WeightFormat::kF32);
-  PP_ASSERT(down_all.format == kernels::WeightFormat::kF32);
+  // Expert e's rows start e * rows bytes of rows in; any format cpu::linear takes.
+  const auto* gate_up_bytes = gate_up_all.as<std::byte>();
+  const auto* down_bytes = down_all.as<std::byte>();
+  const int64_t gate_up_row = kernels::weight_row_bytes(gate_up_all.format, gate_up_all.cols);
+  const int64_t down_row = kernels::weight_row_bytes(down_all.format, down_all.cols);
   for (int64_t e = 0; e < c.n_expert; ++e) {
     // The (token, j) pairs routed to e, in token order; the linear's rows are independent, so
     // which other tokens share the expert changes nothing in a row's result.
@@ -282,10 +285,10 @@ void DecoderLayer::moe_mlp(int64_t T, LayerWorkspace& ws) const {
       std::copy_n(ws.x.data() + t * E, E, ws.expert_x.data() + i * E);
     }
     kernels::WeightView gate_up = gate_up_all;
-    gate_up.data = gate_up_all.as<float>() + e * 2 * F * E;
+    gate_up.data = gate_up_bytes + e * 2 * F * gate_up_row;
     gate_up.rows = 2 * F;
     kernels::WeightView down = down_all;
-    down.data = down_all.as<float>() + e * E * F;
+    down.data = down_bytes + e * E * down_row;
     down.rows = E;
     cpu::linear({.x = ws.expert_x.data(), .w = gate_up, .out = ws.expert_gate_up.data(), .m = m});
     cpu::swiglu({.gate_up = ws.expert_gate_up.data(),

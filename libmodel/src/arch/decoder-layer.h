@@ -28,6 +28,7 @@
 #include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
 #include "pp/model/config.h"
+#include "pp/model/quantization.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -76,9 +77,10 @@ struct LayerWorkspace {
 
 class DecoderLayer {
  public:
-  // Reads one layer's tensors (its rows of the table, layer_tensors) from `w` into f32 slots.
+  // Reads one layer's tensors (its rows of the table, layer_tensors) from `w` into its slots
+  // (load_cpu_slots: f32, or GGUF blocks as stored).
   static Result<DecoderLayer> load(const ModelConfig& c, const WeightSource& w,
-                                   std::span<const TensorSpec> tensors);
+                                   std::span<const TensorSpec> tensors, CpuDtype cpu_dtype);
 
   // h [n_tokens, n_embd] in place; writes the new tokens' K/V into `kv`.
   void forward(float* h, const LayerContext& ctx, const kernels::cpu::PagedKv& kv,

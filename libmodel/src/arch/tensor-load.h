@@ -7,6 +7,7 @@
 
 #include "pp/kernels/host-weight.h"
 #include "pp/model/arch-tensors.h"
+#include "pp/model/quantization.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -23,5 +24,11 @@ Status load_tensor(const WeightSource& w, const TensorSpec& t, std::span<float> 
 // reads each tensor into its rows of its slot.
 Status load_f32_slots(const WeightSource& w, std::span<const TensorSpec> tensors,
                       SlotMap<kernels::HostWeight>& slots);
+
+// As load_f32_slots, except with CpuDtype::kAuto a slot whose tensors are all of one GGUF block
+// type the CPU's linear takes (block_weight_format) keeps that format: its tensors' stored rows,
+// concatenated. Every other slot is f32.
+Status load_cpu_slots(const WeightSource& w, std::span<const TensorSpec> tensors,
+                      SlotMap<kernels::HostWeight>& slots, CpuDtype cpu_dtype);
 
 }  // namespace pp::model

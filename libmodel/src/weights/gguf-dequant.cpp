@@ -1,6 +1,8 @@
 // Dequantization of GGML block formats to f32, bit-exact with ggml's reference dequantizers and
 // gguf-py's numpy ones (tests/fixtures/gguf holds gguf-py's output). Each block format is a fixed
-// number of bytes for a fixed number of elements; the layouts below follow ggml-common.h.
+// number of bytes for a fixed number of elements; the layouts below follow ggml-common.h. The
+// formats the CPU backend keeps quantized (Q4_0 ... Q8_0, Q4_K ... Q6_K) dequantize in
+// kernels/src/gguf-blocks.cpp, which their matmul kernels share.
 //
 // Bit-exactness needs every product rounded to f32 before the following add, exactly as numpy
 // evaluates `d * q + m`; the build targets FMA hardware, so contraction is turned off here.
@@ -13,6 +15,7 @@
 #include <cstring>
 
 #include "pp/kernels/float-convert.h"
+#include "pp/kernels/gguf-blocks.h"
 #include "pp/model/gguf.h"
 #include "weights/ggml-types.h"
 
@@ -31,7 +34,6 @@ struct TypeRow {
   GgmlBlock block;
 };
 
-constexpr int kQK = 32;    // elements per block of the legacy formats
 constexpr int kQKK = 256;  // elements per super-block of the K formats
 
 const TypeRow kTypes[] = {
@@ -60,59 +62,6 @@ const TypeRow* row_for_id(uint32_t id) {
     if (r.id == id) return &r;
   }
   return nullptr;
-}
-
-// Legacy 32-element formats. Within a block, element j < 16 is the low nibble of qs[j] and
-// element j + 16 the high nibble; Q5's fifth bit of element j is bit j of the 32-bit qh.
-
-void dequant_q4_0(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const uint8_t* qs = b + 2;
-  for (int j = 0; j < kQK / 2; ++j) {
-    y[j] = d * float(int(qs[j] & 0x0f) - 8);
-    y[j + kQK / 2] = d * float(int(qs[j] >> 4) - 8);
-  }
-}
-
-void dequant_q4_1(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const float m = f16_to_f32(load_u16(b + 2));
-  const uint8_t* qs = b + 4;
-  for (int j = 0; j < kQK / 2; ++j) {
-    y[j] = d * float(qs[j] & 0x0f) + m;
-    y[j + kQK / 2] = d * float(qs[j] >> 4) + m;
-  }
-}
-
-void dequant_q5_0(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const uint32_t qh = load_u32(b + 2);
-  const uint8_t* qs = b + 6;
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int lo = (qs[j] & 0x0f) | int((qh >> j) & 1) << 4;
-    const int hi = (qs[j] >> 4) | int((qh >> (j + 16)) & 1) << 4;
-    y[j] = d * float(lo - 16);
-    y[j + kQK / 2] = d * float(hi - 16);
-  }
-}
-
-void dequant_q5_1(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const float m = f16_to_f32(load_u16(b + 2));
-  const uint32_t qh = load_u32(b + 4);
-  const uint8_t* qs = b + 8;
-  for (int j = 0; j < kQK / 2; ++j) {
-    const int lo = (qs[j] & 0x0f) | int((qh >> j) & 1) << 4;
-    const int hi = (qs[j] >> 4) | int((qh >> (j + 16)) & 1) << 4;
-    y[j] = d * float(lo) + m;
-    y[j + kQK / 2] = d * float(hi) + m;
-  }
-}
-
-void dequant_q8_0(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
-  for (int j = 0; j < kQK; ++j) y[j] = float(qs[j]) * d;
 }
 
 // K formats: 256-element super-blocks of 16 or 8 sub-blocks, each with its own scale.
@@ -153,73 +102,6 @@ void dequant_q3_k(const uint8_t* b, float* y) {
     const int low = (qs[j * 32 + l] >> (2 * k)) & 3;
     const int high_set = (hmask[l] >> (i / 32)) & 1;
     y[i] = dl[i / 16] * float(low - (high_set ? 0 : 4));
-  }
-}
-
-// The 12 bytes of packed 6-bit (scale, min) pairs for the 8 sub-blocks of Q4_K and Q5_K.
-void k_scale_min(const uint8_t* s, int sub, int* sc, int* mn) {
-  if (sub < 4) {
-    *sc = s[sub] & 63;
-    *mn = s[sub + 4] & 63;
-  } else {
-    *sc = (s[sub + 4] & 0x0f) | ((s[sub - 4] >> 6) << 4);
-    *mn = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
-  }
-}
-
-// Q4_K: d, dmin, scales[12], qs[128]. Sub-block 2j is the low nibbles of qs[32j..32j+31],
-// sub-block 2j+1 the high nibbles.
-void dequant_q4_k(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const float dmin = f16_to_f32(load_u16(b + 2));
-  const uint8_t* scales = b + 4;
-  const uint8_t* qs = b + 16;
-  for (int sub = 0; sub < 8; ++sub) {
-    int sc, mn;
-    k_scale_min(scales, sub, &sc, &mn);
-    const float dl = d * float(sc);
-    const float ml = dmin * float(mn);
-    const uint8_t* q = qs + (sub / 2) * 32;
-    const int shift = (sub % 2) * 4;
-    for (int l = 0; l < 32; ++l) y[sub * 32 + l] = dl * float((q[l] >> shift) & 0x0f) - ml;
-  }
-}
-
-// Q5_K: d, dmin, scales[12], qh[32], qs[128]; the fifth bit of sub-block s is bit s of qh[l].
-void dequant_q5_k(const uint8_t* b, float* y) {
-  const float d = f16_to_f32(load_u16(b));
-  const float dmin = f16_to_f32(load_u16(b + 2));
-  const uint8_t* scales = b + 4;
-  const uint8_t* qh = b + 16;
-  const uint8_t* qs = b + 48;
-  for (int sub = 0; sub < 8; ++sub) {
-    int sc, mn;
-    k_scale_min(scales, sub, &sc, &mn);
-    const float dl = d * float(sc);
-    const float ml = dmin * float(mn);
-    const uint8_t* q = qs + (sub / 2) * 32;
-    const int shift = (sub % 2) * 4;
-    for (int l = 0; l < 32; ++l) {
-      const int v = ((q[l] >> shift) & 0x0f) | ((qh[l] >> sub) & 1) << 4;
-      y[sub * 32 + l] = dl * float(v) - ml;
-    }
-  }
-}
-
-// Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d. In each half j of
-// 128 elements, element j*128 + s*64 + m takes nibble s of ql[j*64 + m], and element
-// j*128 + k*32 + l takes bits 2k..2k+1 of qh[j*32 + l]; the value is offset by 32.
-void dequant_q6_k(const uint8_t* b, float* y) {
-  const uint8_t* ql = b;
-  const uint8_t* qh = b + 128;
-  const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = f16_to_f32(load_u16(b + 208));
-  for (int i = 0; i < kQKK; ++i) {
-    const int j = i / 128, r = i % 128;
-    const int lo = (ql[j * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
-    const int hi = (qh[j * 32 + r % 32] >> (2 * (r / 32))) & 3;
-    const float dl = d * float(scales[i / 16]);
-    y[i] = dl * float((lo | hi << 4) - 32);
   }
 }
 
@@ -267,6 +149,30 @@ GgmlBlock ggml_block(DType t) {
 }  // namespace detail
 
 int64_t ggml_block_size(DType t) { return detail::ggml_block(t).elems; }
+
+std::optional<kernels::WeightFormat> block_weight_format(DType t) {
+  using kernels::WeightFormat;
+  switch (t) {
+    case DType::kQ4_0:
+      return WeightFormat::kQ4_0;
+    case DType::kQ4_1:
+      return WeightFormat::kQ4_1;
+    case DType::kQ5_0:
+      return WeightFormat::kQ5_0;
+    case DType::kQ5_1:
+      return WeightFormat::kQ5_1;
+    case DType::kQ8_0:
+      return WeightFormat::kQ8_0;
+    case DType::kQ4_K:
+      return WeightFormat::kQ4_K;
+    case DType::kQ5_K:
+      return WeightFormat::kQ5_K;
+    case DType::kQ6_K:
+      return WeightFormat::kQ6_K;
+    default:
+      return std::nullopt;
+  }
+}
 
 Result<uint64_t> ggml_type_bytes(DType t, int64_t n) {
   const detail::GgmlBlock blk = detail::ggml_block(t);
@@ -318,19 +224,19 @@ Status dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n) {
       convert_plain<int64_t>(src, dst, n);
       break;
     case DType::kQ4_0:
-      dequant_blocks<dequant_q4_0>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ4_0, src, dst, n);
       break;
     case DType::kQ4_1:
-      dequant_blocks<dequant_q4_1>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ4_1, src, dst, n);
       break;
     case DType::kQ5_0:
-      dequant_blocks<dequant_q5_0>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ5_0, src, dst, n);
       break;
     case DType::kQ5_1:
-      dequant_blocks<dequant_q5_1>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ5_1, src, dst, n);
       break;
     case DType::kQ8_0:
-      dequant_blocks<dequant_q8_0>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ8_0, src, dst, n);
       break;
     case DType::kQ2_K:
       dequant_blocks<dequant_q2_k>(src, dst, n, blk);
@@ -339,13 +245,13 @@ Status dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n) {
       dequant_blocks<dequant_q3_k>(src, dst, n, blk);
       break;
     case DType::kQ4_K:
-      dequant_blocks<dequant_q4_k>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ4_K, src, dst, n);
       break;
     case DType::kQ5_K:
-      dequant_blocks<dequant_q5_k>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ5_K, src, dst, n);
       break;
     case DType::kQ6_K:
-      dequant_blocks<dequant_q6_k>(src, dst, n, blk);
+      kernels::dequantize_blocks(kernels::WeightFormat::kQ6_K, src, dst, n);
       break;
     case DType::kU8:
     case DType::kBool:

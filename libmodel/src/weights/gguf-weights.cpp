@@ -8,8 +8,12 @@
 // (n_head_kv heads for k_proj; biases likewise). Reading undoes all three, so an architecture sees
 // exactly the tensors of the original Hugging Face checkpoint. Names we do not know are kept
 // under their GGUF name.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <map>
 #include <optional>
 
@@ -106,6 +110,39 @@ class GgufWeights final : public WeightSource {
     return read_unpermuted(e, out);
   }
 
+  // A GGUF block type the CPU backend keeps (block_weight_format) as stored, its rows in
+  // Hugging Face order; any other type as f32.
+  Result<kernels::HostWeight> read_weight(std::string_view name) const override {
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return not_found("no tensor '{}' in '{}'", name, describe());
+    const Entry& e = it->second;
+    const std::optional<kernels::WeightFormat> f = block_weight_format(e.info.dtype);
+    if (!f || e.info.shape.size() != 2) return WeightSource::read_weight(name);
+    const int64_t rows = e.info.shape[0], cols = e.info.shape[1];
+    if (cols % kernels::weight_format_block_elems(*f) != 0) return WeightSource::read_weight(name);
+    const std::span<const uint8_t> bytes = file_->tensor_bytes(*e.tensor);
+    const int64_t row_bytes = kernels::weight_row_bytes(*f, cols);
+    if (int64_t(bytes.size()) != rows * row_bytes) {
+      return data_loss("tensor '{}' of '{}' has {} bytes, expected {} rows of {}", name, describe(),
+                       bytes.size(), rows, row_bytes);
+    }
+    kernels::HostWeight w = kernels::HostWeight::zeros(*f, rows, cols);
+    const std::span<std::byte> dst = w.row_bytes(0, rows);
+    const int64_t head_rows = e.permute_heads > 0 ? rows / e.permute_heads : 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      // GGUF row r = h*head_rows + 2*i + j holds Hugging Face row h*head_rows + j*(head_rows/2) +
+      // i.
+      int64_t to = r;
+      if (e.permute_heads > 0) {
+        const int64_t h = r / head_rows, i = (r % head_rows) / 2, j = r % 2;
+        to = h * head_rows + j * (head_rows / 2) + i;
+      }
+      std::memcpy(dst.data() + to * row_bytes, bytes.data() + r * row_bytes, size_t(row_bytes));
+    }
+    drop_pages(bytes);
+    return w;
+  }
+
   std::string describe() const override { return file_->path().string(); }
 
  private:
@@ -135,6 +172,15 @@ class GgufWeights final : public WeightSource {
       std::copy_n(tmp.data() + r * cols, cols, out.data() + hf_row(r) * cols);
     }
     return ok_status();
+  }
+
+  // The copy is what the stage keeps: hand the mapped pages of the file back, so that a stage's
+  // resident set holds its weights once (clean file pages; a later read faults them in again).
+  static void drop_pages(std::span<const uint8_t> bytes) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (uintptr_t(bytes.data()) + page - 1) & ~(page - 1);
+    const uintptr_t end = (uintptr_t(bytes.data() + bytes.size())) & ~(page - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
   }
 
   std::shared_ptr<const GgufFile> file_;

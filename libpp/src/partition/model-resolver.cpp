@@ -29,6 +29,7 @@ Result<ResolvedModel> resolve_model(const fs::path& given, const ResolveOptions&
   if (ec) r.path_ = given;
   const fs::path& path = r.path_;
   r.quantization_ = options.quantization;
+  r.cpu_dtype_ = options.cpu_dtype;
   if (options.random_weights) {
     r.kind_ = SourceKind::kRandomWeights;
     r.random_seed_ = options.random_weights;
@@ -110,6 +111,7 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
   out.layers = layers;
   out.random_seed = random_seed_;
   out.quantization = quantization_;
+  out.cpu_dtype = cpu_dtype_;
   if (kind_ == SourceKind::kPartition) {
     PP_ASSIGN_OR_RETURN(StageShard shard, partition::open_stage(path_, *partition_, k));
     if (shard.n_stages != n) {

@@ -122,6 +122,8 @@ Status Coordinator::send_assign(int32_t k) {
   if (options_.quantization != model::Quantization::kNone) {
     a.quantization = model::quantization_name(options_.quantization);
   }
+  if (options_.cpu_dtype != model::CpuDtype::kAuto)
+    a.cpu_dtype = model::cpu_dtype_name(options_.cpu_dtype);
   PP_RETURN_IF_ERROR(gpu_links(k, a));
   PP_RETURN_IF_ERROR(server_->send(s.peer, a));
   s.assigned = true;

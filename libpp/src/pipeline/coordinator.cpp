@@ -87,7 +87,8 @@ Status Coordinator::resolve_model() {
   if (options_.n_stages < 0) return invalid_argument("bad stage count {}", options_.n_stages);
   PP_ASSIGN_OR_RETURN(model_, partition::resolve_model(options_.model_path,
                                                        {.random_weights = options_.random_weights,
-                                                        .quantization = options_.quantization}));
+                                                        .quantization = options_.quantization,
+                                                        .cpu_dtype = options_.cpu_dtype}));
   config_ = model_.config();
   layers_ = model_.fixed_layers();
   if (!layers_.empty()) {

@@ -125,8 +125,8 @@ Status CpuStage::load() {
     random_ = model::quantize_on_load(std::move(random), w.config, w.quantization);
     weights = random_.get();
   }
-  PP_ASSIGN_OR_RETURN(model_,
-                      model::StageModel::load(w.config, *weights, w.layers.begin, w.layers.end));
+  PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(w.config, *weights, w.layers.begin,
+                                                      w.layers.end, w.cpu_dtype));
   n_embd_ = w.config.n_embd;
   n_vocab_ = w.config.n_vocab;
   if (!spec_.first() && !env_.receiver) {

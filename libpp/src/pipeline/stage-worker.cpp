@@ -317,6 +317,9 @@ Status StageWorker::load(const transport::Assign& a) {
   if (!a.quantization.empty()) {
     PP_ASSIGN_OR_RETURN(ro.quantization, model::parse_quantization(a.quantization));
   }
+  if (!a.cpu_dtype.empty()) {
+    PP_ASSIGN_OR_RETURN(ro.cpu_dtype, model::parse_cpu_dtype(a.cpu_dtype));
+  }
   PP_ASSIGN_OR_RETURN(partition::ResolvedModel source, partition::resolve_model(a.model_path, ro));
   PP_ASSIGN_OR_RETURN(spec.weights,
                       source.open_stage(a.stage, a.n_stages, {a.layer_begin, a.layer_end}));

@@ -64,6 +64,7 @@ void fields(Io& io, M& m) {
   io(m.random_weights, "random_weights");
   io(m.random_seed, "random_seed");
   io(m.quantization, "quantization");
+  io(m.cpu_dtype, "cpu_dtype");
 }
 
 template <class Io, class M>

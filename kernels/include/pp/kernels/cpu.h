@@ -25,6 +25,9 @@ struct EmbeddingParams {
   const int32_t* ids = nullptr;  // [n_tokens]
   float* out = nullptr;          // [n_tokens, n_embd]
   int64_t n_vocab = 0, n_embd = 0, n_tokens = 0;
+  // Instead of `table`: a table in a GGUF block format [n_vocab, n_embd], each row looked up
+  // dequantized (gguf-blocks.h, bit-exact with dequantizing the whole table).
+  WeightView blocks;
 };
 void embedding(const EmbeddingParams& p);
 
@@ -75,8 +78,11 @@ struct MatmulParams {
 void matmul(const MatmulParams& p);
 
 // out = x @ w^T (+ bias) for a typed weight: the layers' entry point, dispatching on w.format.
-// The CPU backend is f32 (the reference): an f32 weight without scales runs matmul above; any
-// other format is a bug of the loader (it dequantizes to f32) and aborts naming the format.
+// An f32 weight without scales runs matmul above (the reference); a GGUF block weight (Q4_0 ...
+// Q6_K) stays quantized: each row of x is quantized to 8-bit blocks of 32 and every element is
+// an integer dot product in a fixed order (kernels/src/cpu/quant-dot.h), batch-invariant like
+// matmul and the same bits on every instruction set. Any other format is a bug of the loader
+// (linear_supports says what to hand over) and aborts naming the format.
 struct LinearParams {
   const float* x = nullptr;     // [m, k]
   WeightView w;                 // [n, k]: n = w.rows, k = w.cols
@@ -85,6 +91,21 @@ struct LinearParams {
   int64_t m = 0;
 };
 void linear(const LinearParams& p);
+// Whether linear takes weights of this format and scale kind.
+bool linear_supports(WeightFormat f, ScaleKind s);
+
+// The instruction sets of the quantized linear's kernels. They give the same bits (quant-dot.h),
+// so the choice is speed only; the best the CPU has is chosen at the first call.
+enum class QuantIsa {
+  kScalar,      // plain C++: the reference
+  kAvx2,        // maddubs + madd
+  kAvxVnni,     // dpbusd (AVX-VNNI, 256-bit)
+  kAvx512Vnni,  // dpbusd (AVX-512 VNNI on 256-bit registers)
+};
+const char* quant_isa_name(QuantIsa isa);  // "scalar", "avx2", "avx-vnni", "avx512-vnni"
+bool quant_isa_supported(QuantIsa isa);    // whether this CPU (and OS) runs it
+QuantIsa quant_isa();                      // the variant in use
+void set_quant_isa(QuantIsa isa);          // for tests and benchmarks; must be supported
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, n_ff + i]: SwiGLU over the fused gate|up output.
 struct SwigluParams {

@@ -25,8 +25,11 @@ class HostWeight {
 
   // A zeroed f32 weight of [rows, cols].
   static HostWeight f32(int64_t rows, int64_t cols);
+  // A zeroed weight of [rows, cols] in f32 or a block format (cols whole blocks), to be filled
+  // through row_bytes.
+  static HostWeight zeros(WeightFormat format, int64_t rows, int64_t cols);
   // A weight from its stored bytes and scales. kInvalidArgument when the sizes disagree with
-  // the format and scale kind (bytes: rows * cols * weight_format_bytes; scales: scale_count),
+  // the format and scale kind (bytes: rows * weight_row_bytes; scales: scale_count),
   // or the format takes no scales and some are given.
   static Result<HostWeight> from_bytes(WeightFormat format, ScaleKind scale_kind, int64_t rows,
                                        int64_t cols, std::vector<std::byte> data,
@@ -49,6 +52,8 @@ class HostWeight {
   // The values of an f32 weight (a bug to ask of another format), all or rows [row, row + n).
   const float* f32_data() const;
   std::span<float> f32_rows(int64_t row, int64_t n);
+  // The stored bytes of rows [row, row + n), any format without scales.
+  std::span<std::byte> row_bytes(int64_t row, int64_t n);
   // The real values (stored * scale) as f32, any format; `out` holds numel() floats.
   void dequantize(std::span<float> out) const;
   // The same weight as f32 (a copy for an f32 weight).

@@ -7,12 +7,14 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
+#include "pp/kernels/weight.h"
 #include "pp/model/tensor-info.h"
 #include "pp/status.h"
 
@@ -84,5 +86,8 @@ Result<uint64_t> ggml_type_bytes(DType t, int64_t n);
 // Elements per block of type `t` (32 for Q8_0, 256 for the K types, 1 for F32/F16/BF16/F64/I*);
 // 0 for a type GGML has no layout for (U8, BOOL).
 int64_t ggml_block_size(DType t);
+// The kernels' block format of a GGML block type the CPU backend keeps quantized (Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); nullopt for every other type.
+std::optional<kernels::WeightFormat> block_weight_format(DType t);
 
 }  // namespace pp::model

@@ -30,6 +30,18 @@ const char* quantization_name(Quantization q);  // "none", "fp8"
 // "fp8" (or "none"); kInvalidArgument naming the value and the choices otherwise.
 Result<Quantization> parse_quantization(std::string_view s);
 
+// The CPU backend's weights (`--cpu-dtype`): GGUF block types stay as stored (the quantized
+// linear of kernels/cpu.h runs them), or everything is dequantized to f32 on load (the reference,
+// exact against transformers on the dequantized weights).
+enum class CpuDtype : uint8_t {
+  kAuto,  // GGUF Q4_0 ... Q8_0, Q4_K ... Q6_K kept as stored; everything else f32
+  kF32,   // every weight f32
+};
+
+const char* cpu_dtype_name(CpuDtype d);  // "auto", "f32"
+// "auto" or "f32"; kInvalidArgument naming the value and the choices otherwise.
+Result<CpuDtype> parse_cpu_dtype(std::string_view s);
+
 // Whether `t` is quantized on load: a decoder layer's linear weight (an expert's too).
 bool quantized_on_load(const TensorSpec& t);
 

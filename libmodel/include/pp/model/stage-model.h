@@ -1,9 +1,9 @@
 // StageModel: the layers [layer_begin, layer_end) of a model, with the token embedding when
 // layer_begin == 0 and the final norm and lm_head when layer_end == n_layer; one stage of the
-// pipeline, or the whole model when it holds every layer. Weights are f32 (dequantized on
-// load), q|k|v and gate|up fused. It loads exactly the tensors the table lists for its parts
-// (stage_tensors in arch-tensors.h), so a stage can be loaded from a shard holding only its own
-// tensors.
+// pipeline, or the whole model when it holds every layer. Weights are f32, or GGUF blocks kept
+// as stored (CpuDtype), q|k|v and gate|up fused. It loads exactly the tensors the table lists for
+// its parts (stage_tensors in arch-tensors.h), so a stage can be loaded from a shard holding only
+// its own tensors.
 //
 // forward() takes a Batch and, at stage 0, its token ids, otherwise the previous stage's
 // residual stream h [n_tokens, n_embd]. A stage without the lm_head returns h; the last stage
@@ -24,6 +24,7 @@
 #include "pp/model/batch.h"
 #include "pp/model/config.h"
 #include "pp/model/kv-cache.h"
+#include "pp/model/quantization.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -34,11 +35,13 @@ struct LayerWorkspace;
 
 class StageModel {
  public:
-  // Loads layers [layer_begin, layer_end) of the model described by `config` from `weights`.
+  // Loads layers [layer_begin, layer_end) of the model described by `config` from `weights`,
+  // GGUF block weights kept as stored unless cpu_dtype is kF32 (quantization.h).
   // kInvalidArgument for a bad range; kNotFound / kDataLoss for missing or misshapen tensors.
   static Result<std::unique_ptr<StageModel>> load(const ModelConfig& config,
                                                   const WeightSource& weights, int64_t layer_begin,
-                                                  int64_t layer_end);
+                                                  int64_t layer_end,
+                                                  CpuDtype cpu_dtype = CpuDtype::kAuto);
   ~StageModel();
   StageModel(const StageModel&) = delete;
   StageModel& operator=(const StageModel&) = delete;

@@ -40,6 +40,8 @@ struct ResolveOptions {
   std::optional<uint64_t> random_weights;
   // Quantize the weights as each stage loads them (`--quantization fp8`): every source kind.
   model::Quantization quantization = model::Quantization::kNone;
+  // The CPU backend's weights (`--cpu-dtype`): GGUF blocks as stored (kAuto) or all f32.
+  model::CpuDtype cpu_dtype = model::CpuDtype::kAuto;
 };
 
 // The weights of one stage, opened (not yet read).
@@ -53,6 +55,8 @@ struct StageWeights {
   // Quantization on load. `weights` already reads quantized (model::quantize_on_load); random
   // weights are made and then quantized by the backend, the same way on the CPU and the GPU.
   model::Quantization quantization = model::Quantization::kNone;
+  // How a CPU stage holds its weights (model::StageModel::load).
+  model::CpuDtype cpu_dtype = model::CpuDtype::kAuto;
 };
 
 class ResolvedModel {
@@ -90,6 +94,7 @@ class ResolvedModel {
   model::ModelConfig config_;
   std::optional<uint64_t> random_seed_;
   model::Quantization quantization_ = model::Quantization::kNone;
+  model::CpuDtype cpu_dtype_ = model::CpuDtype::kAuto;
   std::optional<PartitionManifest> partition_;
   std::shared_ptr<const model::ModelSource> source_;  // kHfDir, kGguf
   std::filesystem::path tokenizer_json_;              // partition, HF folder, random: when present

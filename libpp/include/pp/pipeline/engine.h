@@ -74,6 +74,8 @@ struct EngineOptions {
   std::optional<uint64_t> random_weights;
   // Quantize the weights as each stage loads them (`--quantization fp8`).
   model::Quantization quantization = model::Quantization::kNone;
+  // CPU stages: GGUF block weights as stored (kAuto) or dequantized to f32 (`--cpu-dtype f32`).
+  model::CpuDtype cpu_dtype = model::CpuDtype::kAuto;
 
   // --- scheduling
   int32_t async_depth = 1;  // D: M = P + D micro-batch groups in flight at most

@@ -62,6 +62,8 @@ struct Assign {
   uint64_t random_seed = 0;
   // Weights quantized as they load: "" (as stored) or "fp8" (model::Quantization's names).
   std::string quantization;
+  // A CPU stage's weights: "" (GGUF blocks as stored) or "f32" (model::CpuDtype's names).
+  std::string cpu_dtype;
 
   friend bool operator==(const Assign&, const Assign&) = default;
 };
