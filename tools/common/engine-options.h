@@ -31,7 +31,7 @@ struct EngineArgs {
   std::string quantization;                // "fp8": quantize the weights on load; empty: none
   int32_t tp_size = 1;                     // tensor parallel ranks per stage: only 1 today
   std::string dtype = "auto";  // compute dtype: auto, or the device's own (f32 cpu, bf16 cuda)
-  std::string cpu_dtype;  // "f32": CPU weights dequantized; empty/"auto": as stored
+  std::string cpu_dtype;       // "f32": CPU weights dequantized; empty/"auto": as stored
 
   // --- the device
   std::string device = "cpu";  // cpu or cuda

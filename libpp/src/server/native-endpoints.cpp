@@ -24,22 +24,14 @@ struct Route {
 
 // Every route of HttpServer, with its methods (the server registers these, and no others).
 constexpr Route kRoutes[] = {
-    {"/health", "GET"},
-    {"/health_generate", "GET"},
-    {"/metrics", "GET"},
-    {"/version", "GET"},
-    {"/v1/models", "GET"},
-    {"/get_model_info", "GET"},
-    {"/model_info", "GET"},
-    {"/get_server_info", "GET"},
-    {"/server_info", "GET"},
-    {"/flush_cache", "GET, POST"},
-    {"/v1/completions", "POST"},
-    {"/v1/chat/completions", "POST"},
-    {"/generate", "POST"},
-    {"/tokenize", "POST"},
-    {"/v1/tokenize", "POST"},
-    {"/detokenize", "POST"},
+    {"/health", "GET"},          {"/health_generate", "GET"},
+    {"/metrics", "GET"},         {"/version", "GET"},
+    {"/v1/models", "GET"},       {"/get_model_info", "GET"},
+    {"/model_info", "GET"},      {"/get_server_info", "GET"},
+    {"/server_info", "GET"},     {"/flush_cache", "GET, POST"},
+    {"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"},
+    {"/generate", "POST"},       {"/tokenize", "POST"},
+    {"/v1/tokenize", "POST"},    {"/detokenize", "POST"},
     {"/v1/detokenize", "POST"},
 };
 
