@@ -410,8 +410,9 @@ TEST_F(GpuStageModelTest, WideHeadShapesMatchCpu) {
       std::uniform_int_distribution<int64_t> len(1, 100);
       const Compare r = run_against_cpu(*c, test::rng()(), {len(test::rng()), 40, 1, 9}, 8, false,
                                         q, nullptr, /*fp8_activations=*/false);
-      EXPECT_LT(r.max_err, kW8A16.max_err) << r.worst;
-      EXPECT_GE(double(r.agree) / double(r.rows), kW8A16.min_agree) << r.agree << "/" << r.rows;
+      EXPECT_LT(r.max_err, kFixtureW8A16.max_err) << r.worst;
+      EXPECT_GE(double(r.agree) / double(r.rows), kFixtureW8A16.min_agree)
+          << r.agree << "/" << r.rows;
     }
   }
 }
