@@ -355,14 +355,18 @@ TEST_F(PpBench, SglangAndChatBackendsAndUnknownChunkSizes) {
       "--warmup-requests 0 --db " +
       db();
   // Each run is checked against what the server really did for its requests (see above).
+  // Bounds: the client reads each chunk a little after the server wrote it, and on a loaded
+  // machine (CI runs sanitized tests two at a time on two cores) that delay varies by a few
+  // milliseconds, so gaps get 2 ms besides 5%; the cases told apart differ by 4x.
+  constexpr double kGapMs = 2;
   // SGLang's native API: cumulative counts give every token its gap.
   int first = server.n_requests;
   ToolRun s = run("serve --backend sglang --base-url " + server.url() + common);
   ASSERT_EQ(s.rc, 0) << s.err;
   FakeServer::Truth t = server.truth(first, true);
   EXPECT_EQ(table_value(s.out, "Total generated tokens"), 6 * 21);
-  EXPECT_TRUE(near(table_value(s.out, "Median ITL (ms)"), t.itl, 0.05, 0.3)) << t.itl << s.out;
-  EXPECT_TRUE(near(t.itl, cfg.token_ms, 0.25)) << t.itl;
+  EXPECT_TRUE(near(table_value(s.out, "Median ITL (ms)"), t.itl, 0.05, kGapMs)) << t.itl << s.out;
+  EXPECT_TRUE(near(t.itl, cfg.token_ms, 0.5)) << t.itl;
   EXPECT_TRUE(near(table_value(s.out, "Median TTFT (ms)"), t.ttft, 0.05, 6)) << t.ttft << s.out;
   EXPECT_TRUE(near(table_value(s.out, "Median E2E Latency (ms)"), t.e2e, 0.05, 6)) << t.e2e;
   // OpenAI without per-chunk usage: one ITL per chunk (SGLang's OpenAI rule), 4 tokens' worth;
@@ -372,9 +376,9 @@ TEST_F(PpBench, SglangAndChatBackendsAndUnknownChunkSizes) {
   ASSERT_EQ(o.rc, 0) << o.err;
   t = server.truth(first, false);
   EXPECT_EQ(table_value(o.out, "Total generated tokens"), 6 * 21);
-  EXPECT_TRUE(near(table_value(o.out, "Median ITL (ms)"), t.itl, 0.05, 0.3)) << t.itl << o.out;
+  EXPECT_TRUE(near(table_value(o.out, "Median ITL (ms)"), t.itl, 0.05, kGapMs)) << t.itl << o.out;
   EXPECT_TRUE(near(t.itl, 4 * cfg.token_ms, 0.25)) << t.itl;
-  EXPECT_TRUE(near(table_value(o.out, "Median TPOT (ms)"), (t.e2e - t.ttft) / 20, 0.05, 0.3))
+  EXPECT_TRUE(near(table_value(o.out, "Median TPOT (ms)"), (t.e2e - t.ttft) / 20, 0.05, 0.5))
       << o.out;
   // Not streaming: TTFT is the whole latency and there is no ITL.
   first = server.n_requests;

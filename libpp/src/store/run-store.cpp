@@ -28,14 +28,26 @@ constexpr int kQuickCheckMaxErrors = 8;
 
 // Reads only: schema version, application id, quick_check.
 Status validate(sqlite::Database& db, RunStore::OpenMode mode) {
-  PP_ASSIGN_OR_RETURN(int64_t version, db.query_int64("PRAGMA user_version"));
+  // One statement reads one snapshot: read one by one, another process creating the file in
+  // between could show a version of 0 beside its new tables, which looks like another program's
+  // database (seen: six processes opening one fresh file).
+  int64_t version = 0, app_id = 0, n_objects = 0;
+  {
+    PP_ASSIGN_OR_RETURN(sqlite::Statement st,
+                        db.prepare("SELECT (SELECT user_version FROM pragma_user_version), "
+                                   "(SELECT application_id FROM pragma_application_id), "
+                                   "(SELECT count(*) FROM sqlite_master)"));
+    PP_ASSIGN_OR_RETURN(bool row, st.step());
+    if (!row) return internal_error("{}: reading the schema version returned no row", db.label());
+    version = st.int64(0);
+    app_id = st.int64(1);
+    n_objects = st.int64(2);
+  }
   if (version > RunStore::kSchemaVersion) {
     return make_error(StatusCode::kFailedPrecondition,
                       "{} has schema version {}, newer than this pp ({})", db.label(), version,
                       RunStore::kSchemaVersion);
   }
-  PP_ASSIGN_OR_RETURN(int64_t app_id, db.query_int64("PRAGMA application_id"));
-  PP_ASSIGN_OR_RETURN(int64_t n_objects, db.query_int64("SELECT count(*) FROM sqlite_master"));
   const bool ours = app_id == RunStore::kApplicationId;
   const bool blank = app_id == 0 && version == 0 && n_objects == 0;
   if (!ours && !blank) {
