@@ -36,7 +36,40 @@ Status SamplingParams::validate(int64_t n_vocab) const {
       return invalid_argument("stop token id {} is outside the vocabulary [0, {})", id, n_vocab);
     }
   }
+  for (size_t i = 0; i < logit_bias.size(); ++i) {
+    const auto [id, bias] = logit_bias[i];
+    if (id < 0 || id >= n_vocab) {
+      return invalid_argument("logit_bias token id {} is outside the vocabulary [0, {})", id,
+                              n_vocab);
+    }
+    if (!(bias >= -100.0f && bias <= 100.0f)) {
+      return invalid_argument("logit_bias for token {} must be in [-100, 100], got {}", id, bias);
+    }
+    if (i > 0 && logit_bias[i - 1].first >= id) {
+      return invalid_argument("logit_bias token ids must be sorted and unique");
+    }
+  }
+  if (grammar.active() && grammar.kind != OutputGrammar::Kind::kJsonObject &&
+      grammar.text.empty()) {
+    return invalid_argument("the {} grammar is empty", grammar_kind_name(grammar.kind));
+  }
   return ok_status();
+}
+
+const char* grammar_kind_name(OutputGrammar::Kind kind) {
+  switch (kind) {
+    case OutputGrammar::Kind::kNone:
+      return "none";
+    case OutputGrammar::Kind::kJsonObject:
+      return "json_object";
+    case OutputGrammar::Kind::kJsonSchema:
+      return "json_schema";
+    case OutputGrammar::Kind::kRegex:
+      return "regex";
+    case OutputGrammar::Kind::kEbnf:
+      return "ebnf";
+  }
+  return "?";
 }
 
 }  // namespace pp::model

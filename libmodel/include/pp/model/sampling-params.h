@@ -5,12 +5,39 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
 #include "pp/status.h"
 
 namespace pp::model {
+
+// A grammar the generated text must follow (structured output). The coordinator compiles it
+// against the model's vocabulary and sends a mask of the allowed next tokens with each plan; the
+// last stage's sampler drops every other token. kNone: unconstrained.
+struct OutputGrammar {
+  enum class Kind {
+    kNone,
+    kJsonObject,  // any JSON object (OpenAI response_format json_object)
+    kJsonSchema,  // text: a JSON schema (response_format json_schema, SGLang json_schema,
+                  // vLLM guided_json, tool calls)
+    kRegex,       // text: a regular expression the whole output matches
+    kEbnf,        // text: a GBNF/EBNF grammar with a `root` rule (SGLang ebnf, vLLM
+                  // guided_grammar; vLLM guided_choice is made into one)
+  };
+  Kind kind = Kind::kNone;
+  std::string text;
+  // JSON kinds: allow any whitespace between tokens (false: the compact form, as OpenAI's
+  // strict mode and SGLang's default give).
+  bool any_whitespace = false;
+
+  bool active() const { return kind != Kind::kNone; }
+  friend bool operator==(const OutputGrammar&, const OutputGrammar&) = default;
+};
+
+// The name a user wrote for a grammar kind, for messages.
+const char* grammar_kind_name(OutputGrammar::Kind kind);
 
 struct SamplingParams {
   float temperature = 1.0f;         // 0 = greedy (argmax, lowest id on ties)
@@ -28,6 +55,10 @@ struct SamplingParams {
   bool skip_special_tokens = true;      // leave special tokens out of the text
   bool logprobs = false;                // report the chosen token's logprob
   int32_t top_logprobs = 0;             // and this many alternatives (0..20)
+  // Added to the logits of these token ids before sampling (OpenAI logit_bias, each in
+  // [-100, 100]; -100 in effect bans a token). Sorted by id, one entry per id.
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  OutputGrammar grammar;                // structured output; kNone = free text
 
   bool is_greedy() const { return temperature <= 0.0f || top_k == 1; }
   bool has_penalties() const {
