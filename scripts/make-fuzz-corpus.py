@@ -308,11 +308,13 @@ def make_wire(out):
     write(out, t, "loaded", frame(3, struct.pack("<iqqd", 0, 4096, 1000, 1.5)))
     write(out, t, "allocate-kv", frame(4, struct.pack("<qq", 900, 16)))
     write(out, t, "ready", frame(5, struct.pack("<i", 1)))
-    sampling = struct.pack("<fffifffQi", 0.7, 0.9, 0.05, 40, 0.1, 0.2, 1.1, 1234, 2)
+    sampling = (struct.pack("<fffifffQi", 0.7, 0.9, 0.05, 40, 0.1, 0.2, 1.1, 1234, 2)
+                + wvec("i", [3, 11]) + wvec("f", [1.5, -100.0]))
 
     def entry(rid, ids):
         return (struct.pack("<Qii", rid, 7, len(ids)) + wvec("i", [3, 4]) + struct.pack("<??Q", True, True, 9)
-                + sampling + wvec("i", ids) + wvec("i", [5, 6]) + wvec("i", [7]))
+                + sampling + wvec("i", ids) + wvec("i", [5, 6]) + wvec("i", [7])
+                + wvec("I", [0xFFFFFFFF, 0x0000FFFF]))
 
     plan = struct.pack("<Qi", 77, 1) + struct.pack("<I", 2) + entry(5, [1, 2, 3]) + entry(6, [9])
     plan += wvec("Q", [3, 4])

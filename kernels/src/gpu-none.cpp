@@ -76,6 +76,10 @@ Status apply_penalties(float*, int64_t, int64_t, const PenaltyEntry*, int64_t, c
                        Stream&) {
   return no_cuda();
 }
+Status apply_logit_constraints(float*, int64_t, int64_t, const LogitBias*, int64_t, const uint32_t*,
+                               const int32_t*, int64_t, Stream&) {
+  return no_cuda();
+}
 Status sample(const SampleArgs&, Stream&) { return no_cuda(); }
 
 struct Blas::Impl {};

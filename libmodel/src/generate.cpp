@@ -139,6 +139,10 @@ Result<std::vector<GenerationResult>> Generator::generate(
   for (size_t i = 0; i < requests.size(); ++i) {
     const GenerationRequest& r = requests[i];
     Status s = r.params.validate(V);
+    if (s.ok() && r.params.grammar.active()) {
+      s = make_error(StatusCode::kUnimplemented,
+                     "structured output is served by the pipeline (pp-serve), not this generator");
+    }
     if (s.ok() && r.prompt_ids.empty()) s = invalid_argument("empty prompt");
     for (int32_t id : r.prompt_ids) {
       if (!s.ok()) break;
@@ -184,28 +188,39 @@ Result<std::vector<GenerationResult>> Generator::generate(
   std::vector<float> logits;
   std::vector<Sequence*> owners;  // the sequence of each logit row
   std::vector<float> penalized, scratch;
+  std::vector<int32_t> bias_ids;
+  std::vector<float> bias_values;
 
   // Samples the next token of `seq` from its logits row and applies the stop conditions.
   auto sample_next = [&](Sequence& seq, const float* row) {
     const SamplingParams& p = seq.req->params;
+    bias_ids.clear();
+    bias_values.clear();
+    for (const auto& [id, bias] : p.logit_bias) {
+      bias_ids.push_back(id);
+      bias_values.push_back(bias);
+    }
     cpu::SampleResult r =
-        cpu::sample_with_penalties({.prompt_ids = seq.tokens.data(),
-                                    .n_prompt = seq.n_prompt,
-                                    .output_ids = seq.tokens.data() + seq.n_prompt,
-                                    .n_output = seq.n_generated(),
-                                    .repetition = p.repetition_penalty,
-                                    .presence = p.presence_penalty,
-                                    .frequency = p.frequency_penalty},
-                                   {.logits = row,
-                                    .n_vocab = V,
-                                    .temperature = p.temperature,
-                                    .top_k = std::max(p.top_k, 0),
-                                    .top_p = p.top_p,
-                                    .min_p = p.min_p,
-                                    .seed = seq.seed,
-                                    .step = uint64_t(seq.n_generated()),
-                                    .n_top_logprobs = p.logprobs ? p.top_logprobs : 0},
-                                   penalized, scratch);
+        cpu::sample_constrained({.prompt_ids = seq.tokens.data(),
+                                 .n_prompt = seq.n_prompt,
+                                 .output_ids = seq.tokens.data() + seq.n_prompt,
+                                 .n_output = seq.n_generated(),
+                                 .repetition = p.repetition_penalty,
+                                 .presence = p.presence_penalty,
+                                 .frequency = p.frequency_penalty},
+                                {.bias_ids = bias_ids.data(),
+                                 .bias_values = bias_values.data(),
+                                 .n_bias = int64_t(bias_ids.size())},
+                                {.logits = row,
+                                 .n_vocab = V,
+                                 .temperature = p.temperature,
+                                 .top_k = std::max(p.top_k, 0),
+                                 .top_p = p.top_p,
+                                 .min_p = p.min_p,
+                                 .seed = seq.seed,
+                                 .step = uint64_t(seq.n_generated()),
+                                 .n_top_logprobs = p.logprobs ? p.top_logprobs : 0},
+                                penalized, scratch);
     seq.tokens.push_back(r.token);
     seq.out->token_ids.push_back(r.token);
     if (p.logprobs) {

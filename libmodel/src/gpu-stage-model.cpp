@@ -815,13 +815,33 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   std::vector<gpu::PenaltyRow>& pen_rows = sample_pen_rows_;
   std::vector<gpu::PenaltyEntry>& entries = sample_entries_;
   std::unordered_map<int32_t, size_t>& seen = sample_seen_;
+  std::vector<gpu::LogitBias>& bias = sample_bias_;
+  std::vector<int32_t>& mask_rows = sample_mask_rows_;
+  const int64_t V = config_.n_vocab;
+  const size_t words = size_t((V + 31) / 32);
   params.resize(size_t(R));
   pen_rows.resize(size_t(R));
   entries.clear();
+  bias.clear();
+  mask_rows.clear();
   for (int64_t r = 0; r < R; ++r) {
     const GpuSampleSpec& g = rows[size_t(r)];
     params[size_t(r)] = {g.temperature, g.top_k, g.top_p, g.min_p, g.seed, g.step};
     pen_rows[size_t(r)] = {g.repetition, g.presence, g.frequency};
+    if (g.bias_ids.size() != g.bias_values.size()) {
+      return invalid_argument("row {}: {} logit bias ids for {} values", r, g.bias_ids.size(),
+                              g.bias_values.size());
+    }
+    for (size_t i = 0; i < g.bias_ids.size(); ++i) {
+      bias.push_back({int32_t(r), g.bias_ids[i], g.bias_values[i]});
+    }
+    if (!g.allowed.empty()) {
+      if (g.allowed.size() != words) {
+        return invalid_argument("row {}: an allowed-token mask of {} words for {} tokens", r,
+                                g.allowed.size(), V);
+      }
+      mask_rows.push_back(int32_t(r));
+    }
     const bool rep = g.repetition != 1.0f, add = g.presence != 0.0f || g.frequency != 0.0f;
     if (!rep && !add) continue;
     seen.clear();
@@ -841,8 +861,12 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   }
   const size_t params_bytes = align_up(params.size() * sizeof(gpu::SampleRow), 16);
   const size_t pen_bytes = align_up(pen_rows.size() * sizeof(gpu::PenaltyRow), 16);
-  const size_t entry_bytes = entries.size() * sizeof(gpu::PenaltyEntry);
-  const size_t total = params_bytes + pen_bytes + entry_bytes;
+  const size_t entry_bytes = align_up(entries.size() * sizeof(gpu::PenaltyEntry), 16);
+  const size_t bias_bytes = align_up(bias.size() * sizeof(gpu::LogitBias), 16);
+  const size_t mask_row_bytes = align_up(mask_rows.size() * sizeof(int32_t), 16);
+  const size_t mask_bytes = mask_rows.size() * words * sizeof(uint32_t);
+  const size_t total =
+      params_bytes + pen_bytes + entry_bytes + bias_bytes + mask_row_bytes + mask_bytes;
   // The next staging buffer of the ring, once its last upload has run (normally long ago).
   const int stage_slot = sample_staging_next_;
   sample_staging_next_ = (sample_staging_next_ + 1) % kStaging;
@@ -862,7 +886,21 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   char* host = staging.as<char>();
   std::memcpy(host, params.data(), params.size() * sizeof(gpu::SampleRow));
   std::memcpy(host + params_bytes, pen_rows.data(), pen_rows.size() * sizeof(gpu::PenaltyRow));
-  if (!entries.empty()) std::memcpy(host + params_bytes + pen_bytes, entries.data(), entry_bytes);
+  if (!entries.empty()) {
+    std::memcpy(host + params_bytes + pen_bytes, entries.data(),
+                entries.size() * sizeof(gpu::PenaltyEntry));
+  }
+  const size_t bias_at = params_bytes + pen_bytes + entry_bytes;
+  const size_t mask_rows_at = bias_at + bias_bytes, masks_at = mask_rows_at + mask_row_bytes;
+  if (!bias.empty()) std::memcpy(host + bias_at, bias.data(), bias.size() * sizeof(gpu::LogitBias));
+  if (!mask_rows.empty()) {
+    std::memcpy(host + mask_rows_at, mask_rows.data(), mask_rows.size() * sizeof(int32_t));
+    char* m = host + masks_at;
+    for (int32_t r : mask_rows) {
+      std::memcpy(m, rows[size_t(r)].allowed.data(), words * sizeof(uint32_t));
+      m += words * sizeof(uint32_t);
+    }
+  }
   char* dev = sample_dev_.as<char>();
   // The last sampling's results must be on their way to the host before this one's parameters
   // and results overwrite the device buffer (a wait on the GPU, not on the host).
@@ -870,13 +908,18 @@ Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top,
   PP_RETURN_IF_ERROR(gpu::copy_async(dev, host, total, stream_));
   PP_RETURN_IF_ERROR(staged.record(stream_));
 
-  const int64_t V = config_.n_vocab;
   if (prof_.on) PP_RETURN_IF_ERROR(prof_.s0.record(stream_));
   if (!entries.empty()) {
     PP_RETURN_IF_ERROR(gpu::apply_penalties(
         logits_, V, V, reinterpret_cast<const gpu::PenaltyEntry*>(dev + params_bytes + pen_bytes),
         int64_t(entries.size()), reinterpret_cast<const gpu::PenaltyRow*>(dev + params_bytes),
         stream_));
+  }
+  if (!bias.empty() || !mask_rows.empty()) {
+    PP_RETURN_IF_ERROR(gpu::apply_logit_constraints(
+        logits_, V, V, reinterpret_cast<const gpu::LogitBias*>(dev + bias_at), int64_t(bias.size()),
+        reinterpret_cast<const uint32_t*>(dev + masks_at),
+        reinterpret_cast<const int32_t*>(dev + mask_rows_at), int64_t(mask_rows.size()), stream_));
   }
   // Results on the device: tokens, logprobs, top ids, top logprobs (the slot's host layout).
   char* res = dev + align_up(total, 16);

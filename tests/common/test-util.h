@@ -31,6 +31,10 @@ class TempDir {
 std::mt19937_64& rng();
 uint64_t rng_seed();
 std::vector<float> random_floats(size_t n, float lo = -1.0f, float hi = 1.0f);
+// A uniform integer in [lo, hi].
+inline int64_t random_int(int64_t lo, int64_t hi) {
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng());
+}
 
 // Index of the first element where |a-b| > atol + rtol*|ref|, or -1 when all are close.
 int64_t first_mismatch(std::span<const float> got, std::span<const float> ref, double atol,

@@ -597,5 +597,47 @@ TEST_F(GpuStageModelTest, PenaltiesMatchCpu) {
   EXPECT_EQ(test::first_mismatch(d_logits.download(), want, 0, 0), -1);
 }
 
+// Device logit bias and allowed-token masks against cpu::apply_logit_constraints: random rows,
+// some masked, random biases (distinct ids per row).
+TEST_F(GpuStageModelTest, LogitConstraintsMatchCpu) {
+  const int64_t V = 1000 + test::random_int(0, 63), R = 6, W = (V + 31) / 32;
+  std::vector<float> logits = test::random_floats(size_t(R * V), -5, 5);
+  std::vector<float> want = logits;
+  std::vector<gpu::LogitBias> bias;
+  std::vector<uint32_t> masks;
+  std::vector<int32_t> mask_rows;
+  for (int64_t r = 0; r < R; ++r) {
+    std::vector<int32_t> ids(size_t(test::random_int(0, 40)));
+    for (auto& x : ids) x = int32_t(test::random_int(0, V - 1));
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    std::vector<float> values = test::random_floats(ids.size(), -100, 100);
+    for (size_t i = 0; i < ids.size(); ++i) bias.push_back({int32_t(r), ids[i], values[i]});
+    std::vector<uint32_t> mask;
+    if (r % 2 == 0) {
+      for (int64_t w = 0; w < W; ++w) mask.push_back(uint32_t(test::rng()()));
+      masks.insert(masks.end(), mask.begin(), mask.end());
+      mask_rows.push_back(int32_t(r));
+    }
+    kernels::cpu::apply_logit_constraints(&want[size_t(r * V)], V,
+                                          {.bias_ids = ids.data(),
+                                           .bias_values = values.data(),
+                                           .n_bias = int64_t(ids.size()),
+                                           .allowed = mask.empty() ? nullptr : mask.data()});
+  }
+  auto stream = gpu::Stream::create();
+  ASSERT_TRUE(stream.ok());
+  test::DeviceBuffer<float> d_logits(logits);
+  test::DeviceBuffer<gpu::LogitBias> d_bias(bias);
+  test::DeviceBuffer<uint32_t> d_masks(masks);
+  test::DeviceBuffer<int32_t> d_rows(mask_rows);
+  ASSERT_TRUE(gpu::apply_logit_constraints(d_logits.get(), V, V, d_bias.get(), int64_t(bias.size()),
+                                           d_masks.get(), d_rows.get(), int64_t(mask_rows.size()),
+                                           *stream)
+                  .ok());
+  ASSERT_TRUE(stream->synchronize().ok());
+  EXPECT_EQ(test::first_mismatch(d_logits.download(), want, 0, 0), -1);
+}
+
 }  // namespace
 }  // namespace pp::model

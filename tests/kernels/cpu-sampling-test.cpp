@@ -305,5 +305,67 @@ TEST(CpuPenalties, MatchFloat64Reference) {
   }
 }
 
+// Bias adds to its ids only; a mask sends every token outside it to -inf and nothing else moves.
+TEST(CpuLogitConstraints, BiasAddsAndMaskBans) {
+  const int64_t V = 200 + test::random_int(0, 100);
+  const auto l = test::random_floats(size_t(V), -5.0f, 5.0f);
+  std::vector<int32_t> ids = {int32_t(test::random_int(0, V / 2 - 1)),
+                              int32_t(test::random_int(V / 2, V - 1))};
+  const std::vector<float> values = test::random_floats(2, -100.0f, 100.0f);
+  std::vector<uint32_t> mask(size_t((V + 31) / 32));
+  for (auto& w : mask) w = uint32_t(test::rng()());
+  std::vector<float> got = l;
+  apply_logit_constraints(
+      got.data(), V,
+      {.bias_ids = ids.data(), .bias_values = values.data(), .n_bias = 2, .allowed = mask.data()});
+  for (int64_t t = 0; t < V; ++t) {
+    const bool allowed = (mask[size_t(t / 32)] >> (t % 32)) & 1u;
+    float want = l[size_t(t)];
+    for (int k = 0; k < 2; ++k) {
+      if (ids[size_t(k)] == t) want += values[size_t(k)];
+    }
+    if (!allowed) {
+      EXPECT_TRUE(std::isinf(got[size_t(t)]) && got[size_t(t)] < 0) << t;
+    } else {
+      EXPECT_EQ(got[size_t(t)], want) << t;
+    }
+  }
+}
+
+// Sampling under a mask (greedy and random, with top-k/top-p, with penalties) only ever draws
+// allowed tokens, and the row itself is left untouched.
+TEST(CpuLogitConstraints, SamplingDrawsOnlyAllowedTokens) {
+  const int64_t V = 500;
+  const auto l = test::random_floats(size_t(V), -4.0f, 4.0f);
+  std::vector<float> penalized, scratch;
+  const std::vector<int32_t> out_ids = {1, 2, 3, 3, 7};
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<uint32_t> mask(size_t((V + 31) / 32), 0u);
+    const int n_allowed = int(test::random_int(1, 6));
+    std::set<int32_t> allowed;
+    for (int k = 0; k < n_allowed; ++k) {
+      const int32_t t = int32_t(test::random_int(0, V - 1));
+      allowed.insert(t);
+      mask[size_t(t / 32)] |= 1u << (t % 32);
+    }
+    const std::vector<float> before = l;
+    SampleResult r = sample_constrained(
+        {.output_ids = out_ids.data(), .n_output = int64_t(out_ids.size()), .presence = 0.5f},
+        {.allowed = mask.data()},
+        {.logits = l.data(),
+         .n_vocab = V,
+         .temperature = trial % 3 == 0 ? 0.0f : 1.5f,
+         .top_k = trial % 2 ? 50 : 0,
+         .top_p = trial % 5 ? 0.9f : 1.0f,
+         .seed = test::rng()(),
+         .step = uint64_t(trial),
+         .n_top_logprobs = 3},
+        penalized, scratch);
+    EXPECT_TRUE(allowed.count(r.token)) << "trial " << trial << " drew " << r.token;
+    EXPECT_TRUE(std::isfinite(r.logprob));
+    EXPECT_EQ(l, before);
+  }
+}
+
 }  // namespace
 }  // namespace pp::kernels::cpu

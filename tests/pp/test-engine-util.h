@@ -41,7 +41,8 @@ struct EngineOutput {
 };
 
 // `n` requests: prompts of 1..max_prompt random ids, 1..max_new new tokens; mostly greedy, some
-// sampled with a seed, some with penalties, some ignoring eos. Arrivals spread over time.
+// sampled with a seed, some with penalties, some with a logit bias, some ignoring eos. Arrivals
+// spread over time.
 inline std::vector<EngineRequest> make_requests(int n, int64_t n_vocab, int max_prompt, int max_new,
                                                 std::mt19937_64& g) {
   std::vector<EngineRequest> out(static_cast<size_t>(n));
@@ -58,6 +59,14 @@ inline std::vector<EngineRequest> make_requests(int n, int64_t n_vocab, int max_
       r.params.seed = g();
     }
     if (kind == 9) r.params.repetition_penalty = 1.3f, r.params.presence_penalty = 0.4f;
+    if (kind == 5 || kind == 8) {  // logit bias: a few ids pushed up or down, sorted and distinct
+      std::map<int32_t, float> bias;
+      const int n_bias = std::uniform_int_distribution<int>(1, 3)(g);
+      for (int k = 0; k < n_bias; ++k) {
+        bias[id(g)] = std::uniform_real_distribution<float>(-100.0f, 100.0f)(g);
+      }
+      r.params.logit_bias.assign(bias.begin(), bias.end());
+    }
     if (kind % 3 == 0) r.params.ignore_eos = true;
     r.delay_ms = std::uniform_int_distribution<int>(0, 4)(g);
   }

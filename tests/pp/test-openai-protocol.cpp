@@ -1,5 +1,6 @@
 // The HTTP API's request parsing and validation (openai-protocol), its response shapes
 // (openai-responses, sglang-protocol) and the Prometheus registry, without a server.
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -97,6 +98,84 @@ TEST(OpenAiProtocol, CompletionFieldsReachTheSamplingParams) {
   }
 }
 
+// Each way of asking for structured output reaches the grammar; a schema keeps its key order
+// (the output's order) whether it came as an object or as text; logit_bias is sorted by id.
+TEST(OpenAiProtocol, StructuredOutputAndLogitBiasReachTheSamplingParams) {
+  using Kind = model::OutputGrammar::Kind;
+  // Property names in an order json's sorted maps would change, drawn afresh.
+  std::vector<std::string> keys = {"zeta", "alpha", "mid", "beta"};
+  std::shuffle(keys.begin(), keys.end(), test::rng());
+  std::string props;
+  for (const std::string& k : keys) {
+    props += (props.empty() ? "" : ", ") + ("\"" + k + "\": {\"type\": \"integer\"}");
+  }
+  const std::string schema = "{\"type\": \"object\", \"properties\": {" + props + "}}";
+  auto order_of = [](const std::string& text) {
+    std::vector<std::string> got;
+    const auto parsed = nlohmann::ordered_json::parse(text);
+    for (const auto& [k, v] : parsed["properties"].items()) got.push_back(k);
+    return got;
+  };
+  struct Case {
+    ApiKind kind;
+    std::string body;
+    Kind want;
+  };
+  const std::vector<Case> cases = {
+      {ApiKind::kChat,
+       R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type":
+           "json_schema", "json_schema": {"name": "n", "schema": )" +
+           schema + "}}}",
+       Kind::kJsonSchema},
+      {ApiKind::kCompletion, R"({"prompt": "x", "guided_json": )" + schema + "}",
+       Kind::kJsonSchema},
+      {ApiKind::kCompletion, R"({"prompt": "x", "guided_json": )" + json(schema).dump() + "}",
+       Kind::kJsonSchema},
+      {ApiKind::kGenerate,
+       R"({"text": "x", "sampling_params": {"json_schema": )" + json(schema).dump() + "}}",
+       Kind::kJsonSchema},
+      {ApiKind::kChat,
+       R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type":
+           "json_object"}})",
+       Kind::kJsonObject},
+      {ApiKind::kCompletion, R"({"prompt": "x", "guided_regex": "[a-z]+"})", Kind::kRegex},
+      {ApiKind::kChat, R"({"messages": [{"role": "user", "content": "x"}], "regex": "a|b"})",
+       Kind::kRegex},
+      {ApiKind::kGenerate, R"({"text": "x", "sampling_params": {"regex": "[0-9]"}})", Kind::kRegex},
+      {ApiKind::kGenerate, R"({"text": "x", "sampling_params": {"ebnf": "root ::= \"a\""}})",
+       Kind::kEbnf},
+      {ApiKind::kCompletion, R"({"prompt": "x", "guided_grammar": "root ::= \"a\""})", Kind::kEbnf},
+      {ApiKind::kCompletion, R"({"prompt": "x", "guided_choice": ["yes", "no \"way\""]})",
+       Kind::kEbnf},
+      {ApiKind::kCompletion, R"({"prompt": "x", "response_format": {"type": "text"}})",
+       Kind::kNone},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.body);
+    ParseResult r = parse_request(c.kind, c.body, limits());
+    ASSERT_TRUE(std::holds_alternative<ApiRequest>(r)) << std::get<ApiError>(r).message;
+    const model::OutputGrammar& g = std::get<ApiRequest>(r).params.grammar;
+    EXPECT_EQ(g.kind, c.want);
+    if (c.want == Kind::kJsonSchema) EXPECT_EQ(order_of(g.text), keys) << g.text;
+  }
+  ParseResult choice = parse_request(
+      ApiKind::kCompletion, R"({"prompt": "x", "guided_choice": ["yes", "no \"way\""]})", limits());
+  EXPECT_EQ(std::get<ApiRequest>(choice).params.grammar.text, R"(root ::= "yes" | "no \"way\"")");
+  ParseResult strict =
+      parse_request(ApiKind::kChat,
+                    R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type":
+          "json_schema", "json_schema": {"name": "n", "strict": false, "schema": {}}}})",
+                    limits());
+  EXPECT_FALSE(std::get<ApiRequest>(strict).params.grammar.strict);
+
+  const int32_t a = int32_t(test::random_int(0, 499)), b = int32_t(test::random_int(500, 999));
+  ApiRequest lb = parse_ok(
+      ApiKind::kCompletion,
+      {{"prompt", "x"}, {"logit_bias", {{std::to_string(b), -100}, {std::to_string(a), 2.5}}}});
+  const std::vector<std::pair<int32_t, float>> want = {{a, 2.5f}, {b, -100.0f}};
+  EXPECT_EQ(lb.params.logit_bias, want);
+}
+
 TEST(OpenAiProtocol, PromptShapes) {
   ApiRequest a = parse_ok(ApiKind::kCompletion, {{"prompt", "hello"}});
   ASSERT_EQ(a.prompts.size(), 1u);
@@ -163,7 +242,37 @@ TEST(OpenAiProtocol, BadInputNamesTheParameter) {
       {C, R"({"prompt": "a", "stop_token_ids": [1000]})", "stop_token_ids"},
       {C, R"({"prompt": "a", "ignore_eos": "yes"})", "ignore_eos"},
       {C, R"({"prompt": "a", "stream_options": 3})", "stream_options"},
-      {C, R"({"prompt": "a", "logit_bias": {"5": 1}})", "logit_bias"},
+      {C, R"({"prompt": "a", "logit_bias": {"5": 101}})", "logit_bias"},
+      {C, R"({"prompt": "a", "logit_bias": {"x5": 1}})", "logit_bias"},
+      {C, R"({"prompt": "a", "logit_bias": {"99999999": 1}})", "logit_bias"},
+      {C, R"({"prompt": "a", "logit_bias": {"5": "big"}})", "logit_bias.5"},
+      {C, R"({"prompt": "a", "logit_bias": [5]})", "logit_bias"},
+      {C, R"({"prompt": "a", "response_format": {"type": "xml"}})", "response_format.type"},
+      {C, R"({"prompt": "a", "response_format": {"type": "json_schema"}})",
+       "response_format.json_schema"},
+      {C, R"({"prompt": "a", "response_format": {"type": "json_schema", "json_schema":
+           {"schema": 3}}})",
+       "response_format.json_schema.schema"},
+      {C, R"({"prompt": "a", "guided_json": "{not json"})", "guided_json"},
+      {C, R"({"prompt": "a", "guided_choice": []})", "guided_choice"},
+      {C, R"({"prompt": "a", "guided_choice": ["a", 3]})", "guided_choice[1]"},
+      {C, R"({"prompt": "a", "guided_regex": ""})", "guided_regex"},
+      {C, R"({"prompt": "a", "guided_regex": "a", "guided_json": {}})", "guided_regex"},
+      {C, R"({"prompt": "a", "response_format": {"type": "json_object"}, "regex": "a"})", "regex"},
+      {C, R"({"prompt": "a", "guided_whitespace_pattern": " "})", "guided_whitespace_pattern"},
+      {G, R"({"text": "a", "sampling_params": {"regex": "a", "ebnf": "root ::= \"a\""}})",
+       "sampling_params.ebnf"},
+      {G, R"({"text": "a", "sampling_params": {"json_schema": 7}})", "sampling_params.json_schema"},
+      {G, R"({"text": "a", "sampling_params": {"no_such_thing": 1}})",
+       "sampling_params.no_such_thing"},
+      {G, R"({"text": "a", "sampling_params": {"min_new_tokens": 4}})",
+       "sampling_params.min_new_tokens"},
+      {G, R"({"text": "a", "sampling_params": {"structural_tag": "{}"}})",
+       "sampling_params.structural_tag"},
+      {G, R"({"text": "a", "sampling_params": {"seed": 1, "sampling_seed": 2}})",
+       "sampling_params.sampling_seed"},
+      {G, R"({"text": "a", "sampling_params": {"logit_bias": {"1": -101}}})",
+       "sampling_params.logit_bias"},
       {C, R"({"prompt": "a", "best_of": 3})", "best_of"},
       {C, R"({"prompt": 5})", "prompt"},
       {C, R"({"prompt": [1, "a"]})", "prompt[1]"},

@@ -68,10 +68,6 @@ struct FileSnapshot {
   bool operator==(const FileSnapshot& o) const { return bytes == o.bytes && mtime == o.mtime; }
 };
 
-inline int64_t random_int(int64_t lo, int64_t hi) {
-  return std::uniform_int_distribution<int64_t>(lo, hi)(rng());
-}
-
 // Text with quotes, separators, SQL-looking fragments and multi-byte UTF-8.
 inline std::string random_text(size_t max_len = 40) {
   static const std::vector<std::string> pieces = {"a",

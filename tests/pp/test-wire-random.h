@@ -73,9 +73,13 @@ class RandomMessages {
     e.sample = coin();
     e.sample_step = u64();
     e.sampling = WireSampling{f32(), f32(), f32(), i32(), f32(), f32(), f32(), u64(), i32()};
+    e.sampling.bias_ids = vec_i32(6);
+    for (size_t i = 0; i < e.sampling.bias_ids.size(); ++i) e.sampling.bias_values.push_back(f32());
     e.token_ids = vec_i32(40);
     e.penalty_prompt_ids = vec_i32(20);
     e.penalty_output_ids = vec_i32(20);
+    const size_t n_mask = coin() ? len(16) : 0;
+    for (size_t i = 0; i < n_mask; ++i) e.allowed_tokens.push_back(static_cast<uint32_t>(g_()));
     return e;
   }
 

@@ -165,7 +165,9 @@ TEST(Wire, ErrorNamesTheEntryAndField) {
     off += encoded_size(Plan{0, 0, {p.entries[i]}, {}}) - encoded_size(Plan{});
   const size_t new_blocks_off = off + 8 + 4 + 4;
   const size_t reset_off = new_blocks_off + 4 + 4 * p.entries[3].new_blocks.size();
-  const size_t token_ids_off = reset_off + 1 + 1 + 8 + 40;
+  // reset, sample, step, the sampling's scalars and its two bias vectors.
+  const size_t token_ids_off =
+      reset_off + 1 + 1 + 8 + 40 + 8 + 8 * p.entries[3].sampling.bias_ids.size();
   const auto full = encode(p);
 
   uint32_t n_tokens;

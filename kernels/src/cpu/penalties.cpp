@@ -3,9 +3,13 @@
 // (logit > 0 ? logit / r : logit * r), then logit -= frequency * count + presence for every
 // distinct output token (count = its occurrences in the output), subtracted in that order.
 //
+// Then logit bias and the allowed-token mask (structured output): additions, and -inf outside
+// the mask.
+//
 // The per-token marks live in thread-local tables sized to the vocabulary, grown once and
 // cleared after each call by touching only the ids seen, so a call costs O(ids), not O(vocab).
 #include <cstddef>
+#include <limits>
 #include <vector>
 
 #include "pp/assert.h"
@@ -49,6 +53,20 @@ void apply_penalties(const PenaltyParams& p) {
       l -= p.presence;
       counts[size_t(id)] = 0;
     }
+  }
+}
+
+void apply_logit_constraints(float* logits, int64_t n_vocab, const LogitConstraints& c) {
+  PP_ASSERT(logits && n_vocab > 0);
+  for (int64_t i = 0; i < c.n_bias; ++i) {
+    const int32_t id = c.bias_ids[i];
+    PP_ASSERT(id >= 0 && id < n_vocab);
+    logits[id] += c.bias_values[i];
+  }
+  if (!c.allowed) return;
+  for (int64_t t = 0; t < n_vocab; ++t) {
+    if (!((c.allowed[t >> 5] >> (t & 31)) & 1u))
+      logits[t] = -std::numeric_limits<float>::infinity();
   }
 }
 

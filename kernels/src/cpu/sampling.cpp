@@ -140,6 +140,7 @@ SampleResult sample(const SampleParams& p, std::vector<float>& scratch) {
   SampleResult result;
   if (p.n_top_logprobs > 0) {
     for (int32_t id : top_tokens(l, n_vocab, p.n_top_logprobs)) {
+      if (std::isinf(l[id])) break;  // masked out (-inf): not a candidate, and after all others
       result.top.push_back({id, logprob(id)});
     }
   }
@@ -157,14 +158,18 @@ SampleResult sample(const SampleParams& p, std::vector<float>& scratch) {
   const float s_max = l_max / p.temperature;
   for (int64_t i = 0; i < n_vocab; ++i) w[i] = std::exp(l[i] / p.temperature - s_max);
 
+  // The candidates: every token but those masked out (-inf, structured output).
   thread_local std::vector<int32_t> idx;
-  idx.resize(size_t(n_vocab));
-  std::iota(idx.begin(), idx.end(), 0);
-  int64_t n_kept = n_vocab;
+  idx.clear();
+  for (int64_t i = 0; i < n_vocab; ++i) {
+    if (!std::isinf(l[i])) idx.push_back(int32_t(i));
+  }
+  PP_ASSERT_MSG(!idx.empty(), "every token is masked out");
+  int64_t n_kept = int64_t(idx.size());
   bool id_order = true;  // idx[0, n_kept) is in ascending id order
   const MoreLikely more{l};
 
-  if (p.top_k > 0 && p.top_k < n_vocab) {
+  if (p.top_k > 0 && p.top_k < n_kept) {
     std::nth_element(idx.begin(), idx.begin() + (p.top_k - 1), idx.end(), more);
     n_kept = p.top_k;
     id_order = false;
@@ -200,11 +205,20 @@ SampleResult sample(const SampleParams& p, std::vector<float>& scratch) {
 
 SampleResult sample_with_penalties(PenaltyParams pen, SampleParams s, std::vector<float>& penalized,
                                    std::vector<float>& scratch) {
-  if (pen.repetition != 1.0f || pen.presence != 0.0f || pen.frequency != 0.0f) {
+  return sample_constrained(pen, {}, s, penalized, scratch);
+}
+
+SampleResult sample_constrained(PenaltyParams pen, const LogitConstraints& c, SampleParams s,
+                                std::vector<float>& penalized, std::vector<float>& scratch) {
+  const bool penalties = pen.repetition != 1.0f || pen.presence != 0.0f || pen.frequency != 0.0f;
+  if (penalties || c.active()) {
     penalized.assign(s.logits, s.logits + s.n_vocab);
-    pen.logits = penalized.data();
-    pen.n_vocab = s.n_vocab;
-    apply_penalties(pen);
+    if (penalties) {
+      pen.logits = penalized.data();
+      pen.n_vocab = s.n_vocab;
+      apply_penalties(pen);
+    }
+    if (c.active()) apply_logit_constraints(penalized.data(), s.n_vocab, c);
     s.logits = penalized.data();
   }
   return sample(s, scratch);

@@ -1,4 +1,4 @@
-// Random weight fill and logit penalties on the GPU (fill.h).
+// Random weight fill and logit updates on the GPU: penalties, bias, allowed-token masks (fill.h).
 #include "cuda-common.h"
 #include "pp/kernels/cuda/fill.h"
 #include "pp/kernels/random-weights.h"
@@ -31,6 +31,26 @@ __global__ void penalties_kernel(float* logits, int64_t row_stride, int64_t n_vo
   l = x;
 }
 
+__global__ void logit_bias_kernel(float* logits, int64_t row_stride, int64_t n_vocab,
+                                  const LogitBias* bias, int64_t n_bias) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_bias) return;
+  const LogitBias b = bias[i];
+  if (b.id < 0 || b.id >= n_vocab) return;
+  logits[int64_t(b.row) * row_stride + b.id] += b.value;
+}
+
+// grid.y: the masked rows; each thread one token id.
+__global__ void logit_mask_kernel(float* logits, int64_t row_stride, int64_t n_vocab,
+                                  const uint32_t* masks, const int32_t* mask_rows, int64_t words) {
+  const int64_t k = blockIdx.y;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n_vocab) return;
+  if (!((masks[k * words + (t >> 5)] >> (t & 31)) & 1u)) {
+    logits[int64_t(mask_rows[k]) * row_stride + t] = -INFINITY;
+  }
+}
+
 }  // namespace
 
 cudaError_t fill_random(__nv_bfloat16* out, size_t n, uint64_t key, float lo, float hi,
@@ -39,6 +59,24 @@ cudaError_t fill_random(__nv_bfloat16* out, size_t n, uint64_t key, float lo, fl
   fill_random_kernel<<<detail::grid_for(int64_t(n), 256, 132 * 32), 256, 0, stream>>>(out, n, key,
                                                                                       lo, hi);
   return cudaGetLastError();
+}
+
+cudaError_t apply_logit_constraints(float* logits, int64_t row_stride, int64_t n_vocab,
+                                    const LogitBias* bias, int64_t n_bias, const uint32_t* masks,
+                                    const int32_t* mask_rows, int64_t n_masked,
+                                    cudaStream_t stream) {
+  if (n_bias > 0) {
+    logit_bias_kernel<<<unsigned((n_bias + 255) / 256), 256, 0, stream>>>(logits, row_stride,
+                                                                          n_vocab, bias, n_bias);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  if (n_masked > 0) {
+    const dim3 grid(unsigned((n_vocab + 255) / 256), unsigned(n_masked));
+    logit_mask_kernel<<<grid, 256, 0, stream>>>(logits, row_stride, n_vocab, masks, mask_rows,
+                                                (n_vocab + 31) / 32);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t apply_penalties(float* logits, int64_t row_stride, int64_t n_vocab,

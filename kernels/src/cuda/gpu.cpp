@@ -307,6 +307,16 @@ Status apply_penalties(float* logits, int64_t row_stride, int64_t n_vocab,
       "apply_penalties");
 }
 
+Status apply_logit_constraints(float* logits, int64_t row_stride, int64_t n_vocab,
+                               const LogitBias* bias, int64_t n_bias, const uint32_t* masks,
+                               const int32_t* mask_rows, int64_t n_masked, Stream& s) {
+  static_assert(sizeof(LogitBias) == sizeof(cuda::LogitBias));
+  return cuda_status(cuda::apply_logit_constraints(logits, row_stride, n_vocab,
+                                                   reinterpret_cast<const cuda::LogitBias*>(bias),
+                                                   n_bias, masks, mask_rows, n_masked, native(s)),
+                     "apply_logit_constraints");
+}
+
 Status sample(const SampleArgs& a, Stream& s) {
   if (a.n_rows == 0) return ok_status();
   cuda::SampleParams p;

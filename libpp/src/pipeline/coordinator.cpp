@@ -253,6 +253,13 @@ Result<uint64_t> Coordinator::submit(std::vector<int32_t> prompt_ids, model::Sam
   // request that could never fit is refused here, never queued to wait forever.
   PP_RETURN_IF_ERROR(
       resolve_max_tokens(n, params.max_tokens, ctx, n_blocks_, options_.kv_block_size).status());
+  // Structured output: compiled here, on the caller's thread (it can take milliseconds), so a bad
+  // grammar is refused at once and the coordinator thread never waits for a compile.
+  std::unique_ptr<GrammarMatcher> grammar;
+  if (params.grammar.active()) {
+    PP_ASSIGN_OR_RETURN(GrammarCompiler * compiler, grammar_compiler());
+    PP_ASSIGN_OR_RETURN(grammar, compiler->compile(params.grammar));
+  }
   const uint64_t id = next_id_.fetch_add(1);
   const double arrival = std::chrono::duration<double>(Clock::now() - start_time_).count();
   transport::Waker waker;
@@ -261,13 +268,34 @@ Result<uint64_t> Coordinator::submit(std::vector<int32_t> prompt_ids, model::Sam
     if (closed_ || stopping_) {
       return make_error(StatusCode::kUnavailable, "the engine is shutting down");
     }
-    commands_.push_back(
-        SubmitCommand{id, std::move(prompt_ids), std::move(params), std::move(sink), arrival});
+    commands_.push_back(SubmitCommand{id, std::move(prompt_ids), std::move(params), std::move(sink),
+                                      arrival, std::move(grammar)});
     ++stats_.n_submitted;
     waker = waker_;
   }
   waker.wake();
   return id;
+}
+
+Result<GrammarCompiler*> Coordinator::grammar_compiler() {
+  std::call_once(grammar_once_, [&] {
+    if (!tokenizer_) {
+      grammar_status_ =
+          invalid_argument("structured output needs a tokenizer, and this model has none");
+      return;
+    }
+    std::vector<int32_t> stops = config_.eos_token_ids;
+    if (stops.empty() && tokenizer_->eos_id()) stops.push_back(*tokenizer_->eos_id());
+    Result<std::unique_ptr<GrammarCompiler>> c =
+        GrammarCompiler::create(*tokenizer_, config_.n_vocab, std::move(stops));
+    if (c.ok()) {
+      grammar_compiler_ = std::move(*c);
+    } else {
+      grammar_status_ = c.status();
+    }
+  });
+  if (!grammar_compiler_) return grammar_status_;
+  return grammar_compiler_.get();
 }
 
 void Coordinator::cancel(uint64_t id) {
@@ -347,8 +375,8 @@ void Coordinator::handle_commands() {
   }
   for (Command& c : commands) {
     if (auto* s = std::get_if<SubmitCommand>(&c)) {
-      Status st =
-          scheduler_->submit(s->id, std::move(s->prompt_ids), std::move(s->params), s->arrival_s);
+      Status st = scheduler_->submit(s->id, std::move(s->prompt_ids), std::move(s->params),
+                                     s->arrival_s, std::move(s->grammar));
       if (!st.ok()) {
         RequestEvent e;
         e.request_id = s->id;

@@ -50,6 +50,7 @@
 
 #include "pp/partition/model-resolver.h"
 #include "pp/pipeline/engine.h"
+#include "pp/pipeline/grammar.h"
 #include "pp/pipeline/launcher.h"
 #include "pp/pipeline/scheduler.h"
 #include "pp/pipeline/trace.h"
@@ -100,6 +101,7 @@ class Coordinator {
     model::SamplingParams params;
     EventSink sink;
     double arrival_s;
+    std::unique_ptr<GrammarMatcher> grammar;  // with params.grammar active
   };
   struct CancelCommand {
     uint64_t id;
@@ -113,6 +115,9 @@ class Coordinator {
     int32_t stage;
     std::string why;
   };
+
+  // The grammar compiler, made on first use (any thread; it is thread-safe).
+  Result<GrammarCompiler*> grammar_compiler();
 
   // --- coordinator thread
   void thread_main(std::promise<Status>* started);
@@ -186,6 +191,11 @@ class Coordinator {
     int64_t first_us = 0, last_us = 0, compute_us = 0, n = 0;
   };
   std::vector<Busy> busy_;
+
+  // Made once, by the first request with a grammar (on its thread).
+  std::once_flag grammar_once_;
+  std::unique_ptr<GrammarCompiler> grammar_compiler_;
+  Status grammar_status_;
 
   // Shared with other threads (under mu_).
   mutable std::mutex mu_;

@@ -202,18 +202,22 @@ void CpuStage::sample(const transport::Plan& plan, std::span<const SampleRow> ro
                                  .repetition = w.repetition_penalty,
                                  .presence = w.presence_penalty,
                                  .frequency = w.frequency_penalty};
-    cpu::SampleResult r =
-        cpu::sample_with_penalties(pen,
-                                   {.logits = logits_.data() + i * V,
-                                    .n_vocab = n_vocab_,
-                                    .temperature = w.temperature,
-                                    .top_k = std::max(w.top_k, 0),
-                                    .top_p = w.top_p,
-                                    .min_p = w.min_p,
-                                    .seed = w.seed,
-                                    .step = row.step,
-                                    .n_top_logprobs = std::max(w.top_logprobs, 0)},
-                                   penalized_, sample_scratch_);
+    const cpu::LogitConstraints constraints{
+        .bias_ids = w.bias_ids.data(),
+        .bias_values = w.bias_values.data(),
+        .n_bias = int64_t(w.bias_ids.size()),
+        .allowed = row.allowed.empty() ? nullptr : row.allowed.data()};
+    cpu::SampleResult r = cpu::sample_constrained(pen, constraints,
+                                                  {.logits = logits_.data() + i * V,
+                                                   .n_vocab = n_vocab_,
+                                                   .temperature = w.temperature,
+                                                   .top_k = std::max(w.top_k, 0),
+                                                   .top_p = w.top_p,
+                                                   .min_p = w.min_p,
+                                                   .seed = w.seed,
+                                                   .step = row.step,
+                                                   .n_top_logprobs = std::max(w.top_logprobs, 0)},
+                                                  penalized_, sample_scratch_);
     transport::SampledToken t;
     t.request_id = row.request_id;
     t.token = r.token;

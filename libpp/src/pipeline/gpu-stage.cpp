@@ -171,6 +171,9 @@ Status GpuStage::run(const transport::Plan& plan, const model::Batch& batch,
     spec.frequency = w.frequency_penalty;
     spec.prompt_ids = r.prompt_ids;
     spec.output_ids = r.output_ids;
+    spec.bias_ids = w.bias_ids;
+    spec.bias_values = w.bias_values;
+    spec.allowed = r.allowed;
     specs_.push_back(spec);
     rows_.push_back({r.request_id, w.top_logprobs});
   }

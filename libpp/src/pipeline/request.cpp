@@ -3,6 +3,7 @@
 #include "pp/pipeline/request.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "pp/assert.h"
 
@@ -56,7 +57,13 @@ bool Request::append_token(const transport::SampledToken& t, std::span<const int
   ev.kind = EventKind::kDelta;
   ev.token_ids.push_back(t.token);
   if (params.logprobs) {
-    TokenLogprob lp{t.logprob, t.top_ids, t.top_logprobs};
+    TokenLogprob lp{t.logprob, {}, {}};
+    for (size_t k = 0; k < t.top_ids.size() && k < t.top_logprobs.size(); ++k) {
+      // A masked-out alternative (structured output) has -inf: it was never a candidate.
+      if (std::isinf(t.top_logprobs[k])) break;
+      lp.top_ids.push_back(t.top_ids[k]);
+      lp.top_logprobs.push_back(t.top_logprobs[k]);
+    }
     logprobs.push_back(lp);
     ev.logprobs.push_back(std::move(lp));
   }
@@ -68,6 +75,11 @@ bool Request::append_token(const transport::SampledToken& t, std::span<const int
   if ((!params.ignore_eos && contains(eos_ids, t.token)) ||
       contains(params.stop_token_ids, t.token)) {
     // The stop token's own text is left out.
+    reason = FinishReason::kStop;
+    stop_token = t.token;
+  } else if (grammar && (!grammar->accept(t.token) || grammar->terminated())) {
+    // The sampler only draws allowed tokens, so a refused one means the output cannot go on
+    // within the grammar either way: it ends here, as when the grammar is complete.
     reason = FinishReason::kStop;
     stop_token = t.token;
   } else if (detok) {

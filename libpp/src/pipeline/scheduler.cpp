@@ -68,6 +68,10 @@ transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_
   w.repetition_penalty = p.repetition_penalty;
   w.seed = seed;
   w.top_logprobs = p.logprobs ? p.top_logprobs : -1;
+  for (const auto& [id, bias] : p.logit_bias) {
+    w.bias_ids.push_back(id);
+    w.bias_values.push_back(bias);
+  }
   return w;
 }
 
@@ -126,7 +130,7 @@ Scheduler::~Scheduler() = default;
 uint64_t Scheduler::next_seed() { return splitmix64(&seed_state_); }
 
 Status Scheduler::submit(uint64_t id, std::vector<int32_t> prompt_ids, model::SamplingParams params,
-                         double arrival_s) {
+                         double arrival_s, std::unique_ptr<GrammarMatcher> grammar) {
   if (requests_.count(id)) return make_error(StatusCode::kAlreadyExists, "request {} exists", id);
   if (prompt_ids.empty()) return invalid_argument("request {}: empty prompt", id);
   const int64_t n_vocab =
@@ -142,6 +146,10 @@ Status Scheduler::submit(uint64_t id, std::vector<int32_t> prompt_ids, model::Sa
   if (!params.stop.empty() && !tokenizer_) {
     return invalid_argument("request {}: stop strings need a tokenizer", id);
   }
+  if (params.grammar.active() && !grammar) {
+    return invalid_argument("request {}: its {} grammar was not compiled", id,
+                            model::grammar_kind_name(params.grammar.kind));
+  }
   Result<int64_t> limit =
       resolve_max_tokens(int64_t(prompt_ids.size()), params.max_tokens, options_.max_context,
                          blocks_.n_blocks(), blocks_.block_size());
@@ -154,6 +162,7 @@ Status Scheduler::submit(uint64_t id, std::vector<int32_t> prompt_ids, model::Sa
   r->stop_checker = StopChecker(params.stop);
   r->params = std::move(params);
   r->max_tokens = *limit;
+  r->grammar = std::move(grammar);
   r->arrival_s = arrival_s;
   r->arrival_index = next_arrival_++;
   if (tokenizer_) {
@@ -338,6 +347,14 @@ void Scheduler::add_entry(Group& g, Request* r, int64_t n, size_t first_new_bloc
   e.sample = sample;
   e.sample_step = uint64_t(r->n_generated());
   e.sampling = sample ? to_wire_sampling(r->params, *r->params.seed) : transport::WireSampling{};
+  // (Entries are reused from plan to plan: every field is set, the mask included.)
+  if (sample && r->grammar) {
+    // After the request's last token was accepted (its plan comes back before this one is
+    // built), so the mask is that of the token this step samples.
+    r->grammar->fill_next_mask(e.allowed_tokens);
+  } else {
+    e.allowed_tokens.clear();
+  }
   e.token_ids.clear();
   r->copy_tokens(begin, n, &e.token_ids);
   e.penalty_prompt_ids.clear();

@@ -405,6 +405,23 @@ Status StageWorker::run_plan(const transport::Plan& plan, int64_t arrived_us) {
     row.request_id = e.request_id;
     row.sampling = e.sampling;
     row.step = e.sample_step;
+    if (!e.allowed_tokens.empty()) {
+      if (int64_t(e.allowed_tokens.size()) != (n_vocab_ + 31) / 32) {
+        return data_loss("plan {}: request {} has an allowed-token mask of {} words for {} tokens",
+                         plan.seq, e.request_id, e.allowed_tokens.size(), n_vocab_);
+      }
+      row.allowed = e.allowed_tokens;
+    }
+    if (e.sampling.bias_ids.size() != e.sampling.bias_values.size()) {
+      return data_loss("plan {}: request {} has {} logit bias ids for {} values", plan.seq,
+                       e.request_id, e.sampling.bias_ids.size(), e.sampling.bias_values.size());
+    }
+    for (int32_t id : e.sampling.bias_ids) {
+      if (id < 0 || id >= n_vocab_) {
+        return data_loss("plan {}: request {} has a logit bias for token {} outside [0, {})",
+                         plan.seq, e.request_id, id, n_vocab_);
+      }
+    }
     if (has_penalties(e.sampling)) {
       m.penalty_output = e.penalty_output_ids;
       row.prompt_ids = m.penalty_prompt;

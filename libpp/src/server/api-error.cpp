@@ -28,6 +28,8 @@ ApiError api_error_from_status(const Status& s, std::string param) {
     case StatusCode::kInvalidArgument:
     case StatusCode::kOutOfRange:
     case StatusCode::kResourceExhausted:
+    case StatusCode::kUnimplemented:  // a feature this server lacks (structured output without
+                                      // xgrammar): the request cannot be served as asked
       e.http_status = 400;
       break;
     case StatusCode::kNotFound:

@@ -2,8 +2,11 @@
 // tokenization of their prompts (text, ids, chat messages) with the context checks.
 #include "pp/server/openai-protocol.h"
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -215,6 +218,249 @@ Err read_sampling(const json& obj, const std::string& prefix, const ProtocolLimi
   return std::nullopt;
 }
 
+// --- structured output and logit bias
+
+// OpenAI logit_bias: {"token id": bias in [-100, 100]}; ids as decimal strings (or, leniently,
+// the JSON numbers some clients send in maps they build themselves).
+Err read_logit_bias(const json& v, const std::string& param, const ProtocolLimits& limits,
+                    std::vector<std::pair<int32_t, float>>* out) {
+  if (!v.is_object()) return type_error(param, "an object of token id: bias", v);
+  out->clear();
+  for (const auto& [key, bias] : v.items()) {
+    const std::string p = fmt::format("{}.{}", param, excerpt(key));
+    int64_t id = -1;
+    const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+    if (ec != std::errc() || end != key.data() + key.size() || key.empty()) {
+      return bad_request(fmt::format("'{}' is not a token id", p), param);
+    }
+    if (id < 0 || id >= limits.n_vocab) {
+      return bad_request(fmt::format("token id {} in '{}' is outside the vocabulary [0, {})", id,
+                                     param, limits.n_vocab),
+                         param, "token_id_out_of_range");
+    }
+    if (!bias.is_number()) return type_error(p, "a number", bias);
+    const double b = bias.get<double>();
+    if (!std::isfinite(b) || b < -100.0 || b > 100.0) {
+      return bad_request(
+          fmt::format("'{}' must be in [-100, 100], got {}", p, excerpt(bias.dump())), param);
+    }
+    out->emplace_back(int32_t(id), float(b));
+  }
+  std::sort(out->begin(), out->end());
+  for (size_t i = 1; i < out->size(); ++i) {
+    if ((*out)[i].first == (*out)[i - 1].first) {
+      return bad_request(fmt::format("token id {} appears twice in '{}'", (*out)[i].first, param),
+                         param);
+    }
+  }
+  return std::nullopt;
+}
+
+// A JSON schema given as an object or as its JSON text. The text is kept as given: the order of
+// a schema's properties is the order of the output's keys, and `json` objects sort their keys,
+// so an object's text is taken again from the body (parse_request) by `pointer`.
+Err read_schema(const json& v, const std::string& param, const std::string& pointer,
+                std::string* out, std::string* schema_pointer) {
+  if (v.is_object() || v.is_boolean()) {
+    *out = v.dump();
+    *schema_pointer = pointer;
+    return std::nullopt;
+  }
+  if (!v.is_string()) return type_error(param, "a JSON schema (an object or its JSON text)", v);
+  const json parsed = json::parse(v.get<std::string>(), nullptr, false);
+  if (parsed.is_discarded() || !(parsed.is_object() || parsed.is_boolean())) {
+    return bad_request(fmt::format("'{}' is not a JSON schema (not a JSON object)", param), param);
+  }
+  *out = v.get<std::string>();
+  schema_pointer->clear();
+  return std::nullopt;
+}
+
+// vLLM's guided_choice: the output is exactly one of the strings (an EBNF alternation).
+Err choice_grammar(const json& v, const std::string& param, std::string* out) {
+  if (!v.is_array() || v.empty()) return type_error(param, "a non-empty array of strings", v);
+  std::string g = "root ::= ";
+  for (size_t i = 0; i < v.size(); ++i) {
+    const std::string p = fmt::format("{}[{}]", param, i);
+    if (!v[i].is_string()) return type_error(p, "a string", v[i]);
+    const std::string s = v[i].get<std::string>();
+    if (s.empty()) return bad_request(fmt::format("'{}' is empty", p), param);
+    std::string lit;
+    for (const char c : s) {
+      switch (c) {
+        case '"':
+          lit += "\\\"";
+          break;
+        case '\\':
+          lit += "\\\\";
+          break;
+        case '\n':
+          lit += "\\n";
+          break;
+        case '\r':
+          lit += "\\r";
+          break;
+        case '\t':
+          lit += "\\t";
+          break;
+        default:
+          if (static_cast<unsigned char>(c) < 0x20) {
+            return bad_request(fmt::format("'{}' has a control character", p), param);
+          }
+          lit += c;
+      }
+    }
+    g += (i ? " | \"" : "\"") + lit + "\"";
+  }
+  *out = std::move(g);
+  return std::nullopt;
+}
+
+// Sets the request's one grammar; a second is refused.
+Err set_grammar(model::OutputGrammar::Kind kind, std::string text, const std::string& param,
+                std::string* first_param, model::OutputGrammar* g) {
+  if (g->active()) {
+    return bad_request(
+        fmt::format("give one output constraint: both '{}' and '{}' are set", *first_param, param),
+        param);
+  }
+  g->kind = kind;
+  g->text = std::move(text);
+  *first_param = param;
+  return std::nullopt;
+}
+
+// The structured-output fields of the OpenAI endpoints: response_format (json_object,
+// json_schema), vLLM's guided_json / guided_regex / guided_choice / guided_grammar, and SGLang's
+// regex / ebnf extras. At most one of them.
+Err read_openai_grammar(const json& body, model::OutputGrammar* g, std::string* schema_pointer) {
+  using Kind = model::OutputGrammar::Kind;
+  std::string first;
+  if (const json* v = field(body, "response_format")) {
+    if (!v->is_object()) return type_error("response_format", "an object", *v);
+    std::string type;
+    if (Err e = get_string(*v, "type", "response_format.type", &type)) return e;
+    if (type == "json_object") {
+      if (Err e = set_grammar(Kind::kJsonObject, "", "response_format", &first, g)) return e;
+    } else if (type == "json_schema") {
+      const json* js = field(*v, "json_schema");
+      if (!js) {
+        return bad_request("'response_format.json_schema' is required",
+                           "response_format.json_schema");
+      }
+      if (!js->is_object()) return type_error("response_format.json_schema", "an object", *js);
+      const json* schema = field(*js, "schema");
+      // OpenAI allows a json_schema without its schema: any JSON object then.
+      std::string text;
+      if (schema) {
+        if (Err e = read_schema(*schema, "response_format.json_schema.schema",
+                                "/response_format/json_schema/schema", &text, schema_pointer))
+          return e;
+      }
+      bool strict = true;
+      if (Err e = get_bool(*js, "strict", "response_format.json_schema.strict", &strict)) return e;
+      if (Err e = set_grammar(schema ? Kind::kJsonSchema : Kind::kJsonObject, std::move(text),
+                              "response_format", &first, g))
+        return e;
+      g->strict = strict;
+    } else if (type != "text") {
+      return bad_request(fmt::format("'response_format.type' must be text, json_object or "
+                                     "json_schema, got '{}'",
+                                     excerpt(type)),
+                         "response_format.type");
+    }
+  }
+  if (const json* v = field(body, "guided_json")) {
+    std::string text;
+    if (Err e = read_schema(*v, "guided_json", "/guided_json", &text, schema_pointer)) return e;
+    if (Err e = set_grammar(Kind::kJsonSchema, std::move(text), "guided_json", &first, g)) return e;
+  }
+  for (const char* key : {"guided_regex", "regex"}) {
+    std::string text;
+    if (Err e = get_string(body, key, key, &text)) return e;
+    if (!field(body, key)) continue;
+    if (Err e = set_grammar(Kind::kRegex, std::move(text), key, &first, g)) return e;
+  }
+  if (const json* v = field(body, "guided_choice")) {
+    std::string text;
+    if (Err e = choice_grammar(*v, "guided_choice", &text)) return e;
+    if (Err e = set_grammar(Kind::kEbnf, std::move(text), "guided_choice", &first, g)) return e;
+  }
+  for (const char* key : {"guided_grammar", "ebnf"}) {
+    std::string text;
+    if (Err e = get_string(body, key, key, &text)) return e;
+    if (!field(body, key)) continue;
+    if (Err e = set_grammar(Kind::kEbnf, std::move(text), key, &first, g)) return e;
+  }
+  if (const json* v = field(body, "guided_whitespace_pattern")) {
+    if (!v->is_null()) {
+      return bad_request("'guided_whitespace_pattern' is not supported",
+                         "guided_whitespace_pattern");
+    }
+  }
+  if (g->active() && g->kind != Kind::kJsonObject && g->text.empty()) {
+    return bad_request(fmt::format("'{}' is empty", first), first);
+  }
+  return std::nullopt;
+}
+
+// SGLang's sampling_params constraints: json_schema (JSON text), regex, ebnf; structural_tag is
+// not supported.
+Err read_sglang_grammar(const json& sp, model::OutputGrammar* g, std::string* schema_pointer) {
+  using Kind = model::OutputGrammar::Kind;
+  std::string first;
+  if (const json* v = field(sp, "json_schema")) {
+    std::string text;
+    if (Err e = read_schema(*v, "sampling_params.json_schema", "/sampling_params/json_schema",
+                            &text, schema_pointer))
+      return e;
+    if (Err e = set_grammar(Kind::kJsonSchema, std::move(text), "sampling_params.json_schema",
+                            &first, g))
+      return e;
+  }
+  for (auto [key, kind] : {std::pair{"regex", Kind::kRegex}, std::pair{"ebnf", Kind::kEbnf}}) {
+    const std::string param = std::string("sampling_params.") + key;
+    std::string text;
+    if (Err e = get_string(sp, key, param, &text)) return e;
+    if (!field(sp, key)) continue;
+    if (text.empty()) return bad_request(fmt::format("'{}' is empty", param), param);
+    if (Err e = set_grammar(kind, std::move(text), param, &first, g)) return e;
+  }
+  return std::nullopt;
+}
+
+// SGLang refuses sampling parameters it does not know (they are keyword arguments there); pp does
+// too, and refuses the ones it knows but does not honour when they would change the output.
+Err check_sglang_sampling_keys(const json& sp) {
+  static const char* const kHonoured[] = {
+      "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+      "repetition_penalty", "seed", "sampling_seed", "stop", "stop_token_ids", "ignore_eos",
+      "skip_special_tokens", "max_new_tokens", "n", "json_schema", "regex", "ebnf", "logit_bias",
+      // How often a stream sends: pp sends every token, which any interval's client accepts.
+      "stream_interval"};
+  for (const auto& [key, v] : sp.items()) {
+    if (std::find_if(std::begin(kHonoured), std::end(kHonoured),
+                     [&](const char* k) { return key == k; }) != std::end(kHonoured)) {
+      continue;
+    }
+    const std::string param = "sampling_params." + key;
+    const bool harmless = v.is_null() || (key == "min_new_tokens" && v == json(0)) ||
+                          (key == "no_stop_trim" && v == json(false)) ||
+                          (key == "spaces_between_special_tokens" && v == json(true)) ||
+                          (key == "custom_params" && (v.is_object() && v.empty()));
+    if (harmless) continue;
+    static const char* const kKnown[] = {
+        "min_new_tokens", "no_stop_trim",   "spaces_between_special_tokens",
+        "custom_params",  "structural_tag", "stop_regex"};
+    const bool known = std::find_if(std::begin(kKnown), std::end(kKnown),
+                                    [&](const char* k) { return key == k; }) != std::end(kKnown);
+    return bad_request(known ? fmt::format("'{}' is not supported", param)
+                             : fmt::format("unknown sampling parameter '{}'", excerpt(key)),
+                       param);
+  }
+  return std::nullopt;
+}
+
 // A text prompt: a non-empty string.
 Err check_text(const std::string& s, const std::string& param) {
   if (s.empty()) return bad_request(fmt::format("'{}' is empty", param), param);
@@ -334,26 +580,15 @@ Err refuse_unsupported(const json& body, int32_t n) {
   int64_t best_of = n;
   if (Err e = get_int(body, "best_of", "best_of", 1, 64, &best_of)) return e;
   if (best_of != n) return bad_request("'best_of' other than n is not supported", "best_of");
-  if (const json* v = field(body, "logit_bias")) {
-    if (!v->is_object()) return type_error("logit_bias", "an object", *v);
-    if (!v->empty()) return bad_request("'logit_bias' is not supported", "logit_bias");
-  }
   if (const json* v = field(body, "tools")) {
     if (!v->is_array()) return type_error("tools", "an array", *v);
     if (!v->empty()) return bad_request("'tools' is not supported", "tools");
   }
-  if (const json* v = field(body, "response_format")) {
-    if (!v->is_object()) return type_error("response_format", "an object", *v);
-    auto t = v->find("type");
-    if (t != v->end() && !(t->is_string() && t->get<std::string>() == "text")) {
-      return bad_request("only 'response_format' {\"type\": \"text\"} is supported",
-                         "response_format");
-    }
-  }
   return std::nullopt;
 }
 
-Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, ApiRequest* r) {
+Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, ApiRequest* r,
+                 std::string* schema_pointer) {
   if (Err e = get_string(body, "model", "model", &r->model)) return e;
   model::SamplingParams& p = r->params;
   p.max_tokens = kind == ApiKind::kCompletion ? 16 : 0;  // chat: until the context is full
@@ -375,6 +610,10 @@ Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, A
       return e;
   }
   if (Err e = refuse_unsupported(body, r->n)) return e;
+  if (const json* v = field(body, "logit_bias")) {
+    if (Err e = read_logit_bias(*v, "logit_bias", limits, &p.logit_bias)) return e;
+  }
+  if (Err e = read_openai_grammar(body, &p.grammar, schema_pointer)) return e;
 
   if (kind == ApiKind::kCompletion) {
     // logprobs: an integer, the number of alternatives (0: only the chosen token's).
@@ -405,7 +644,8 @@ Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, A
   return std::nullopt;
 }
 
-Err parse_generate(const json& body, const ProtocolLimits& limits, ApiRequest* r) {
+Err parse_generate(const json& body, const ProtocolLimits& limits, ApiRequest* r,
+                   std::string* schema_pointer) {
   model::SamplingParams& p = r->params;
   p.max_tokens = 128;  // SGLang's default max_new_tokens
   const json* text = field(body, "text");
@@ -427,7 +667,23 @@ Err parse_generate(const json& body, const ProtocolLimits& limits, ApiRequest* r
   r->batched = batched;
   if (const json* sp = field(body, "sampling_params")) {
     if (!sp->is_object()) return type_error("sampling_params", "an object", *sp);
+    if (Err e = check_sglang_sampling_keys(*sp)) return e;
     if (Err e = read_sampling(*sp, "sampling_params.", limits, &p)) return e;
+    if (const json* v = field(*sp, "sampling_seed")) {
+      if (field(*sp, "seed")) {
+        return bad_request("give one of 'sampling_params.seed' and 'sampling_params.sampling_seed'",
+                           "sampling_params.sampling_seed");
+      }
+      if (!v->is_number_integer() && !v->is_number_unsigned()) {
+        return type_error("sampling_params.sampling_seed", "an integer", *v);
+      }
+      p.seed = v->is_number_unsigned() ? v->get<uint64_t>() : uint64_t(v->get<int64_t>());
+    }
+    if (const json* v = field(*sp, "logit_bias")) {
+      if (Err e = read_logit_bias(*v, "sampling_params.logit_bias", limits, &p.logit_bias))
+        return e;
+    }
+    if (Err e = read_sglang_grammar(*sp, &p.grammar, schema_pointer)) return e;
     const int64_t max_ctx = std::max<int64_t>(limits.max_context, 1);
     if (Err e = get_int(*sp, "max_new_tokens", "sampling_params.max_new_tokens", 1, max_ctx,
                         &p.max_tokens, &r->max_tokens_given))
@@ -497,9 +753,14 @@ ParseResult parse_request(ApiKind kind, std::string_view body, const ProtocolLim
   if (!j.is_object()) return bad_request("the request body must be a JSON object", "");
   ApiRequest r;
   r.kind = kind;
-  Err e = kind == ApiKind::kGenerate ? parse_generate(j, limits, &r)
-                                     : parse_openai(kind, j, limits, &r);
+  std::string schema_pointer;  // where a schema given as an object is (see read_schema)
+  Err e = kind == ApiKind::kGenerate ? parse_generate(j, limits, &r, &schema_pointer)
+                                     : parse_openai(kind, j, limits, &r, &schema_pointer);
   if (e) return *e;
+  if (!schema_pointer.empty()) {
+    const auto ordered = nlohmann::ordered_json::parse(body);
+    r.params.grammar.text = ordered.at(nlohmann::ordered_json::json_pointer(schema_pointer)).dump();
+  }
   if (Status s = r.params.validate(limits.n_vocab); !s.ok()) return bad_request(s.message());
   return r;
 }

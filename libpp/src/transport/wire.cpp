@@ -99,6 +99,8 @@ void fields(Io& io, M& m) {
   io(m.repetition_penalty, "repetition_penalty");
   io(m.seed, "seed");
   io(m.top_logprobs, "top_logprobs");
+  io(m.bias_ids, "bias_ids");
+  io(m.bias_values, "bias_values");
 }
 
 template <class Io, class M>
@@ -115,6 +117,7 @@ void fields(Io& io, M& m) {
   io(m.token_ids, "token_ids");
   io(m.penalty_prompt_ids, "penalty_prompt_ids");
   io(m.penalty_output_ids, "penalty_output_ids");
+  io(m.allowed_tokens, "allowed_tokens");
 }
 
 template <class Io, class M>

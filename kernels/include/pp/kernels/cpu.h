@@ -177,6 +177,18 @@ struct PenaltyParams {
 };
 void apply_penalties(const PenaltyParams& p);
 
+// Logit bias and the allowed-token mask of structured output on one row, in place, after the
+// penalties: logits[bias_ids[i]] += bias_values[i]; then, with `allowed`, every token whose bit
+// is clear (bit t % 32 of word t / 32) becomes -inf. Bias ids must be distinct and in range.
+struct LogitConstraints {
+  const int32_t* bias_ids = nullptr;   // [n_bias]
+  const float* bias_values = nullptr;  // [n_bias]
+  int64_t n_bias = 0;
+  const uint32_t* allowed = nullptr;  // [ceil(n_vocab / 32)]; null: every token allowed
+  bool active() const { return n_bias > 0 || allowed != nullptr; }
+};
+void apply_logit_constraints(float* logits, int64_t n_vocab, const LogitConstraints& c);
+
 // Sampling of one row. temperature <= 0 (or top_k == 1) is greedy (lowest id wins ties).
 // Otherwise: logits / temperature, then top-k, top-p, min-p filters, then one draw from a
 // counter-based RNG keyed by (seed, step), so a seed reproduces its output whatever the batch.
@@ -208,6 +220,9 @@ SampleResult sample(const SampleParams& p, std::vector<float>& scratch);
 // is left untouched); otherwise sample the row as it is. pen.logits and pen.n_vocab are ignored.
 SampleResult sample_with_penalties(PenaltyParams pen, SampleParams s, std::vector<float>& penalized,
                                    std::vector<float>& scratch);
+// The same, then logit bias and the allowed-token mask (apply_logit_constraints) on the copy.
+SampleResult sample_constrained(PenaltyParams pen, const LogitConstraints& c, SampleParams s,
+                                std::vector<float>& penalized, std::vector<float>& scratch);
 
 // A uniform float in [0, 1) from (seed, step); the same on every backend.
 float philox_uniform(uint64_t seed, uint64_t step);

@@ -208,6 +208,17 @@ Status apply_penalties(float* logits, int64_t row_stride, int64_t n_vocab,
                        const PenaltyEntry* entries, int64_t n_entries, const PenaltyRow* rows,
                        Stream& s);
 
+// Logit bias and allowed-token masks (structured output), after the penalties: the same
+// arithmetic as cpu::apply_logit_constraints. Bias entries name distinct (row, id) pairs; mask k
+// covers row mask_rows[k] with ceil(n_vocab / 32) words at masks + k * words (device memory).
+struct LogitBias {  // as cuda::LogitBias
+  int32_t row = 0, id = 0;
+  float value = 0.0f;
+};
+Status apply_logit_constraints(float* logits, int64_t row_stride, int64_t n_vocab,
+                               const LogitBias* bias, int64_t n_bias, const uint32_t* masks,
+                               const int32_t* mask_rows, int64_t n_masked, Stream& s);
+
 struct SampleRow {  // as cuda::SampleRowParams (device memory, one per row)
   float temperature = 1.0f;
   int32_t top_k = 0;

@@ -60,6 +60,11 @@ struct GpuSampleSpec {
   float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
   std::span<const int32_t> prompt_ids;  // repetition covers the prompt
   std::span<const int32_t> output_ids;
+  // Logit bias (distinct ids) and the allowed-token mask (ceil(n_vocab / 32) words; empty: every
+  // token), applied after the penalties.
+  std::span<const int32_t> bias_ids;
+  std::span<const float> bias_values;
+  std::span<const uint32_t> allowed;
 };
 
 // Page-locked host copies of one sampling's results, and the event that says they are there.
@@ -215,6 +220,8 @@ class GpuStageModel {
   std::vector<kernels::gpu::PenaltyRow> sample_pen_rows_;
   std::vector<kernels::gpu::PenaltyEntry> sample_entries_;
   std::unordered_map<int32_t, size_t> sample_seen_;
+  std::vector<kernels::gpu::LogitBias> sample_bias_;
+  std::vector<int32_t> sample_mask_rows_;
   int64_t last_logit_rows_ = 0;
 
   // PP_GPU_PROFILE=1: GPU time of each forward and each sampling, from event pairs read one

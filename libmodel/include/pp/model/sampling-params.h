@@ -5,8 +5,8 @@
 
 #include <cstdint>
 #include <optional>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pp/status.h"
@@ -31,6 +31,9 @@ struct OutputGrammar {
   // JSON kinds: allow any whitespace between tokens (false: the compact form, as OpenAI's
   // strict mode and SGLang's default give).
   bool any_whitespace = false;
+  // kJsonSchema: properties and items the schema does not list are refused (OpenAI's strict,
+  // SGLang's default); false: JSON Schema's own defaults (additional properties allowed).
+  bool strict = true;
 
   bool active() const { return kind != Kind::kNone; }
   friend bool operator==(const OutputGrammar&, const OutputGrammar&) = default;
@@ -58,7 +61,7 @@ struct SamplingParams {
   // Added to the logits of these token ids before sampling (OpenAI logit_bias, each in
   // [-100, 100]; -100 in effect bans a token). Sorted by id, one entry per id.
   std::vector<std::pair<int32_t, float>> logit_bias;
-  OutputGrammar grammar;                // structured output; kNone = free text
+  OutputGrammar grammar;  // structured output; kNone = free text
 
   bool is_greedy() const { return temperature <= 0.0f || top_k == 1; }
   bool has_penalties() const {

@@ -32,6 +32,7 @@
 
 #include "pp/model/detokenizer.h"
 #include "pp/model/sampling-params.h"
+#include "pp/pipeline/grammar.h"
 #include "pp/pipeline/stop-checker.h"
 #include "pp/transport/messages.h"
 
@@ -121,6 +122,10 @@ struct Request {
   std::optional<int32_t> stop_token;
   std::string text;  // the text streamed so far (concatenation of the deltas' text)
 
+  // --- structured output: where the output stands in its grammar (null: free text). Advanced
+  // with each sampled token; its next-token mask goes with each plan that samples.
+  std::unique_ptr<GrammarMatcher> grammar;
+
   // --- streaming machinery (detok is null without a tokenizer: then no text)
   std::unique_ptr<model::IncrementalDetokenizer> detok;
   StopChecker stop_checker;
@@ -142,7 +147,8 @@ struct Request {
   int64_t max_kv_tokens() const { return n_prompt() + max_tokens - 1; }
 
   // Appends a sampled token, emits its delta event and applies the stop conditions in order:
-  // eos (unless ignore_eos) and stop_token_ids, stop strings on the text, then max_tokens.
+  // eos (unless ignore_eos) and stop_token_ids, the grammar's end (a stop token after a complete
+  // match, even with ignore_eos), stop strings on the text, then max_tokens.
   // Returns true when the request has finished (finish_reason set; the final event is not
   // emitted here: see emit_final).
   bool append_token(const transport::SampledToken& t, std::span<const int32_t> eos_ids,

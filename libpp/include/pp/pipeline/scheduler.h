@@ -186,8 +186,10 @@ class Scheduler {
   // a prompt that fills it), kResourceExhausted (its whole context needs more KV blocks than the
   // pool has: it could never run; see resolve_max_tokens). An absent params.seed is resolved
   // here. max_tokens 0 means until the context or the KV pool is full.
+  // With params.grammar active, `grammar` is its matcher (GrammarCompiler::compile), else
+  // kInvalidArgument.
   Status submit(uint64_t id, std::vector<int32_t> prompt_ids, model::SamplingParams params,
-                double arrival_s = 0.0);
+                double arrival_s = 0.0, std::unique_ptr<GrammarMatcher> grammar = nullptr);
 
   // The caller's clock (the one arrival_s is on), read when a request is first admitted to a
   // group: the final event's queue_s is that minus arrival_s. Call before build_plan.

@@ -65,14 +65,15 @@ struct StageSpec {
 };
 
 // One logit row to sample at the last stage (in logit-row order): the request, its parameters,
-// the RNG counter, and its penalty history (empty without penalties). The spans stay valid until
-// run() returns.
+// the RNG counter, its penalty history (empty without penalties) and its allowed-token mask
+// (empty: every token). The spans stay valid until run() returns.
 struct SampleRow {
   uint64_t request_id = 0;
   transport::WireSampling sampling;
   uint64_t step = 0;
   std::span<const int32_t> prompt_ids;
   std::span<const int32_t> output_ids;
+  std::span<const uint32_t> allowed;
 };
 
 // What a backend needs of its worker: where to post Tokens and StageTimings; a check it calls

@@ -16,7 +16,7 @@
 namespace pp::transport {
 
 inline constexpr uint32_t kWireMagic = 0x31505050;  // "PPP1" little-endian
-inline constexpr uint16_t kWireVersion = 4;
+inline constexpr uint16_t kWireVersion = 5;
 
 // A stage is a group of devices, one worker process per device; a worker's index in its group is
 // its rank (the group's size is 1 until tensor parallelism lands).
@@ -99,7 +99,9 @@ struct WireSampling {
   int32_t top_k = 0;
   float presence_penalty = 0.0f, frequency_penalty = 0.0f, repetition_penalty = 1.0f;
   uint64_t seed = 0;
-  int32_t top_logprobs = -1;  // -1: no logprobs; 0: the chosen token's; n: plus n alternatives
+  int32_t top_logprobs = -1;       // -1: no logprobs; 0: the chosen token's; n: plus n alternatives
+  std::vector<int32_t> bias_ids;   // logit bias: distinct token ids, sorted
+  std::vector<float> bias_values;  // added to their logits (one per id)
 
   friend bool operator==(const WireSampling&, const WireSampling&) = default;
 };
@@ -117,6 +119,9 @@ struct PlanEntry {
   std::vector<int32_t> token_ids;   // stage 0 only: the new tokens
   std::vector<int32_t> penalty_prompt_ids;  // last stage, penalties only: first time it is seen
   std::vector<int32_t> penalty_output_ids;  // last stage, penalties only: generated so far
+  // Last stage, structured output: the tokens that may be sampled, bit t % 32 of word t / 32
+  // (ceil(n_vocab / 32) words); empty: every token.
+  std::vector<uint32_t> allowed_tokens;
 
   friend bool operator==(const PlanEntry&, const PlanEntry&) = default;
 };

@@ -31,4 +31,18 @@ cudaError_t apply_penalties(float* logits, int64_t row_stride, int64_t n_vocab,
                             const PenaltyEntry* entries, int64_t n_entries, const PenaltyRow* rows,
                             cudaStream_t stream);
 
+// One logit bias of a row; see gpu::LogitBias.
+struct LogitBias {
+  int32_t row = 0, id = 0;
+  float value = 0.0f;
+};
+
+// After the penalties: logits[row * row_stride + id] += value for each bias (distinct (row, id)
+// pairs; ids outside [0, n_vocab) skipped); then for each masked row k (row mask_rows[k], mask
+// masks[k * words ..], words = ceil(n_vocab / 32)) every id whose bit is clear becomes -inf.
+cudaError_t apply_logit_constraints(float* logits, int64_t row_stride, int64_t n_vocab,
+                                    const LogitBias* bias, int64_t n_bias, const uint32_t* masks,
+                                    const int32_t* mask_rows, int64_t n_masked,
+                                    cudaStream_t stream);
+
 }  // namespace pp::kernels::cuda
