@@ -122,6 +122,16 @@ TEST(EngineGrammar, BadGrammarsAreRefusedAtSubmit) {
   EXPECT_EQ(id.status().code(), StatusCode::kInvalidArgument) << id.status().message();
   EXPECT_NE(id.status().message().find("json_schema"), std::string::npos);
   EXPECT_EQ((*engine)->stats().n_submitted, 0);
+
+  // Switched off (pp-serve --grammar-backend none): refused, never ignored.
+  o.structured_output = false;
+  auto off = Engine::start(o);
+  ASSERT_TRUE(off.ok()) << off.status().message();
+  p.grammar = {.kind = Kind::kRegex, .text = "[a-z]+"};
+  id = (*off)->submit({1, 2, 3}, p, q.sink());
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), StatusCode::kUnimplemented) << id.status().message();
+  EXPECT_NE(id.status().message().find("--grammar-backend"), std::string::npos);
 }
 
 }  // namespace

@@ -59,8 +59,8 @@ class GrammarTest : public ::testing::TestWithParam<const char*> {
     for (int step = 0; step < max_steps; ++step) {
       const auto t0 = std::chrono::steady_clock::now();
       EXPECT_TRUE(m.fill_next_mask(words));
-      fill_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
-                      .count();
+      fill_us_ +=
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
       ++n_fills_;
       EXPECT_EQ(int64_t(words.size()), (n_vocab_ + 31) / 32);
       std::vector<int32_t> ok;
@@ -193,10 +193,10 @@ TEST_P(GrammarTest, RefusedTokensAndTermination) {
 
 TEST_P(GrammarTest, BadGrammarsAreRefusedReadably) {
   const std::pair<Kind, const char*> bad[] = {{Kind::kRegex, "([a-"},
-                                             {Kind::kJsonSchema, R"({"type": "no-such-type"})"},
-                                             {Kind::kJsonSchema, "not json"},
-                                             {Kind::kEbnf, "root ::= undefined_rule"},
-                                             {Kind::kEbnf, "no rules here"}};
+                                              {Kind::kJsonSchema, R"({"type": "no-such-type"})"},
+                                              {Kind::kJsonSchema, "not json"},
+                                              {Kind::kEbnf, "root ::= undefined_rule"},
+                                              {Kind::kEbnf, "no rules here"}};
   for (const auto& [kind, text] : bad) {
     auto m = compiler_->compile({.kind = kind, .text = text});
     ASSERT_FALSE(m.ok()) << text;

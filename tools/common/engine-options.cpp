@@ -103,6 +103,12 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
                    "starting local ones")
         ->check(kExpectStages.range());
   }
+  if (groups.grammar) {
+    app.add_option("--grammar-backend", a.grammar_backend,
+                   "the engine behind structured output: xgrammar (default) or none (requests "
+                   "that ask for it get a 400)")
+        ->check(CLI::IsMember({"xgrammar", "none"}));
+  }
   if (groups.stage_faults) {
     app.add_option("--stage-restarts", a.stage_restarts,
                    "times a lost local stage is restarted, all stages together, before requests "
@@ -210,6 +216,7 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   e.max_batch_tokens = a.max_batch_tokens;
   e.chunked_pipeline = !a.disable_chunked_pipeline;
   e.prefix_cache = !a.disable_prefix_cache;
+  e.structured_output = a.grammar_backend != "none";
   e.kv_blocks = a.kv_blocks;
   if (a.max_total_tokens > 0) {
     e.kv_blocks = (a.max_total_tokens + kKvBlockSize - 1) / kKvBlockSize;
@@ -240,6 +247,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
   j["max_batch_tokens"] = a.max_batch_tokens;
   if (a.disable_chunked_pipeline) j["chunked_pipeline"] = false;
   if (a.disable_prefix_cache) j["prefix_cache"] = false;
+  if (a.grammar_backend != "xgrammar") j["grammar_backend"] = a.grammar_backend;
   j["kv_blocks"] = a.kv_blocks;
   if (a.max_total_tokens > 0) j["max_total_tokens"] = a.max_total_tokens;
   if (a.dtype != "auto") j["dtype"] = a.dtype;

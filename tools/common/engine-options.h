@@ -49,6 +49,7 @@ struct EngineArgs {
   int32_t threads_per_stage = 0;          // compute threads of each local stage; 0: all cores
   bool disable_chunked_pipeline = false;  // one plan in flight per request, fixed chunks
   bool disable_prefix_cache = false;      // every prompt computed whole, nothing cached
+  std::string grammar_backend = "xgrammar";  // structured output: "xgrammar" or "none" (off)
 
   // --- stages elsewhere, and lost stages
   std::string listen;                    // tcp://HOST:PORT for the stages; empty: ipc://
@@ -75,6 +76,7 @@ struct EngineOptionGroups {
   bool kv_memory = false;      // --kv-memory
   bool remote_stages = false;  // --listen, --expect-stages
   bool stage_faults = false;   // --stage-restarts, --stage-timeout
+  bool grammar = false;        // --grammar-backend
 };
 
 // Registers the options on `app`, filling `a` (which must outlive the parse).

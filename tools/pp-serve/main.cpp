@@ -231,6 +231,7 @@ nlohmann::json sglang_server_args(const ServeOptions& o, const serve::HttpOption
   j["quantization"] = a.quantization.empty() ? nullptr : nlohmann::json(a.quantization);
   j["disable_cuda_graph"] = a.disable_cuda_graph;
   j["disable_radix_cache"] = a.disable_prefix_cache;
+  j["grammar_backend"] = a.grammar_backend;
   j["log_level"] = o.log_level.empty() ? "info" : o.log_level;
   j["api_key"] = nullptr;
   return j;
@@ -261,8 +262,9 @@ int main(int argc, char** argv) {
       "a summary line on stderr; sampling is greedy (temperature 0) unless --temperature is "
       "given.",
       kTool);
-  cli::add_engine_options(app, o.engine,
-                          {.kv_memory = true, .remote_stages = true, .stage_faults = true});
+  cli::add_engine_options(
+      app, o.engine,
+      {.kv_memory = true, .remote_stages = true, .stage_faults = true, .grammar = true});
   app.add_option("--prompt", o.prompt, "one-shot mode: the user message to complete");
   app.add_option("--system", o.system, "system message (with the chat template)");
   app.add_flag("--no-chat-template", o.no_chat_template,

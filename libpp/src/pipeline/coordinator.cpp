@@ -279,6 +279,12 @@ Result<uint64_t> Coordinator::submit(std::vector<int32_t> prompt_ids, model::Sam
 
 Result<GrammarCompiler*> Coordinator::grammar_compiler() {
   std::call_once(grammar_once_, [&] {
+    if (!options_.structured_output) {
+      grammar_status_ = make_error(StatusCode::kUnimplemented,
+                                   "structured output is off on this server (--grammar-backend "
+                                   "none)");
+      return;
+    }
     if (!tokenizer_) {
       grammar_status_ =
           invalid_argument("structured output needs a tokenizer, and this model has none");

@@ -99,8 +99,8 @@ class XgrammarCompiler final : public GrammarCompiler {
             return compiler_.CompileJSONSchema(R"({"type": "object"})", g.any_whitespace,
                                                std::nullopt, std::nullopt, false);
           case Kind::kJsonSchema:
-            return compiler_.CompileJSONSchema(g.text, g.any_whitespace, std::nullopt,
-                                               std::nullopt, g.strict);
+            return compiler_.CompileJSONSchema(g.text, g.any_whitespace, std::nullopt, std::nullopt,
+                                               g.strict);
           case Kind::kRegex:
             return compiler_.CompileRegex(g.text);
           case Kind::kEbnf:
@@ -143,9 +143,8 @@ Result<std::unique_ptr<GrammarCompiler>> GrammarCompiler::create(const model::To
                             n_tok);
   }
   try {
-    const nlohmann::json meta =
-        nlohmann::json::parse(xgrammar::TokenizerInfo::DetectMetadataFromHF(
-            tokenizer.to_hf_json().dump()));
+    const nlohmann::json meta = nlohmann::json::parse(
+        xgrammar::TokenizerInfo::DetectMetadataFromHF(tokenizer.to_hf_json().dump()));
     const auto vocab_type = xgrammar::VocabType(meta.value("vocab_type", 0));
     const bool add_prefix_space = meta.value("add_prefix_space", false);
     std::vector<std::string> vocab(static_cast<size_t>(n_tok), std::string());
@@ -178,8 +177,7 @@ Result<std::unique_ptr<GrammarCompiler>> GrammarCompiler::create(const model::To
 
 bool GrammarCompiler::available() { return false; }
 
-Result<std::unique_ptr<GrammarCompiler>> GrammarCompiler::create(const model::Tokenizer&,
-                                                                 int64_t,
+Result<std::unique_ptr<GrammarCompiler>> GrammarCompiler::create(const model::Tokenizer&, int64_t,
                                                                  std::vector<int32_t>) {
   return make_error(StatusCode::kUnimplemented,
                     "structured output needs pp built with xgrammar (scripts/fetch-xgrammar.sh, "

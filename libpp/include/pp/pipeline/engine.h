@@ -92,6 +92,8 @@ struct EngineOptions {
   // Prefix caching (SchedulerOptions::enable_prefix_cache): a request reuses the KV of the
   // longest run of full blocks of its prompt already computed for another request.
   bool prefix_cache = true;
+  // Structured output (grammar.h): false refuses requests with a grammar (kUnimplemented).
+  bool structured_output = true;
 
   // --- stages
   // Empty: local stages over ipc:// in a private folder. "tcp://HOST:PORT": bind there (port 0
