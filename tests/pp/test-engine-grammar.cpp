@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 using Kind = model::OutputGrammar::Kind;
 using test::EngineRequest;
 
-TEST(EngineGrammar, ConstrainedOutputsMatchTheirGrammarAtEveryStageCount) {
+TEST(EngineGrammar, DefaultModelConstrainedOutputsMatchTheirGrammarAtEveryStageCount) {
   if (!GrammarCompiler::available()) GTEST_SKIP() << "built without xgrammar";
   const fs::path model = test::default_model_path();
   if (!fs::exists(model)) GTEST_SKIP() << "default model missing: " << model;
