@@ -90,6 +90,9 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
                                  std::optional<int64_t> parent_id, bool quiet) {
   PP_ASSIGN_OR_RETURN(bench::TrafficOptions traffic, traffic_options(c));
   PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
+  // The engine takes the prompts' ids as they are: no tokenizer adds special tokens to them,
+  // so the lengths need no room for any.
+  dopt.tokenize_prompt = true;
   PP_ASSIGN_OR_RETURN(pipeline::EngineOptions eo, cli::engine_options(o));
   std::shared_ptr<const model::Tokenizer> tok;
   if (!c.tokenizer.empty()) {
