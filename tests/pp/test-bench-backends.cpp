@@ -133,6 +133,13 @@ TEST(BenchRequests, BaseUrls) {
   EXPECT_FALSE(parse_base_url("h:1").ok());
   EXPECT_FALSE(parse_base_url("http://").ok());
   EXPECT_EQ(parse_backend("sglang"), Backend::kSglang);
+  // SGLang's bench_serving names for the same protocols.
+  EXPECT_EQ(parse_backend("sglang-native"), Backend::kSglang);
+  EXPECT_EQ(parse_backend("sglang-oai"), Backend::kOpenAI);
+  EXPECT_EQ(parse_backend("vllm"), Backend::kOpenAI);
+  EXPECT_EQ(parse_backend("sglang-oai-chat"), Backend::kOpenAIChat);
+  EXPECT_EQ(parse_backend("vllm-chat"), Backend::kOpenAIChat);
+  EXPECT_FALSE(parse_backend("trt").has_value());
   EXPECT_STREQ(backend_path(Backend::kOpenAIChat), "/v1/chat/completions");
 }
 

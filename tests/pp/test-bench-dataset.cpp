@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -127,6 +128,37 @@ TEST(BenchDataset, RandomTextHasTheAskedLengthsAndDecodes) {
   EXPECT_NE(none.status().message().find("tokenizer"), std::string::npos);
 }
 
+// As SGLang's client: with a tokenizer, random-ids and random prompts are text, shortened by the
+// special tokens the tokenizer adds (llama2's BOS: one), and that shorter length is counted;
+// --tokenize-prompt keeps the drawn length.
+TEST(BenchDataset, TextPromptsLeaveRoomForSpecialTokens) {
+  auto tok = model::Tokenizer::from_hf_file(test::fixture_dir() / "tokenizers" / "llama2" /
+                                            "tokenizer.json");
+  ASSERT_TRUE(tok.ok()) << tok.status().message();
+  const int64_t n_special = int64_t((*tok)->encode("", /*add_special=*/true).size());
+  ASSERT_EQ(n_special, 1);
+  for (DatasetKind kind : {DatasetKind::kRandomIds, DatasetKind::kRandom}) {
+    DatasetOptions o;
+    o.kind = kind;
+    o.num_prompts = 10;
+    o.input_len = std::uniform_int_distribution<int64_t>(8, 40)(test::rng());
+    o.output_len = 4;
+    o.range_ratio = 1.0;
+    o.seed = test::rng()();
+    auto ds = make_dataset(o, 0, tok->get());
+    ASSERT_TRUE(ds.ok()) << ds.status().message();
+    for (const BenchRequest& r : *ds) {
+      EXPECT_EQ(r.prompt_len, o.input_len - n_special) << dataset_kind_name(kind);
+      EXPECT_EQ(int64_t(r.prompt_ids.size()), r.prompt_len);
+      EXPECT_EQ(r.prompt_text, (*tok)->decode(r.prompt_ids));
+    }
+    o.tokenize_prompt = true;
+    ds = make_dataset(o, 0, tok->get());
+    ASSERT_TRUE(ds.ok()) << ds.status().message();
+    for (const BenchRequest& r : *ds) EXPECT_EQ(r.prompt_len, o.input_len);
+  }
+}
+
 TEST(BenchDataset, ShareGptFiltersAndCounts) {
   auto tok = gpt2();
   ASSERT_TRUE(tok);
@@ -218,14 +250,50 @@ TEST(BenchDataset, GeneratedSharedPrefixGroupsShareTheirSystemPrompt) {
   ASSERT_TRUE(again.ok());
   for (size_t i = 0; i < ds->size(); ++i) EXPECT_EQ((*again)[i].prompt_ids, (*ds)[i].prompt_ids);
 
+  // As text (SGLang's): each prompt is its system prompt's text, a blank line and its
+  // question's; the length counted is that text tokenized. A group's prompts share the text up
+  // to the blank line.
   auto tok = gpt2();
   ASSERT_TRUE(tok);
   auto text = make_dataset(o, 0, tok.get());
   ASSERT_TRUE(text.ok()) << text.status().message();
+  std::map<std::string, int64_t> text_groups;
   for (const BenchRequest& r : *text) {
-    EXPECT_FALSE(r.prompt_text.empty());
-    for (int32_t t : r.prompt_ids) EXPECT_FALSE(tok->is_special(t));
+    const size_t blank = r.prompt_text.find("\n\n");
+    ASSERT_NE(blank, std::string::npos) << r.prompt_text;
+    EXPECT_EQ(r.prompt_ids, tok->encode(r.prompt_text, /*add_special=*/true));
+    EXPECT_EQ(r.prompt_len, int64_t(r.prompt_ids.size()));
+    EXPECT_EQ(r.output_len, o.gsp_output_len);
+    ++text_groups[r.prompt_text.substr(0, blank)];
   }
+  EXPECT_LE(int64_t(text_groups.size()), o.gsp_num_groups);
+  // --tokenize-prompt: the same parts as ids, the blank line's ids between them.
+  o.tokenize_prompt = true;
+  auto ids = make_dataset(o, 0, tok.get());
+  ASSERT_TRUE(ids.ok()) << ids.status().message();
+  const int64_t sep = int64_t(tok->encode("\n\n").size());
+  for (const BenchRequest& r : *ids) {
+    EXPECT_EQ(r.prompt_len, o.gsp_system_prompt_len + sep + o.gsp_question_len);
+  }
+  o.tokenize_prompt = false;
+  // --gsp-range-ratio: every length uniform in [len * ratio, len].
+  o.gsp_range_ratio = 0.5;
+  o.gsp_prompts_per_group = 8;
+  auto ranged = make_dataset(o, vocab, nullptr);
+  ASSERT_TRUE(ranged.ok()) << ranged.status().message();
+  std::set<int64_t> outs;
+  for (const BenchRequest& r : *ranged) {
+    EXPECT_GE(r.output_len, std::max<int64_t>(1, int64_t(double(o.gsp_output_len) * 0.5)));
+    EXPECT_LE(r.output_len, o.gsp_output_len);
+    EXPECT_LE(r.prompt_len, o.gsp_system_prompt_len + o.gsp_question_len);
+    EXPECT_GE(r.prompt_len, int64_t(double(o.gsp_system_prompt_len) * 0.5) +
+                                std::max<int64_t>(1, int64_t(double(o.gsp_question_len) * 0.5)));
+    outs.insert(r.output_len);
+  }
+  if (o.gsp_output_len >= 8) EXPECT_GT(outs.size(), 1u);
+  o.gsp_range_ratio = 1.5;
+  EXPECT_EQ(make_dataset(o, vocab, nullptr).status().code(), StatusCode::kInvalidArgument);
+  o.gsp_range_ratio = 1.0;
   o.gsp_num_groups = 0;
   EXPECT_EQ(make_dataset(o, vocab, nullptr).status().code(), StatusCode::kInvalidArgument);
 }

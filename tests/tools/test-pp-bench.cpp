@@ -76,6 +76,7 @@ struct FakeServer {
     int tokens_per_chunk = 3;
     bool usage_every_chunk = true;  // honour continuous_usage_stats
     int fail_every = 0;             // request numbers n with n % fail_every == 1 answer HTTP 500
+    std::string tokenizer_path;     // GET /get_model_info names it when not empty
   };
 
   explicit FakeServer(Config c) : cfg(c) {
@@ -85,6 +86,12 @@ struct FakeServer {
       res.set_content(R"({"object":"list","data":[{"id":"fake-model","object":"model"}]})",
                       "application/json");
     });
+    if (!cfg.tokenizer_path.empty()) {
+      svr.Get("/get_model_info", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(json{{"model_path", "/m"}, {"tokenizer_path", cfg.tokenizer_path}}.dump(),
+                        "application/json");
+      });
+    }
     for (const char* path : {"/v1/completions", "/v1/chat/completions", "/generate"}) {
       const std::string p = path;
       svr.Post(path, [this, p](const httplib::Request& req, httplib::Response& res) {
@@ -120,6 +127,12 @@ struct FakeServer {
       n_prompt = int(body["prompt"].size());
     }
     prompt_tokens_seen += n_prompt;
+    if ((sglang && body.contains("text")) ||
+        (!chat && body.contains("prompt") && body["prompt"].is_string())) {
+      ++text_prompts;
+    }
+    const json& sampling = sglang ? body["sampling_params"] : body;
+    if (sampling.value("ignore_eos", false)) ++ignore_eos_seen;
     const bool stream = body.value("stream", false);
     const size_t slot = begin_timing(number, start);
     const bool per_chunk_usage = cfg.usage_every_chunk && body.contains("stream_options") &&
@@ -262,6 +275,8 @@ struct FakeServer {
   int port = 0;
   std::atomic<int> n_requests{0}, in_flight{0}, max_in_flight{0};
   std::atomic<int64_t> prompt_tokens_seen{0};
+  std::atomic<int> text_prompts{0};     // requests whose prompt came as text (not chat)
+  std::atomic<int> ignore_eos_seen{0};  // requests asking to ignore EOS
 };
 
 bool near(double got, double want, double rel, double abs_tol = 0) {
@@ -280,7 +295,7 @@ TEST_F(PpBench, ServeMeasuresTheTruthWithMultiTokenChunks) {
   FakeServer server(cfg);
   const fs::path jsonl = tmp_.path() / "out.jsonl";
   const int n_prompts = 16, out_len = 25, conc = 4;
-  ToolRun r = run("serve --base-url " + server.url() +
+  ToolRun r = run("serve --backend openai --base-url " + server.url() +
                   " --dataset-name fixed --vocab-size 5000 --num-prompts 16 --random-input-len 32 "
                   "--random-output-len 25 --max-concurrency 4 --label truth --seed " +
                   std::to_string(test::rng()() % 1000) + " --db " + db() + " --output-file " +
@@ -372,7 +387,7 @@ TEST_F(PpBench, SglangAndChatBackendsAndUnknownChunkSizes) {
   // OpenAI without per-chunk usage: one ITL per chunk (SGLang's OpenAI rule), 4 tokens' worth;
   // TPOT and the token count (from the final usage) are still per token.
   first = server.n_requests;
-  ToolRun o = run("serve --base-url " + server.url() + common);
+  ToolRun o = run("serve --backend openai --base-url " + server.url() + common);
   ASSERT_EQ(o.rc, 0) << o.err;
   t = server.truth(first, false);
   EXPECT_EQ(table_value(o.out, "Total generated tokens"), 6 * 21);
@@ -382,7 +397,7 @@ TEST_F(PpBench, SglangAndChatBackendsAndUnknownChunkSizes) {
       << o.out;
   // Not streaming: TTFT is the whole latency and there is no ITL.
   first = server.n_requests;
-  ToolRun ns = run("serve --disable-stream --base-url " + server.url() + common);
+  ToolRun ns = run("serve --backend openai --disable-stream --base-url " + server.url() + common);
   ASSERT_EQ(ns.rc, 0) << ns.err;
   t = server.truth(first, true);
   // (The server's time here is taken before httplib writes the body: a looser bound.)
@@ -403,6 +418,52 @@ TEST_F(PpBench, SglangAndChatBackendsAndUnknownChunkSizes) {
   EXPECT_EQ(table_value(c2.out, "Total generated tokens"), 6 * 21);
 }
 
+// SGLang's defaults: the default backend is sglang, EOS is ignored, and without --tokenizer the
+// server's is taken (/get_model_info) and random-ids prompts go as text; --tokenize-prompt
+// sends ids, --disable-ignore-eos stops at EOS. A server tokenizer that is not on this machine
+// is an error for the text datasets only.
+TEST_F(PpBench, ServeTakesTheServersTokenizerAndSglangDefaults) {
+  FakeServer::Config cfg;
+  cfg.ttft_ms = 5;
+  cfg.token_ms = 1;
+  cfg.tokenizer_path = (test::fixture_dir() / "tokenizers" / "gpt2" / "tokenizer.json").string();
+  FakeServer server(cfg);
+  const int64_t in_len = std::uniform_int_distribution<int64_t>(4, 40)(test::rng());
+  const std::string common = " --dataset-name random-ids --num-prompts 4 --random-input-len " +
+                             std::to_string(in_len) +
+                             " --random-output-len 4 --random-range-ratio 1 "
+                             "--warmup-requests 0 --db " +
+                             db();
+  ToolRun r = run("serve --base-url " + server.url() + common);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(server.text_prompts.load(), 4);
+  EXPECT_EQ(server.ignore_eos_seen.load(), 4);
+  EXPECT_EQ(table_value(r.out, "Total input tokens"), 4 * in_len);  // GPT-2 adds no BOS
+  EXPECT_NE(r.out.find("sglang"), std::string::npos) << r.out;
+  ToolRun ids =
+      run("serve --tokenize-prompt --disable-ignore-eos --base-url " + server.url() + common);
+  ASSERT_EQ(ids.rc, 0) << ids.err;
+  EXPECT_EQ(server.text_prompts.load(), 4);
+  EXPECT_EQ(server.ignore_eos_seen.load(), 4);
+  EXPECT_EQ(server.prompt_tokens_seen.load(), 4 * 7 + 4 * in_len);  // text counts 7 here
+  ToolRun chat = run("serve --backend sglang-oai-chat --base-url " + server.url() + common);
+  ASSERT_EQ(chat.rc, 0) << chat.err;
+  EXPECT_EQ(table_value(chat.out, "Successful requests"), 4);
+  ToolRun both = run("serve --ignore-eos --disable-ignore-eos --base-url " + server.url() + common);
+  EXPECT_EQ(both.rc, 2);
+
+  cfg.tokenizer_path = (tmp_.path() / "elsewhere" / "model.gguf").string();
+  FakeServer far(cfg);
+  ToolRun text = run("serve --base-url " + far.url() +
+                     " --dataset-name random --num-prompts 2 --random-input-len 8 "
+                     "--random-output-len 2 --warmup-requests 0 --db " +
+                     db());
+  EXPECT_EQ(text.rc, 2);
+  EXPECT_NE(text.err.find("not on this machine"), std::string::npos) << text.err;
+  ToolRun vocab = run("serve --base-url " + far.url() + " --vocab-size 100" + common);
+  ASSERT_EQ(vocab.rc, 0) << vocab.err;  // ids, as the server's tokenizer is not here
+}
+
 TEST_F(PpBench, FailuresAreCountedAndCompareFlagsRegressions) {
   FakeServer::Config cfg;
   cfg.ttft_ms = 30;
@@ -414,7 +475,7 @@ TEST_F(PpBench, FailuresAreCountedAndCompareFlagsRegressions) {
       "--random-input-len 16 --random-output-len 12 "
       "--random-range-ratio 1 --max-concurrency 2 --db " +
       db();
-  ToolRun a = run("serve --base-url " + flaky.url() + common + " --label fast");
+  ToolRun a = run("serve --backend openai --base-url " + flaky.url() + common + " --label fast");
   ASSERT_EQ(a.rc, 0) << a.err;
   EXPECT_EQ(table_value(a.out, "Successful requests"), 12);
   EXPECT_EQ(table_value(a.out, "Failed requests"), 4);
@@ -423,7 +484,7 @@ TEST_F(PpBench, FailuresAreCountedAndCompareFlagsRegressions) {
   cfg.fail_every = 0;
   cfg.token_ms = 10;  // twice as slow per token
   FakeServer slow(cfg);
-  ToolRun b = run("serve --base-url " + slow.url() + common + " --label slow");
+  ToolRun b = run("serve --backend openai --base-url " + slow.url() + common + " --label slow");
   ASSERT_EQ(b.rc, 0) << b.err;
   EXPECT_EQ(table_value(b.out, "Failed requests"), 0);
 

@@ -50,6 +50,10 @@ void add_common_options(CLI::App* app, CommonArgs& a) {
                   "generated-shared-prefix: tokens of each question (default 128)");
   app->add_option("--gsp-output-len", a.gsp_output_len,
                   "generated-shared-prefix: new tokens of each request (default 256)");
+  app->add_option("--gsp-range-ratio", a.gsp_range_ratio,
+                  "generated-shared-prefix: its lengths uniform in [len*ratio, len] (default 1)");
+  app->add_flag("--gsp-ordered", a.gsp_ordered,
+                "generated-shared-prefix: send the requests group by group, not shuffled");
   app->add_option("--multi-turn-turns", a.multi_turn_turns,
                   "multi-turn: turns of each of --num-prompts conversations, each re-sending the "
                   "history (default 4)");
@@ -63,9 +67,15 @@ void add_common_options(CLI::App* app, CommonArgs& a) {
   app->add_option("--warmup-requests", a.warmup_requests,
                   "unmeasured requests sent first (default 1)");
   app->add_option("--seed", a.seed, "seed of the dataset and the arrivals (default 1)");
-  app->add_flag("--ignore-eos", a.ignore_eos, "keep generating past end of sequence");
+  app->add_flag("--ignore-eos", a.ignore_eos,
+                "keep generating past end of sequence (the default, as SGLang's)");
+  app->add_flag("--disable-ignore-eos", a.disable_ignore_eos, "stop at end of sequence");
+  app->add_flag("--tokenize-prompt", a.tokenize_prompt,
+                "send random, random-ids and generated-shared-prefix prompts as token ids, not "
+                "text");
   app->add_option("--tokenizer", a.tokenizer,
-                  "tokenizer.json, a model folder or a .gguf (text datasets, retokenizing)");
+                  "tokenizer.json, a model folder or a .gguf (default for serve: the server's, "
+                  "from /get_model_info)");
   app->add_option("--vocab-size", a.vocab_size,
                   "random-ids and fixed without --tokenizer: ids below this");
   app->add_option("--label", a.label, "a name for this run in the run store");
@@ -76,10 +86,17 @@ void add_common_options(CLI::App* app, CommonArgs& a) {
 }
 
 void add_serve_options(CLI::App* app, ServeArgs& a, bool model_option) {
-  app->add_option("--base-url", a.base_url, "the server: http://HOST:PORT")->required();
+  app->add_option("--base-url", a.base_url,
+                  "the server: http://HOST:PORT (default from --host "
+                  "and --port)");
+  app->add_option("--host", a.host, "the server's host, without --base-url (default 127.0.0.1)");
+  app->add_option("--port", a.port, "the server's port, without --base-url (default 30000)");
   app->add_option("--backend", a.backend,
-                  "openai (/v1/completions), openai-chat or sglang (/generate); default openai")
-      ->check(CLI::IsMember({"openai", "openai-chat", "sglang"}));
+                  "sglang (/generate; the default), openai (/v1/completions) or openai-chat; "
+                  "SGLang's names sglang-native, sglang-oai, sglang-oai-chat, vllm, vllm-chat "
+                  "are taken too")
+      ->check(CLI::IsMember({"openai", "openai-chat", "sglang", "sglang-native", "sglang-oai",
+                             "sglang-oai-chat", "vllm", "vllm-chat"}));
   if (model_option) {
     app->add_option("--model", a.model, "model name sent (default: the server's first model)");
   }
@@ -116,6 +133,9 @@ Result<bench::DatasetOptions> dataset_options(const CommonArgs& a) {
   o.gsp_system_prompt_len = a.gsp_system_prompt_len;
   o.gsp_question_len = a.gsp_question_len;
   o.gsp_output_len = a.gsp_output_len;
+  o.gsp_range_ratio = a.gsp_range_ratio;
+  o.gsp_ordered = a.gsp_ordered;
+  o.tokenize_prompt = a.tokenize_prompt;
   o.mt_turns = a.multi_turn_turns;
   o.mt_user_len = a.multi_turn_user_len;
   return o;
@@ -123,6 +143,9 @@ Result<bench::DatasetOptions> dataset_options(const CommonArgs& a) {
 
 Result<bench::TrafficOptions> traffic_options(const CommonArgs& a) {
   bench::TrafficOptions t;
+  if (a.ignore_eos && a.disable_ignore_eos) {
+    return invalid_argument("--ignore-eos and --disable-ignore-eos contradict each other");
+  }
   PP_ASSIGN_OR_RETURN(t.request_rate, parse_rate(a.request_rate));
   t.max_concurrency = a.max_concurrency;
   if (a.warmup_requests < 0) return invalid_argument("--warmup-requests must not be negative");
@@ -132,9 +155,11 @@ Result<bench::TrafficOptions> traffic_options(const CommonArgs& a) {
   return t;
 }
 
+bool ignore_eos(const CommonArgs& c) { return !c.disable_ignore_eos; }
+
 Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& s) {
   bench::ServeOptions o;
-  o.base_url = s.base_url;
+  o.base_url = s.base_url.empty() ? fmt::format("http://{}:{}", s.host, s.port) : s.base_url;
   while (o.base_url.ends_with("/")) o.base_url.pop_back();
   PP_RETURN_IF_ERROR(bench::parse_base_url(o.base_url).status());
   auto backend = bench::parse_backend(s.backend);
@@ -142,8 +167,12 @@ Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& 
   o.request.backend = *backend;
   o.request.model = s.model;
   o.request.stream = !s.disable_stream;
-  o.request.ignore_eos = c.ignore_eos;
-  o.request.send_text = c.dataset_name == "random" || c.dataset_name == "sharegpt";
+  o.request.ignore_eos = ignore_eos(c);
+  // SGLang's datasets are sent as text (the server tokenizes) unless --tokenize-prompt; pp's
+  // fixed and multi-turn are ids, whose lengths and shared prefixes are exact.
+  o.request.send_text =
+      c.dataset_name == "sharegpt" ||
+      (!c.tokenize_prompt && c.dataset_name != "fixed" && c.dataset_name != "multi-turn");
   if (const char* key = std::getenv("OPENAI_API_KEY")) o.request.api_key = key;
   if (!s.extra_request_body.empty()) {
     o.request.extra_body = nlohmann::json::parse(s.extra_request_body, nullptr, false);
@@ -219,6 +248,8 @@ nlohmann::json common_params(const CommonArgs& c) {
     j["gsp_system_prompt_len"] = c.gsp_system_prompt_len;
     j["gsp_question_len"] = c.gsp_question_len;
     j["gsp_output_len"] = c.gsp_output_len;
+    j["gsp_range_ratio"] = c.gsp_range_ratio;
+    j["gsp_ordered"] = c.gsp_ordered;
   }
   if (c.dataset_name == "multi-turn") {
     j["multi_turn_turns"] = c.multi_turn_turns;
@@ -232,7 +263,8 @@ nlohmann::json common_params(const CommonArgs& c) {
   }
   j["warmup_requests"] = c.warmup_requests;
   j["seed"] = c.seed;
-  j["ignore_eos"] = c.ignore_eos;
+  j["ignore_eos"] = ignore_eos(c);
+  j["tokenize_prompt"] = c.tokenize_prompt;
   j["tokenizer"] = c.tokenizer;
   if (c.vocab_size > 0) j["vocab_size"] = c.vocab_size;
   j["pp_version"] = std::string(pp::version_string());

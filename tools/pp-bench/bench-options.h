@@ -38,13 +38,17 @@ struct CommonArgs {
   int64_t gsp_system_prompt_len = 2048;
   int64_t gsp_question_len = 128;
   int64_t gsp_output_len = 256;
+  double gsp_range_ratio = 1.0;
+  bool gsp_ordered = false;
   int64_t multi_turn_turns = 4;  // multi-turn
   int64_t multi_turn_user_len = 128;
   std::string request_rate = "inf";
   int64_t max_concurrency = 0;
   int64_t warmup_requests = 1;
   uint64_t seed = 1;
-  bool ignore_eos = false;
+  bool ignore_eos = false;          // --ignore-eos: the default, kept for older command lines
+  bool disable_ignore_eos = false;  // stop at EOS
+  bool tokenize_prompt = false;     // send ids, not text
   std::string tokenizer;
   int64_t vocab_size = 0;  // random ids below this when there is no tokenizer
   std::string label;
@@ -55,8 +59,10 @@ struct CommonArgs {
 };
 
 struct ServeArgs {
-  std::string base_url;
-  std::string backend = "openai";
+  std::string base_url;  // else http://HOST:PORT
+  std::string host = "127.0.0.1";
+  int port = 30000;
+  std::string backend = "sglang";
   std::string model;
   bool disable_stream = false;
   std::string extra_request_body;
@@ -75,6 +81,8 @@ Result<double> parse_rate(const std::string& text);
 Result<bench::DatasetOptions> dataset_options(const CommonArgs& a);
 Result<bench::TrafficOptions> traffic_options(const CommonArgs& a);
 Result<bench::ServeOptions> serve_options(const CommonArgs& c, const ServeArgs& s);
+// Whether generation ignores EOS: yes unless --disable-ignore-eos (SGLang's default).
+bool ignore_eos(const CommonArgs& c);
 
 // The tokenizer at PATH: of a model pp opens (a Hugging Face or partition folder, a .gguf file:
 // through the model source resolver, as pp-serve loads it), else a tokenizer.json, a folder

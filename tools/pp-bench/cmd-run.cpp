@@ -1,6 +1,7 @@
 // `pp-bench serve` and `pp-bench offline`: make the dataset, run, print, record.
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include <fmt/format.h>
 
@@ -15,16 +16,41 @@ namespace {
 std::string rate_text(double r) { return std::isinf(r) ? "inf" : fmt::format("{:g}", r); }
 std::string concurrency_text(int64_t c) { return c > 0 ? std::to_string(c) : "not set"; }
 
+// The tokenizer of the server (SGLang's bench_serving takes the served model's), when the
+// server names one (/get_model_info) on this machine; "" when it names none. A path that is
+// not here is an error for the datasets that need a tokenizer, and skipped for the others
+// (ids then stay ids).
+Result<std::string> server_tokenizer(const bench::ServeOptions& so, bench::DatasetKind kind) {
+  PP_ASSIGN_OR_RETURN(auto client, bench::HttpClient::connect(so.base_url, so.request));
+  Result<std::string> path = client->tokenizer_path();
+  if (!path.ok()) {
+    if (path.status().code() == StatusCode::kNotFound) return std::string();
+    return path.status();
+  }
+  std::error_code ec;
+  if (std::filesystem::exists(*path, ec)) return *path;
+  if (kind == bench::DatasetKind::kRandom || kind == bench::DatasetKind::kShareGpt) {
+    return Status(
+        StatusCode::kFailedPrecondition,
+        fmt::format("the server's tokenizer '{}' is not on this machine: give --tokenizer", *path));
+  }
+  return std::string();
+}
+
 }  // namespace
 
 Result<Measured> measure_serve(const CommonArgs& c, const ServeArgs& s,
                                std::optional<int64_t> parent_id, bool quiet) {
   PP_ASSIGN_OR_RETURN(bench::ServeOptions so, serve_options(c, s));
-  std::shared_ptr<const model::Tokenizer> tok;
-  if (!c.tokenizer.empty()) {
-    PP_ASSIGN_OR_RETURN(tok, load_tokenizer(c.tokenizer));
-  }
   PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
+  std::string tokenizer = c.tokenizer;
+  if (tokenizer.empty() && c.vocab_size <= 0) {
+    PP_ASSIGN_OR_RETURN(tokenizer, server_tokenizer(so, dopt.kind));
+  }
+  std::shared_ptr<const model::Tokenizer> tok;
+  if (!tokenizer.empty()) {
+    PP_ASSIGN_OR_RETURN(tok, load_tokenizer(tokenizer));
+  }
   if (!tok && c.vocab_size <= 0 &&
       (dopt.kind == bench::DatasetKind::kRandomIds || dopt.kind == bench::DatasetKind::kFixed ||
        dopt.kind == bench::DatasetKind::kGeneratedSharedPrefix ||
@@ -49,6 +75,7 @@ Result<Measured> measure_serve(const CommonArgs& c, const ServeArgs& s,
                 {"Traffic request rate", rate_text(so.traffic.request_rate)},
                 {"Max request concurrency", concurrency_text(c.max_concurrency)}};
   run.params = common_params(c);
+  run.params["tokenizer"] = tokenizer;
   run.params["mode"] = "serve";
   run.params.update(serve_params(s, so.request.model));
   run.server_url = so.base_url;
@@ -63,6 +90,9 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
                                  std::optional<int64_t> parent_id, bool quiet) {
   PP_ASSIGN_OR_RETURN(bench::TrafficOptions traffic, traffic_options(c));
   PP_ASSIGN_OR_RETURN(bench::DatasetOptions dopt, dataset_options(c));
+  // The engine takes the prompts' ids as they are: no tokenizer adds special tokens to them,
+  // so the lengths need no room for any.
+  dopt.tokenize_prompt = true;
   PP_ASSIGN_OR_RETURN(pipeline::EngineOptions eo, cli::engine_options(o));
   std::shared_ptr<const model::Tokenizer> tok;
   if (!c.tokenizer.empty()) {
@@ -89,7 +119,7 @@ Result<Measured> measure_offline(const CommonArgs& c, const OfflineArgs& o,
   }
   bench::OfflineOptions oo;
   oo.traffic = traffic;
-  oo.ignore_eos = c.ignore_eos;
+  oo.ignore_eos = ignore_eos(c);
   Measured m;
   auto outcome = bench::run_offline_bench(*engine, oo, *requests, make_progress(c));
   end_progress(c);

@@ -65,7 +65,9 @@ Status sweep_command(SweepArgs a) {
     if (a.model.empty()) return invalid_argument("sweep --mode offline needs --model");
   } else {
     a.serve.model = a.model;
-    if (a.serve.base_url.empty()) return invalid_argument("sweep --mode serve needs --base-url");
+    if (a.serve.base_url.empty()) {
+      a.serve.base_url = fmt::format("http://{}:{}", a.serve.host, a.serve.port);
+    }
   }
   auto latency = bench::parse_latency_kind(a.plot_latency);
   if (!latency) return invalid_argument("--plot-latency must be ttft, tpot, itl or e2e");

@@ -22,6 +22,10 @@ std::optional<Backend> parse_backend(std::string_view name) {
   for (Backend b : {Backend::kOpenAI, Backend::kOpenAIChat, Backend::kSglang}) {
     if (name == backend_name(b)) return b;
   }
+  // SGLang's bench_serving names for the same protocols.
+  if (name == "sglang-native") return Backend::kSglang;
+  if (name == "sglang-oai" || name == "vllm") return Backend::kOpenAI;
+  if (name == "sglang-oai-chat" || name == "vllm-chat") return Backend::kOpenAIChat;
   return std::nullopt;
 }
 

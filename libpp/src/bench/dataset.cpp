@@ -86,6 +86,9 @@ Status check_options(const DatasetOptions& o) {
     }
     if (o.gsp_question_len < 1) return invalid_argument("--gsp-question-len must be at least 1");
     if (o.gsp_output_len < 1) return invalid_argument("--gsp-output-len must be at least 1");
+    if (o.gsp_range_ratio < 0.0 || o.gsp_range_ratio > 1.0) {
+      return invalid_argument("--gsp-range-ratio must be in [0, 1], not {}", o.gsp_range_ratio);
+    }
     return ok_status();
   }
   if (o.kind == DatasetKind::kMultiTurn) {
@@ -126,6 +129,19 @@ Result<std::vector<BenchRequest>> make_sharegpt(const DatasetOptions& o,
   return out;
 }
 
+// The tokens the server's tokenizer adds to a text prompt (BOS, ...), as Hugging Face's
+// num_special_tokens_to_add().
+int64_t n_special_tokens(const model::Tokenizer& tok) {
+  return int64_t(tok.encode("", /*add_special=*/true).size());
+}
+
+// Text prompts lose the tokens the server will add to them, so that what the model sees has the
+// drawn length (SGLang's rule); a prompt keeps at least one token.
+void leave_room_for_special(const model::Tokenizer& tok, std::vector<int64_t>& lens) {
+  const int64_t n = n_special_tokens(tok);
+  for (auto& l : lens) l = std::max<int64_t>(1, l - n);
+}
+
 // random: token ids of `len` from a source of ids, decoded to text.
 Result<std::vector<BenchRequest>> make_random_text(const DatasetOptions& o,
                                                    const model::Tokenizer& tok,
@@ -133,6 +149,7 @@ Result<std::vector<BenchRequest>> make_random_text(const DatasetOptions& o,
   std::vector<int64_t> in_lens(size_t(o.num_prompts)), out_lens(size_t(o.num_prompts));
   for (auto& l : in_lens) l = sample_length(o.input_len, o.range_ratio, 1, rng);
   for (auto& l : out_lens) l = sample_length(o.output_len, o.range_ratio, 1, rng);
+  if (!o.tokenize_prompt) leave_room_for_special(tok, in_lens);
 
   std::vector<std::vector<int32_t>> sources;
   if (!o.path.empty()) {
@@ -176,19 +193,20 @@ Result<std::vector<BenchRequest>> make_random_text(const DatasetOptions& o,
   return out;
 }
 
-// Draws token ids for the shared-prefix datasets: the tokenizer's ordinary ids, else any below
-// vocab_size.
+// Draws token ids for the synthetic datasets: from the tokenizer's vocabulary (its ordinary
+// ids, or every id as SGLang's gen_prompt draws from get_vocab()), else any below vocab_size.
 class IdSource {
  public:
-  static Result<IdSource> make(int64_t vocab_size, const model::Tokenizer* tok) {
+  static Result<IdSource> make(int64_t vocab_size, const model::Tokenizer* tok, bool with_special) {
     IdSource s;
     if (tok) {
       for (int64_t id = 0; id < tok->vocab_size(); ++id) {
-        if (!tok->is_special(int32_t(id)) && !tok->id_to_token(int32_t(id)).empty()) {
-          s.ordinary_.push_back(int32_t(id));
+        if ((with_special || !tok->is_special(int32_t(id))) &&
+            !tok->id_to_token(int32_t(id)).empty()) {
+          s.ids_.push_back(int32_t(id));
         }
       }
-      if (s.ordinary_.empty()) return invalid_argument("the tokenizer has no ordinary token");
+      if (s.ids_.empty()) return invalid_argument("the tokenizer has no ordinary token");
     } else if (vocab_size <= 0) {
       return invalid_argument("random token ids need a vocabulary size");
     }
@@ -197,9 +215,8 @@ class IdSource {
   }
   void append(int64_t n, std::mt19937_64& rng, std::vector<int32_t>* out) const {
     for (int64_t j = 0; j < n; ++j) {
-      if (!ordinary_.empty()) {
-        out->push_back(
-            ordinary_[std::uniform_int_distribution<size_t>(0, ordinary_.size() - 1)(rng)]);
+      if (!ids_.empty()) {
+        out->push_back(ids_[std::uniform_int_distribution<size_t>(0, ids_.size() - 1)(rng)]);
       } else {
         out->push_back(int32_t(std::uniform_int_distribution<int64_t>(0, vocab_size_ - 1)(rng)));
       }
@@ -207,7 +224,7 @@ class IdSource {
   }
 
  private:
-  std::vector<int32_t> ordinary_;
+  std::vector<int32_t> ids_;
   int64_t vocab_size_ = 0;
 };
 
@@ -221,28 +238,57 @@ BenchRequest ids_request(std::vector<int32_t> ids, int64_t output_len,
   return r;
 }
 
+// generated-shared-prefix as SGLang's sample_generated_shared_prefix_requests makes it: lengths
+// drawn with gsp_range_ratio (a system prompt per group, a question and an output per request),
+// tokens from the whole vocabulary, each prompt the system prompt's text, "\n\n" and the
+// question's text, its length that text tokenized with the special tokens the server adds. As
+// ids (tokenize_prompt, or no tokenizer) the same parts are joined as ids.
 Result<std::vector<BenchRequest>> make_shared_prefix(const DatasetOptions& o, int64_t vocab_size,
                                                      const model::Tokenizer* tok,
                                                      std::mt19937_64& rng) {
-  PP_ASSIGN_OR_RETURN(const IdSource ids, IdSource::make(vocab_size, tok));
+  PP_ASSIGN_OR_RETURN(const IdSource ids, IdSource::make(vocab_size, tok, /*with_special=*/true));
+  const size_t n_groups = size_t(o.gsp_num_groups);
+  const size_t n_per = size_t(o.gsp_prompts_per_group);
+  const double ratio = o.gsp_range_ratio;
+  std::vector<int64_t> system_lens(n_groups), question_lens(n_groups * n_per),
+      output_lens(n_groups * n_per);
+  for (auto& l : system_lens) l = sample_length(o.gsp_system_prompt_len, ratio, 1, rng);
+  for (auto& l : question_lens) l = sample_length(o.gsp_question_len, ratio, 1, rng);
+  for (auto& l : output_lens) l = sample_length(o.gsp_output_len, ratio, 1, rng);
+  const bool as_text = tok && !o.tokenize_prompt;
+  const std::string separator = "\n\n";
+  const std::vector<int32_t> separator_ids = tok ? tok->encode(separator) : std::vector<int32_t>{};
   std::vector<BenchRequest> out;
-  for (int64_t g = 0; g < o.gsp_num_groups; ++g) {
+  for (size_t g = 0; g < n_groups; ++g) {
     std::vector<int32_t> system;
-    ids.append(o.gsp_system_prompt_len, rng, &system);
-    for (int64_t q = 0; q < o.gsp_prompts_per_group; ++q) {
-      std::vector<int32_t> prompt = system;
-      ids.append(o.gsp_question_len, rng, &prompt);
-      out.push_back(ids_request(std::move(prompt), o.gsp_output_len, tok));
+    ids.append(system_lens[g], rng, &system);
+    const std::string system_text = as_text ? tok->decode(system) : std::string();
+    for (size_t q = 0; q < n_per; ++q) {
+      std::vector<int32_t> question;
+      ids.append(question_lens[g * n_per + q], rng, &question);
+      BenchRequest r;
+      r.output_len = output_lens[g * n_per + q];
+      if (as_text) {
+        r.prompt_text = system_text + separator + tok->decode(question);
+        r.prompt_ids = tok->encode(r.prompt_text, /*add_special=*/true);
+      } else {
+        r.prompt_ids = system;
+        r.prompt_ids.insert(r.prompt_ids.end(), separator_ids.begin(), separator_ids.end());
+        r.prompt_ids.insert(r.prompt_ids.end(), question.begin(), question.end());
+        if (tok) r.prompt_text = tok->decode(r.prompt_ids);
+      }
+      r.prompt_len = int64_t(r.prompt_ids.size());
+      out.push_back(std::move(r));
     }
   }
-  std::shuffle(out.begin(), out.end(), rng);
+  if (!o.gsp_ordered) std::shuffle(out.begin(), out.end(), rng);
   return out;
 }
 
 Result<std::vector<BenchRequest>> make_multi_turn(const DatasetOptions& o, int64_t vocab_size,
                                                   const model::Tokenizer* tok,
                                                   std::mt19937_64& rng) {
-  PP_ASSIGN_OR_RETURN(const IdSource ids, IdSource::make(vocab_size, tok));
+  PP_ASSIGN_OR_RETURN(const IdSource ids, IdSource::make(vocab_size, tok, /*with_special=*/false));
   std::vector<std::vector<int32_t>> history(size_t(o.num_prompts));
   for (auto& h : history) ids.append(o.input_len, rng, &h);
   std::vector<BenchRequest> out;
@@ -291,6 +337,8 @@ Result<std::vector<BenchRequest>> make_dataset(const DatasetOptions& o, int64_t 
   std::vector<int64_t> in_lens(size_t(o.num_prompts)), out_lens(size_t(o.num_prompts));
   for (auto& l : in_lens) l = sample_length(o.input_len, ratio, 1, rng);
   for (auto& l : out_lens) l = sample_length(o.output_len, ratio, 1, rng);
+  const bool as_text = tok && !o.tokenize_prompt && o.kind == DatasetKind::kRandomIds;
+  if (as_text) leave_room_for_special(*tok, in_lens);
   std::uniform_int_distribution<int64_t> offset(0, vocab_size - 1);
   std::vector<BenchRequest> out(size_t(o.num_prompts));
   for (int64_t i = 0; i < o.num_prompts; ++i) {

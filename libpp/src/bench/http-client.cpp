@@ -66,6 +66,25 @@ Result<std::string> HttpClient::first_model_id() {
   return j["data"][0]["id"].get<std::string>();
 }
 
+Result<std::string> HttpClient::tokenizer_path() {
+  const std::string path = impl_->base.path_prefix + "/get_model_info";
+  auto res = impl_->client.Get(path, impl_->headers());
+  if (!res) {
+    return Status(StatusCode::kUnavailable,
+                  fmt::format("cannot reach '{}{}': {}", impl_->base.scheme_host_port, path,
+                              httplib::to_string(res.error())));
+  }
+  if (res->status != 200) return not_found("'{}' answered HTTP {}", path, res->status);
+  nlohmann::json j = nlohmann::json::parse(res->body, nullptr, false);
+  for (const char* key : {"tokenizer_path", "model_path"}) {
+    if (j.is_object() && j.contains(key) && (*j.find(key)).is_string() &&
+        !(*j.find(key)).get<std::string>().empty()) {
+      return (*j.find(key)).get<std::string>();
+    }
+  }
+  return not_found("'{}' names no tokenizer", path);
+}
+
 namespace {
 
 // The state of one response as its chunks arrive.

@@ -38,6 +38,7 @@ namespace pp::bench {
 enum class Backend { kOpenAI, kOpenAIChat, kSglang };
 
 const char* backend_name(Backend b);  // "openai", "openai-chat", "sglang"
+// Also SGLang's bench_serving names: sglang-native, sglang-oai (vllm), sglang-oai-chat (vllm-chat).
 std::optional<Backend> parse_backend(std::string_view name);
 const char* backend_path(Backend b);  // "/v1/completions", "/v1/chat/completions", "/generate"
 
@@ -105,6 +106,11 @@ class HttpClient {
 
   // GET {base}/v1/models: the first model's id.
   Result<std::string> first_model_id();
+
+  // GET {base}/get_model_info (SGLang's): the path the server loaded its tokenizer from
+  // ("tokenizer_path", else "model_path"), a path on the server's machine. kNotFound when the
+  // server has no such route or names no path.
+  Result<std::string> tokenizer_path();
 
  private:
   struct Impl;
