@@ -438,7 +438,10 @@ Err check_sglang_sampling_keys(const json& sp) {
       "skip_special_tokens", "max_new_tokens", "n", "json_schema", "regex", "ebnf", "logit_bias",
       // How often a stream sends: pp sends every token, which any interval's client accepts.
       "stream_interval"};
-  for (const auto& [key, v] : sp.items()) {
+  for (const auto& item : sp.items()) {
+    // (Not a structured binding: clang 14 cannot capture one in a lambda.)
+    const std::string& key = item.key();
+    const json& v = item.value();
     if (std::find_if(std::begin(kHonoured), std::end(kHonoured),
                      [&](const char* k) { return key == k; }) != std::end(kHonoured)) {
       continue;
