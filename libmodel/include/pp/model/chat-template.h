@@ -2,19 +2,44 @@
 // Jinja engine: the model's Jinja template is only read to recognise its format (ChatML,
 // Llama 3, Llama 2, Mistral) and its default system prompt; each format is rendered in C++ to
 // the same text transformers' apply_chat_template(tokenize=False) gives for those templates.
+//
+// Tools (OpenAI function calling) are rendered in each family's published convention, since the
+// plain templates pp recognises have none: ChatML as Qwen2.5's template (a "# Tools" system
+// section, <tool_call> blocks, <tool_response> in a user turn), Llama 3 as Llama 3.1's JSON
+// convention (tools in the first user message, {"name", "parameters"}, results in an ipython
+// turn), Mistral as Mistral-7B-Instruct-v0.3's ([AVAILABLE_TOOLS], [TOOL_CALLS],
+// [TOOL_RESULTS]). Llama 2 has no tool convention: tools are refused there.
 #pragma once
 
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pp/status.h"
 
 namespace pp::model {
 
+// One call an assistant message made (OpenAI's tool_calls[i]).
+struct ChatToolCall {
+  std::string id;         // the client's id ("call_..."); Mistral's template wants 9 characters
+  std::string name;       // the function's name
+  std::string arguments;  // the arguments as JSON text (an object, as the model wrote them)
+};
+
+// One function the model may call (OpenAI's tools[i] of type "function").
+struct ChatTool {
+  std::string name;
+  // The whole tool as JSON text, {"type": "function", "function": {"name", "description",
+  // "parameters"}}, its keys in the client's order (templates print it with tojson).
+  std::string json;
+};
+
 struct ChatMessage {
-  std::string role;  // "system", "user", "assistant" (ChatML and Llama 3 accept any role)
+  std::string role;  // "system", "user", "assistant", "tool" (ChatML and Llama 3 accept any)
   std::string content;
+  std::vector<ChatToolCall> tool_calls = {};  // assistant: the calls it made
+  std::string tool_call_id = {};              // tool: the call this result answers
 };
 
 enum class ChatFormat {
@@ -45,8 +70,10 @@ class ChatTemplate {
   // The prompt, like apply_chat_template(tokenize=False, add_generation_prompt=...).
   // kInvalidArgument when the conversation breaks the format's rules (Llama 2 and Mistral:
   // roles must alternate user/assistant; Mistral: no system role).
-  Result<std::string> apply(std::span<const ChatMessage> messages,
-                            bool add_generation_prompt) const;
+  // `tools`: the functions the model may call, rendered in the family's convention (empty: the
+  // prompt is the same as without tools). kInvalidArgument for tools on Llama 2.
+  Result<std::string> apply(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                            std::span<const ChatTool> tools = {}) const;
 
  private:
   ChatTemplate(ChatFormat f, std::string bos, std::string eos, std::string default_system)
