@@ -3,6 +3,7 @@
 // sends the same content and the same calls; malformed calls stay text.
 #include <random>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -56,7 +57,7 @@ OJson random_value(std::mt19937_64& g, int depth) {
     default: {
       OJson o = OJson::object();
       for (int i = std::uniform_int_distribution<int>(0, 3)(g); i > 0; --i)
-        o["k" + std::to_string(i) + random_word(g)] = random_value(g, depth + 1);
+        o[fmt::format("k{}{}", i, random_word(g))] = random_value(g, depth + 1);
       return o;
     }
   }
@@ -66,7 +67,7 @@ ParsedToolCall random_call(std::mt19937_64& g, OJson* args) {
   static const std::vector<std::string> names = {"get_weather", "search", "add-two", "f", "x_1"};
   *args = OJson::object();
   for (int i = std::uniform_int_distribution<int>(0, 4)(g); i > 0; --i)
-    (*args)["arg" + std::to_string(i)] = random_value(g, 0);
+    (*args)[fmt::format("arg{}", i)] = random_value(g, 0);
   return {names[std::uniform_int_distribution<size_t>(0, names.size() - 1)(g)],
           model::py_json_dumps(*args)};
 }
@@ -226,8 +227,14 @@ TEST(ToolCalls, MistralToolCallsAfterText) {
     EXPECT_EQ(whole.content, before);
     expect_streams_match(ToolCallSyntax::kMistral, text, whole);
   }
-  for (const std::string t :
-       {"[TOOL_CALLS] [{\"name\": }]", "no calls [TOOL_CALLS]", "[TOOL_", "[TOOL_CALLS] []"}) {
+  // [TOOL_CALLS] left out of the text (a special token skipped): the bare array.
+  const std::string bare = R"( [{"name": "f", "arguments": {"a": [1]}}])";
+  ParsedToolOutput whole = parse_tool_calls(ToolCallSyntax::kMistral, bare);
+  EXPECT_EQ(whole.calls, (std::vector<ParsedToolCall>{{"f", "{\"a\": [1]}"}}));
+  EXPECT_EQ(whole.content, "");
+  expect_streams_match(ToolCallSyntax::kMistral, bare, whole);
+  for (const std::string t : {"[TOOL_CALLS] [{\"name\": }]", "no calls [TOOL_CALLS]", "[TOOL_",
+                              "[TOOL_CALLS] []", "[1, 2] is a list", "[TOOLBOX] [TOOL_CALLS] x"}) {
     SCOPED_TRACE(t);
     ParsedToolOutput whole = parse_tool_calls(ToolCallSyntax::kMistral, t);
     EXPECT_TRUE(whole.calls.empty());

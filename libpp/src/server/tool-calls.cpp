@@ -209,6 +209,21 @@ Scan scan_llama3(std::string_view text, bool final) {
 
 Scan scan_mistral(std::string_view text, bool final) {
   Scan out;
+  // [TOOL_CALLS] is a special token, left out of the text when special tokens are skipped: an
+  // output that is a bare JSON array may be the calls, decided at the end.
+  const std::string_view body = lstrip(text);
+  const bool bare =
+      body.starts_with("[") && !body.starts_with(kMistralCalls) && !kMistralCalls.starts_with(body);
+  if (bare && !final) return out;
+  if (bare && text.find(kMistralCalls) == std::string_view::npos) {
+    std::optional<std::vector<ParsedToolCall>> calls = parse_call_list(body);
+    if (calls) {
+      out.calls = std::move(*calls);
+    } else {
+      out.content = text;
+    }
+    return out;
+  }
   size_t m = 0;
   scan_text(text, 0, kMistralCalls, false, final, &out.content, &m);
   if (m == std::string_view::npos || !final) return out;

@@ -25,7 +25,8 @@ enum class ToolCallSyntax : uint8_t {
   // The whole output is [<|python_tag|>]{"name": ..., "parameters": {...}}, several separated
   // by ';' (Llama 3.1's JSON tool calling).
   kLlama3Json,
-  // Text, then [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...] (Mistral v0.3).
+  // Text, then [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...] (Mistral v0.3); or, with
+  // the special [TOOL_CALLS] skipped, an output that is only the JSON array.
   kMistral,
   // The whole output is [{"name": ..., "parameters": {...}}, ...]: what tool_choice "required"
   // makes the grammar produce.
