@@ -63,18 +63,10 @@ TEST(ChatTemplate, OfFormatUsesDefaultSystem) {
   EXPECT_EQ(*out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>");
 }
 
-// Qwen2.5-Instruct's template rendered by transformers (scripts/make-tool-template-fixtures.py):
-// tools in the system turn, assistant calls, runs of tool results, and tool turns without tools.
-TEST(ChatTemplate, ToolsMatchQwen25Renders) {
-  nlohmann::json fixture = test::load_tokenizer_fixture("tool-templates.json");
-  ASSERT_FALSE(fixture.is_null());
-  auto tmpl = ChatTemplate::from_jinja(fixture["template"].get<std::string>(), "", "");
-  ASSERT_TRUE(tmpl.ok()) << tmpl.status().message();
-  EXPECT_EQ(tmpl->format(), ChatFormat::kChatML);
-  EXPECT_EQ(tmpl->default_system(),
-            "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
-  ASSERT_GE(fixture["cases"].size(), 4u);
-  for (const auto& c : fixture["cases"]) {
+// Renders each case of a tool-templates.json section with `tmpl` and compares.
+void expect_tool_cases(const ChatTemplate& tmpl, const nlohmann::json& cases) {
+  ASSERT_GE(cases.size(), 4u);
+  for (const auto& c : cases) {
     std::vector<ChatTool> tools;
     for (const auto& t : c["tools"]) {
       const std::string text = t.get<std::string>();
@@ -89,10 +81,45 @@ TEST(ChatTemplate, ToolsMatchQwen25Renders) {
       msgs.push_back(std::move(cm));
     }
     SCOPED_TRACE(c["output"].get<std::string>());
-    auto out = tmpl->apply(msgs, c["add_generation_prompt"], tools);
+    auto out = tmpl.apply(msgs, c["add_generation_prompt"], tools);
     ASSERT_TRUE(out.ok()) << out.status().message();
     EXPECT_EQ(*out, c["output"].get<std::string>());
   }
+}
+
+// Qwen2.5-Instruct's template rendered by transformers (scripts/make-tool-template-fixtures.py):
+// tools in the system turn, assistant calls, runs of tool results, and tool turns without tools.
+TEST(ChatTemplate, ToolsMatchQwen25Renders) {
+  nlohmann::json fixture = test::load_tokenizer_fixture("tool-templates.json");
+  ASSERT_FALSE(fixture.is_null());
+  auto tmpl = ChatTemplate::from_jinja(fixture["template"].get<std::string>(), "", "");
+  ASSERT_TRUE(tmpl.ok()) << tmpl.status().message();
+  EXPECT_EQ(tmpl->format(), ChatFormat::kChatML);
+  EXPECT_EQ(tmpl->default_system(),
+            "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+  expect_tool_cases(*tmpl, fixture["cases"]);
+}
+
+// Llama 3.2-Instruct's template (Llama 3.1's convention) rendered by transformers: the system turn
+// with the date, tools in the first user message, a call, an ipython result; and without tools.
+TEST(ChatTemplate, Llama31MatchesLlama32Renders) {
+  nlohmann::json fixture = test::load_tokenizer_fixture("tool-templates.json");
+  ASSERT_FALSE(fixture.is_null());
+  const nlohmann::json& l = fixture["llama"];
+  auto tmpl =
+      ChatTemplate::from_jinja(l["template"].get<std::string>(), l["bos_token"], l["eos_token"]);
+  ASSERT_TRUE(tmpl.ok()) << tmpl.status().message();
+  EXPECT_EQ(tmpl->format(), ChatFormat::kLlama31);
+  tmpl->set_date(l["date"]);
+  expect_tool_cases(*tmpl, l["cases"]);
+  // Without a date set, Llama 3.2 writes today's (transformers' strftime_now): "DD Mon YYYY".
+  ChatTemplate now = *ChatTemplate::from_jinja(l["template"].get<std::string>(), "", "");
+  std::vector<ChatMessage> msgs = {{"user", "hi"}};
+  const std::string text = *now.apply(msgs, false);
+  const size_t p = text.find("Today Date: ");
+  ASSERT_NE(p, std::string::npos);
+  EXPECT_EQ(text.find("\n", p), p + 12 + 11) << text;  // "07 Dec 2026"
+  EXPECT_EQ(text.find("26 Jul 2024"), std::string::npos);
 }
 
 ChatTool weather_tool() {

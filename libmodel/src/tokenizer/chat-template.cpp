@@ -1,9 +1,12 @@
 // Chat formats rendered in C++ (see chat-template.h). Each render mirrors one published Jinja
 // template: SmolLM2's ChatML, Meta-Llama-3-Instruct's, Llama-2-chat's and
 // Mistral-7B-Instruct-v0.1's; scripts/make-tokenizer-fixtures.py renders the same
-// conversations with jinja2 and the tests compare.
+// conversations with jinja2 and the tests compare. With tools: Qwen2.5-Instruct's and
+// Llama-3.2-Instruct's (scripts/make-tool-template-fixtures.py renders them with transformers),
+// Mistral-7B-Instruct-v0.3's tool blocks.
 #include "pp/model/chat-template.h"
 
+#include <ctime>
 #include <optional>
 
 #include <fmt/format.h>
@@ -96,7 +99,10 @@ std::string chatml_tools_system(const std::string& system, std::span<const ChatT
   out +=
       "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
       "provided with function signatures within <tools></tools> XML tags:\n<tools>";
-  for (const ChatTool& t : tools) out += "\n" + py_json_dumps(parse_or_string(t.json));
+  for (const ChatTool& t : tools) {
+    out += '\n';
+    out += py_json_dumps(parse_or_string(t.json));
+  }
   out +=
       "\n</tools>\n\nFor each function call, return a json object with function name and "
       "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
@@ -155,8 +161,13 @@ std::string mistral_available_tools(std::span<const ChatTool> tools) {
         if (!first) out += ", ";
         first = false;
         out += "\"" + it.key() + "\": ";
-        out += it.value().is_string() ? "\"" + it.value().get<std::string>() + "\""
-                                      : py_json_dumps(it.value());
+        if (it.value().is_string()) {
+          out += '"';
+          out += it.value().get<std::string>();
+          out += '"';
+        } else {
+          out += py_json_dumps(it.value());
+        }
       }
     }
     out += "}}";
@@ -177,6 +188,8 @@ const char* chat_format_name(ChatFormat f) {
       return "chatml";
     case ChatFormat::kLlama3:
       return "llama3";
+    case ChatFormat::kLlama31:
+      return "llama3.1";
     case ChatFormat::kLlama2:
       return "llama2";
     case ChatFormat::kMistral:
@@ -193,10 +206,11 @@ Result<ChatTemplate> ChatTemplate::from_jinja(std::string_view jinja, std::strin
     return ChatTemplate(ChatFormat::kChatML, std::move(bos_token), std::move(eos_token),
                         chatml_default_system(jinja));
   if (has("<|start_header_id|>")) {
-    if (has("Cutting Knowledge Date"))
-      return unimplemented(
-          "llama 3.1-style chat template (tools, knowledge date) is not supported; use the "
-          "plain llama3 format");
+    if (has("Cutting Knowledge Date")) {
+      ChatTemplate t(ChatFormat::kLlama31, std::move(bos_token), std::move(eos_token), "");
+      t.date_is_now_ = has("strftime_now");
+      return t;
+    }
     return ChatTemplate(ChatFormat::kLlama3, std::move(bos_token), std::move(eos_token), "");
   }
   if (has("[INST]")) {
@@ -209,6 +223,17 @@ Result<ChatTemplate> ChatTemplate::from_jinja(std::string_view jinja, std::strin
 ChatTemplate ChatTemplate::of_format(ChatFormat f, std::string bos_token, std::string eos_token,
                                      std::string default_system) {
   return ChatTemplate(f, std::move(bos_token), std::move(eos_token), std::move(default_system));
+}
+
+std::string ChatTemplate::today() const {
+  if (!date_.empty()) return date_;
+  if (!date_is_now_) return "26 Jul 2024";
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%d %b %Y", &tm);
+  return buf;
 }
 
 Result<std::string> ChatTemplate::apply(std::span<const ChatMessage> messages,
@@ -231,18 +256,33 @@ Result<std::string> ChatTemplate::apply(std::span<const ChatMessage> messages,
       if (add_generation_prompt) out += "<|im_start|>assistant\n";
       return out;
     }
-    case ChatFormat::kLlama3: {
-      if (!default_system_.empty() && !has_system)
+    case ChatFormat::kLlama3:
+    case ChatFormat::kLlama31: {
+      const bool v31 = format_ == ChatFormat::kLlama31;
+      if (!v31 && !default_system_.empty() && !has_system)
         msgs.insert(msgs.begin(), ChatMessage{"system", default_system_});
+      size_t first = 0;
+      if (v31) {
+        // Llama 3.1: always a system turn, with the date (and the ipython environment for tools).
+        out += bos_ + "<|start_header_id|>system<|end_header_id|>\n\n";
+        if (!tools.empty()) out += "Environment: ipython\n";
+        out += "Cutting Knowledge Date: December 2023\nToday Date: " + today() + "\n\n";
+        if (has_system) {
+          out += py_strip(msgs[0].content);
+          first = 1;
+        }
+        out += "<|eot_id|>";
+      }
       // Llama 3.1 puts the tools in the first message after the system prompt, as a user turn.
-      const size_t tools_at =
-          !tools.empty() ? (!msgs.empty() && msgs[0].role == "system" ? 1 : 0) : msgs.size();
+      const size_t tools_at = tools.empty()                               ? msgs.size()
+                              : !msgs.empty() && msgs[0].role == "system" ? 1
+                                                                          : 0;
       if (!tools.empty() && tools_at >= msgs.size()) {
         return invalid_argument("tools need a user message to go in");
       }
-      for (size_t i = 0; i < msgs.size(); ++i) {
+      for (size_t i = first; i < msgs.size(); ++i) {
         const ChatMessage& m = msgs[i];
-        if (i == 0) out += bos_;
+        if (i == 0 && !v31) out += bos_;
         if (i == tools_at) {
           out += "<|start_header_id|>user<|end_header_id|>\n\n" + llama3_tools_preamble(tools) +
                  py_strip(m.content) + "<|eot_id|>";

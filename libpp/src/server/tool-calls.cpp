@@ -282,6 +282,7 @@ const char* tool_call_syntax_name(ToolCallSyntax s) {
 ToolCallSyntax tool_call_syntax_for(model::ChatFormat f) {
   switch (f) {
     case model::ChatFormat::kLlama3:
+    case model::ChatFormat::kLlama31:
       return ToolCallSyntax::kLlama3Json;
     case model::ChatFormat::kMistral:
       return ToolCallSyntax::kMistral;
