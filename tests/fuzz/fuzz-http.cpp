@@ -24,8 +24,8 @@ std::unique_ptr<pp::model::Tokenizer>& tokenizer() {
 }
 
 constexpr pp::model::ChatFormat kFormats[] = {
-    pp::model::ChatFormat::kChatML, pp::model::ChatFormat::kLlama3, pp::model::ChatFormat::kLlama2,
-    pp::model::ChatFormat::kMistral};
+    pp::model::ChatFormat::kChatML, pp::model::ChatFormat::kLlama3, pp::model::ChatFormat::kLlama31,
+    pp::model::ChatFormat::kLlama2, pp::model::ChatFormat::kMistral};
 
 }  // namespace
 

@@ -288,7 +288,7 @@ TEST(OpenAiProtocol, BadInputNamesTheParameter) {
       {H,
        R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 21, "logprobs": true})",
        "top_logprobs"},
-      {H, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})", "tools"},
+      {H, R"({"messages": [{"role": "user", "content": "x"}], "tools": [{}]})", "tools[0].type"},
       {G, R"({"text": "a", "input_ids": [1]})", "text"},
       {G, R"({"sampling_params": {}})", "text"},
       {G, R"({"text": "a", "sampling_params": {"max_new_tokens": -1}})",

@@ -3,7 +3,8 @@ is missing, so a machine without `pip install openai pytest` skips instead of fa
 import importlib.util
 import sys
 
-NEEDS = {"test_openai_client.py": ["pytest", "openai"], "test_http_load.py": ["pytest"]}
+NEEDS = {"test_openai_client.py": ["pytest", "openai"], "test_openai_tools.py": ["pytest", "openai"],
+         "test_http_load.py": ["pytest"]}
 
 def main() -> int:
     path = sys.argv[1]

@@ -164,7 +164,7 @@ TEST_F(HttpServerTest, BadInputGetsOneEnvelopeNamingTheParameter) {
        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 100000}", 400,
        "max_tokens"},
       {"/v1/completions", "{\"prompt\": \"hi\", \"model\": \"gpt-4\"}", 404, "model"},
-      {"/v1/completions", "{\"prompt\": \"hi\", \"echo\": true}", 400, "echo"},
+      {"/v1/completions", "{\"prompt\": \"hi\", \"echo\": true, \"logprobs\": 1}", 400, "echo"},
       {"/v1/completions", "{\"prompt\": {\"" + huge_garbage + "\": 1}}", 400, "prompt"},
       {"/v1/completions", "{\"prompt\": \"" + std::string(70000, 'b') + "\"}", 413, ""},
       {"/generate", "{\"text\": \"hi\", \"sampling_params\": {\"temperature\": \"x\"}}", 400,

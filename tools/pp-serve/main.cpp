@@ -286,7 +286,7 @@ int main(int argc, char** argv) {
                  "(and tokenizer_config.json), a .gguf file or a model folder");
   app.add_option("--chat-template", o.chat_template,
                  "a Jinja chat template file used instead of the model's (of a format pp "
-                 "renders: ChatML, Llama 3, Llama 2, Mistral)");
+                 "renders: ChatML, Llama 3, Llama 3.1, Llama 2, Mistral)");
   app.add_flag("--trust-remote-code", o.trust_remote_code,
                "accepted for SGLang's command lines and ignored: pp runs no code from the model");
   app.add_option("--threads", o.threads,

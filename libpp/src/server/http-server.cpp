@@ -11,6 +11,7 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include "chat-tool-output.h"
 #include "generation.h"
 #include "pp/pipeline/scheduler.h"
 #include "pp/server/native-endpoints.h"
@@ -71,6 +72,13 @@ const char* status_text_type(int status) {
     default:
       return status >= 500 ? "server_error" : "invalid_request_error";
   }
+}
+
+// echo: the text of the prompt of choice `index` (a prompt given as ids is decoded).
+std::string echo_prompt(const ApiRequest& r, int32_t index, const model::Tokenizer* tok) {
+  const PromptInput& p = r.prompts[size_t(index / std::max(r.n, 1))];
+  if (!p.is_ids) return p.text;
+  return tok ? tok->decode(p.ids, /*skip_special=*/false) : std::string();
 }
 
 }  // namespace
@@ -551,10 +559,21 @@ void HttpServer::Impl::respond_whole(ApiKind kind, const ApiRequest& r, Generati
   }
   const bool lp = r.params.logprobs;
   switch (kind) {
-    case ApiKind::kCompletion:
-      return send_json(res, 200, completion_body(meta, gen.choices(), u, lp, tok));
-    case ApiKind::kChat:
-      return send_json(res, 200, chat_body(meta, gen.choices(), u, lp, tok));
+    case ApiKind::kCompletion: {
+      if (!r.echo) return send_json(res, 200, completion_body(meta, gen.choices(), u, lp, tok));
+      std::vector<ChoiceResult> echoed = gen.choices();
+      for (ChoiceResult& c : echoed) c.text = echo_prompt(r, c.index, tok) + c.text;
+      return send_json(res, 200, completion_body(meta, echoed, u, lp, tok));
+    }
+    case ApiKind::kChat: {
+      std::vector<ChatMessageOut> messages;
+      if (r.has_tool_output() && chat) {
+        for (const ChoiceResult& c : gen.choices()) {
+          messages.push_back(ChatToolReader(r, chat->format()).read_whole(c.text));
+        }
+      }
+      return send_json(res, 200, chat_body(meta, gen.choices(), u, lp, tok, messages));
+    }
     case ApiKind::kGenerate: {
       const double e2e = seconds_since(gen.arrival());
       const bool many = r.batched || r.n > 1;
@@ -583,6 +602,8 @@ void HttpServer::Impl::respond_stream(ApiKind kind, const ApiRequest& r,
     std::vector<size_t> sent_tokens;        // tokens whose logprobs went out, per choice
     std::vector<int64_t> token_text_bytes;  // completions' text_offset base, per choice
     std::vector<ChoiceEvent> events;
+    std::vector<std::string> echo;             // completions with echo: each choice's prompt
+    std::vector<ChatToolReader> tool_readers;  // chat with tools: one per choice
   };
   auto st = std::make_shared<State>();
   st->gen = std::move(gen);
@@ -595,6 +616,12 @@ void HttpServer::Impl::respond_stream(ApiKind kind, const ApiRequest& r,
   st->top_logprobs = r.params.top_logprobs;
   st->sent_tokens.assign(st->gen->choices().size(), 0);
   st->token_text_bytes.assign(st->gen->choices().size(), 0);
+  for (const ChoiceResult& c : st->gen->choices()) {
+    if (kind == ApiKind::kCompletion && r.echo) st->echo.push_back(echo_prompt(r, c.index, tok));
+    if (kind == ApiKind::kChat && r.has_tool_output() && chat) {
+      st->tool_readers.emplace_back(r, chat->format());
+    }
+  }
 
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -608,6 +635,11 @@ void HttpServer::Impl::respond_stream(ApiKind kind, const ApiRequest& r,
           out +=
               sse_data(chat_chunk(st->meta, c.index, "assistant", std::string(), nullptr, nullptr));
         }
+      }
+      // echo: the first chunk of each choice is its prompt.
+      for (size_t i = 0; i < st->echo.size(); ++i) {
+        out += sse_data(
+            completion_chunk(st->meta, g.choices()[i].index, st->echo[i], nullptr, nullptr));
       }
     }
     if (stopping.load() && !g.done()) g.cancel();
@@ -659,6 +691,22 @@ void HttpServer::Impl::respond_stream(ApiKind kind, const ApiRequest& r,
           break;
         }
         case ApiKind::kChat: {
+          if (!st->tool_readers.empty()) {
+            // Text that may be a call waits in the reader; calls go out whole.
+            ChatToolReader& reader = st->tool_readers[i];
+            ChatToolReader::Piece p = reader.feed(e.text, final);
+            const bool lp_delta = st->logprobs && end > begin;
+            if (p.content || !p.tool_calls.is_null() || lp_delta) {
+              json lp = lp_delta ? chat_logprobs(c, begin, end, tok) : json();
+              out += sse_data(chat_chunk(st->meta, c.index, "", p.content, std::move(lp), nullptr,
+                                         std::move(p.tool_calls)));
+            }
+            if (final) {
+              out += sse_data(chat_chunk(st->meta, c.index, "", std::nullopt, nullptr, &c, nullptr,
+                                         reader.called()));
+            }
+            break;
+          }
           if (has_delta) {
             json lp = st->logprobs ? chat_logprobs(c, begin, end, tok) : json();
             out += sse_data(chat_chunk(st->meta, c.index, "", e.text, std::move(lp), nullptr));

@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "openai-tools.h"
+
 namespace pp::server {
 namespace {
 
@@ -515,6 +517,40 @@ Err read_prompts(const json& v, const std::string& param, const ProtocolLimits& 
   return std::nullopt;
 }
 
+// An assistant message's tool_calls: [{id, type: "function", function: {name, arguments}}].
+Err read_tool_calls(const json& m, const std::string& pm, std::vector<model::ChatToolCall>* out) {
+  const json* calls = field(m, "tool_calls");
+  if (!calls) return std::nullopt;
+  const std::string pc = pm + ".tool_calls";
+  if (!calls->is_array()) return type_error(pc, "an array of tool calls", *calls);
+  for (size_t k = 0; k < calls->size(); ++k) {
+    const json& c = (*calls)[k];
+    const std::string pk = fmt::format("{}[{}]", pc, k);
+    if (!c.is_object()) return type_error(pk, "an object", c);
+    model::ChatToolCall tc;
+    if (Err e = get_string(c, "id", pk + ".id", &tc.id)) return e;
+    std::string type = "function";
+    if (Err e = get_string(c, "type", pk + ".type", &type)) return e;
+    if (type != "function") {
+      return bad_request(fmt::format("'{}.type' must be 'function', got '{}'", pk, excerpt(type)),
+                         pk + ".type");
+    }
+    const json* f = field(c, "function");
+    if (!f) return bad_request(fmt::format("'{}.function' is required", pk), pk + ".function");
+    if (!f->is_object()) return type_error(pk + ".function", "an object", *f);
+    const json* name = field(*f, "name");
+    if (!name) {
+      return bad_request(fmt::format("'{}.function.name' is required", pk), pk + ".function.name");
+    }
+    if (!name->is_string()) return type_error(pk + ".function.name", "a string", *name);
+    tc.name = name->get<std::string>();
+    tc.arguments = "{}";
+    if (Err e = get_string(*f, "arguments", pk + ".function.arguments", &tc.arguments)) return e;
+    out->push_back(std::move(tc));
+  }
+  return std::nullopt;
+}
+
 Err read_messages(const json& body, std::vector<model::ChatMessage>* out) {
   const json* v = field(body, "messages");
   if (!v) return bad_request("'messages' is required", "messages");
@@ -530,11 +566,21 @@ Err read_messages(const json& body, std::vector<model::ChatMessage>* out) {
     if (!role->is_string()) return type_error(pm + ".role", "a string", *role);
     cm.role = role->get<std::string>();
     if (cm.role == "developer") cm.role = "system";
-    if (cm.role != "system" && cm.role != "user" && cm.role != "assistant") {
-      return bad_request(fmt::format("'{}.role' must be system, developer, user or assistant, "
-                                     "got '{}'",
+    if (cm.role != "system" && cm.role != "user" && cm.role != "assistant" && cm.role != "tool") {
+      return bad_request(fmt::format("'{}.role' must be system, developer, user, assistant or "
+                                     "tool, got '{}'",
                                      pm, excerpt(cm.role)),
                          pm + ".role");
+    }
+    if (cm.role == "tool") {
+      const std::string pid = pm + ".tool_call_id";
+      const json* id = field(m, "tool_call_id");
+      if (!id) return bad_request(fmt::format("'{}' is required", pid), pid);
+      if (!id->is_string()) return type_error(pid, "a string", *id);
+      cm.tool_call_id = id->get<std::string>();
+    }
+    if (cm.role == "assistant") {
+      if (Err e = read_tool_calls(m, pm, &cm.tool_calls)) return e;
     }
     const json* content = field(m, "content");
     if (!content) {
@@ -573,9 +619,6 @@ Err read_messages(const json& body, std::vector<model::ChatMessage>* out) {
 
 // Fields whose meaning we cannot honour: refusing beats ignoring.
 Err refuse_unsupported(const json& body, int32_t n) {
-  bool echo = false;
-  if (Err e = get_bool(body, "echo", "echo", &echo)) return e;
-  if (echo) return bad_request("'echo' is not supported", "echo");
   if (const json* v = field(body, "suffix")) {
     if (!v->is_string() || !v->get<std::string>().empty())
       return bad_request("'suffix' is not supported", "suffix");
@@ -583,15 +626,11 @@ Err refuse_unsupported(const json& body, int32_t n) {
   int64_t best_of = n;
   if (Err e = get_int(body, "best_of", "best_of", 1, 64, &best_of)) return e;
   if (best_of != n) return bad_request("'best_of' other than n is not supported", "best_of");
-  if (const json* v = field(body, "tools")) {
-    if (!v->is_array()) return type_error("tools", "an array", *v);
-    if (!v->empty()) return bad_request("'tools' is not supported", "tools");
-  }
   return std::nullopt;
 }
 
-Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, ApiRequest* r,
-                 std::string* schema_pointer) {
+Err parse_openai(ApiKind kind, const json& body, std::string_view text,
+                 const ProtocolLimits& limits, ApiRequest* r, std::string* schema_pointer) {
   if (Err e = get_string(body, "model", "model", &r->model)) return e;
   model::SamplingParams& p = r->params;
   p.max_tokens = kind == ApiKind::kCompletion ? 16 : 0;  // chat: until the context is full
@@ -626,6 +665,12 @@ Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, A
       p.logprobs = true;
       p.top_logprobs = int32_t(k);
     }
+    if (Err e = get_bool(body, "echo", "echo", &r->echo)) return e;
+    if (r->echo && p.logprobs) {
+      // The prompt's logprobs would have to come with it, and pp does not compute them.
+      return bad_request("echo with logprobs is not supported", "echo");
+    }
+    if (Err e = refuse_tools(body)) return e;
     const json* prompt = field(body, "prompt");
     if (!prompt) return bad_request("'prompt' is required", "prompt");
     bool batched = false;
@@ -643,6 +688,7 @@ Err parse_openai(ApiKind kind, const json& body, const ProtocolLimits& limits, A
     if (Err e = get_bool(body, "add_generation_prompt", "add_generation_prompt",
                          &r->add_generation_prompt))
       return e;
+    if (Err e = read_tools(body, text, r)) return e;
   }
   return std::nullopt;
 }
@@ -758,7 +804,7 @@ ParseResult parse_request(ApiKind kind, std::string_view body, const ProtocolLim
   r.kind = kind;
   std::string schema_pointer;  // where a schema given as an object is (see read_schema)
   Err e = kind == ApiKind::kGenerate ? parse_generate(j, limits, &r, &schema_pointer)
-                                     : parse_openai(kind, j, limits, &r, &schema_pointer);
+                                     : parse_openai(kind, j, body, limits, &r, &schema_pointer);
   if (e) return *e;
   if (!schema_pointer.empty()) {
     const auto ordered = nlohmann::ordered_json::parse(body);
@@ -780,7 +826,10 @@ std::variant<std::vector<std::vector<int32_t>>, ApiError> tokenize_prompts(
       return bad_request("this model has no chat template; use /v1/completions", "messages",
                          "no_chat_template");
     }
-    Result<std::string> text = chat->apply(req.messages, req.add_generation_prompt);
+    // tool_choice "none" tells the model nothing of the tools (its output is read as text).
+    std::span<const model::ChatTool> tools;
+    if (req.tool_choice != ToolChoice::kNone) tools = req.tools;
+    Result<std::string> text = chat->apply(req.messages, req.add_generation_prompt, tools);
     if (!text.ok()) return bad_request(text.status().message(), "messages");
     // The template writes BOS itself where the format wants one.
     out.push_back(tokenizer->encode(*text, /*add_special=*/false));

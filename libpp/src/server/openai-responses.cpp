@@ -47,6 +47,22 @@ std::string make_response_id(const std::string& prefix) {
   return fmt::format("{}{:016x}{:08x}", prefix, rng(), uint32_t(rng()));
 }
 
+std::string make_tool_call_id(bool short_form) {
+  static constexpr char kAlnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::string id = short_form ? "" : "call_";
+  for (int i = 0; i < (short_form ? 9 : 24); ++i) id += kAlnum[rng() % (sizeof(kAlnum) - 1)];
+  return id;
+}
+
+json tool_call_delta(int32_t index, const ToolCallOut& c, bool first) {
+  if (!first) return {{"index", index}, {"function", {{"arguments", c.arguments}}}};
+  return {{"index", index},
+          {"id", c.id},
+          {"type", "function"},
+          {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
+}
+
 json finish_reason_json(pipeline::FinishReason r) {
   if (r == pipeline::FinishReason::kNone) return nullptr;
   return pipeline::finish_reason_name(r);
@@ -130,13 +146,31 @@ json completion_body(const ResponseMeta& m, std::span<const ChoiceResult> choice
 }
 
 json chat_body(const ResponseMeta& m, std::span<const ChoiceResult> choices, const Usage& u,
-               bool with_logprobs, const model::Tokenizer* tok) {
+               bool with_logprobs, const model::Tokenizer* tok,
+               std::span<const ChatMessageOut> messages) {
   json cs = json::array();
-  for (const ChoiceResult& c : choices) {
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult& c = choices[i];
+    json message = {{"role", "assistant"}, {"content", c.text}};
+    json finish = finish_reason_json(c.finish_reason);
+    if (i < messages.size()) {
+      const ChatMessageOut& mo = messages[i];
+      message["content"] = mo.content ? json(*mo.content) : json();
+      if (!mo.tool_calls.empty()) {
+        json calls = json::array();
+        for (const ToolCallOut& tc : mo.tool_calls) {
+          calls.push_back({{"id", tc.id},
+                           {"type", "function"},
+                           {"function", {{"name", tc.name}, {"arguments", tc.arguments}}}});
+        }
+        message["tool_calls"] = std::move(calls);
+        if (c.finish_reason == pipeline::FinishReason::kStop) finish = "tool_calls";
+      }
+    }
     cs.push_back({{"index", c.index},
-                  {"message", {{"role", "assistant"}, {"content", c.text}}},
+                  {"message", std::move(message)},
                   {"logprobs", choice_logprobs_or_null(c, true, with_logprobs, tok)},
-                  {"finish_reason", finish_reason_json(c.finish_reason)},
+                  {"finish_reason", std::move(finish)},
                   {"stop_reason", stop_reason_json(c)}});
   }
   return {{"id", m.id},
@@ -164,14 +198,19 @@ json completion_chunk(const ResponseMeta& m, int32_t index, const std::string& t
 
 json chat_chunk(const ResponseMeta& m, int32_t index, const std::string& role,
                 const std::optional<std::string>& content, json logprobs,
-                const ChoiceResult* finished) {
+                const ChoiceResult* finished, json tool_calls, bool called_tools) {
   json delta = json::object();
   if (!role.empty()) delta["role"] = role;
   if (content) delta["content"] = *content;
+  if (!tool_calls.is_null()) delta["tool_calls"] = std::move(tool_calls);
+  json finish = finished ? finish_reason_json(finished->finish_reason) : json();
+  if (finished && called_tools && finished->finish_reason == pipeline::FinishReason::kStop) {
+    finish = "tool_calls";
+  }
   json c = {{"index", index},
             {"delta", std::move(delta)},
             {"logprobs", std::move(logprobs)},
-            {"finish_reason", finished ? finish_reason_json(finished->finish_reason) : json()}};
+            {"finish_reason", std::move(finish)}};
   if (finished) c["stop_reason"] = stop_reason_json(*finished);
   return {{"id", m.id},
           {"object", "chat.completion.chunk"},

@@ -8,8 +8,13 @@
 // absent), required fields, non-empty prompts, token ids inside the vocabulary, finite sampling
 // values inside their ranges, n, stop strings, logprobs counts; and, once tokenized, that the
 // prompt leaves room in the context and that prompt + max_tokens fits it. Unknown fields are
-// ignored (clients send many), except a few whose meaning we cannot honour (echo, best_of > n,
-// suffix), which are refused rather than silently dropped.
+// ignored (clients send many), except a few whose meaning we cannot honour (best_of > n, suffix,
+// echo with logprobs), which are refused rather than silently dropped.
+//
+// Tool calling (chat): `tools` (functions with a JSON-schema `parameters`), `tool_choice`
+// ("none", "auto", "required" or one named function) and `parallel_tool_calls`; messages with
+// role "tool" (tool_call_id) and assistant messages with `tool_calls`. "required" and a named
+// function set params.grammar (a JSON schema) so that the output is a valid call, as vLLM does.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +53,14 @@ struct ProtocolLimits {
   int32_t max_stop = 16;     // stop strings at most
 };
 
+// What the model is told about tools and how its output is read (OpenAI's tool_choice).
+enum class ToolChoice : uint8_t {
+  kNone,      // tools are not rendered; the output is text
+  kAuto,      // tools are rendered; calls in the output are parsed in the family's syntax
+  kRequired,  // the grammar forces a JSON array of one or more calls
+  kNamed,     // the grammar forces the named function's arguments
+};
+
 struct ApiRequest {
   ApiKind kind = ApiKind::kCompletion;
   std::string model;                         // empty when the client sent none
@@ -60,6 +73,15 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
   bool batched = false;        // generate: text / input_ids was a list of prompts
+  bool echo = false;           // completions: each choice's text starts with its prompt
+  // Chat: the functions the model may call, and how (kNone when there are no tools).
+  std::vector<model::ChatTool> tools;
+  ToolChoice tool_choice = ToolChoice::kNone;
+  std::string tool_choice_name;     // kNamed: the function
+  bool parallel_tool_calls = true;  // false: at most one call per choice
+
+  // Whether the output is read for tool calls (rather than returned as text).
+  bool has_tool_output() const { return tool_choice != ToolChoice::kNone; }
 };
 
 using ParseResult = std::variant<ApiRequest, ApiError>;

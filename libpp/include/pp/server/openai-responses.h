@@ -46,6 +46,27 @@ struct Usage {
   nlohmann::json to_json() const;
 };
 
+// One tool call of a chat response (OpenAI's message.tool_calls[i]).
+struct ToolCallOut {
+  std::string id;         // "call_..." (Mistral: 9 letters and digits, as its template wants)
+  std::string name;       // the function
+  std::string arguments;  // JSON text
+};
+
+// A chat choice's message when its output was read for tool calls: the text outside the calls
+// (nullopt: null) and the calls. finish_reason "stop" becomes "tool_calls" when there are calls.
+struct ChatMessageOut {
+  std::optional<std::string> content;
+  std::vector<ToolCallOut> tool_calls;
+};
+
+// A fresh tool call id: "call_" + 24 letters and digits, or 9 of them (`short_form`, Mistral).
+std::string make_tool_call_id(bool short_form);
+
+// One tool call as a stream delta: {"index", "id", "type", "function": {"name", "arguments"}};
+// `first` false: only index and function.arguments (a further piece of the arguments).
+nlohmann::json tool_call_delta(int32_t index, const ToolCallOut& c, bool first);
+
 // Identity of one response: every chunk of a stream repeats it.
 struct ResponseMeta {
   std::string id;  // "cmpl-..." / "chatcmpl-..."
@@ -71,17 +92,22 @@ nlohmann::json chat_logprobs(const ChoiceResult& c, size_t begin, size_t end,
 // Whole (non-streaming) bodies. `with_logprobs`: the request asked for logprobs.
 nlohmann::json completion_body(const ResponseMeta& m, std::span<const ChoiceResult> choices,
                                const Usage& u, bool with_logprobs, const model::Tokenizer* tok);
+// `messages`: empty, or per choice the message read for tool calls (replacing the text).
 nlohmann::json chat_body(const ResponseMeta& m, std::span<const ChoiceResult> choices,
-                         const Usage& u, bool with_logprobs, const model::Tokenizer* tok);
+                         const Usage& u, bool with_logprobs, const model::Tokenizer* tok,
+                         std::span<const ChatMessageOut> messages = {});
 
 // Streaming chunks. `logprobs` is null or the chunk's logprobs (from *_logprobs above);
 // `finish` kNone gives finish_reason null.
 nlohmann::json completion_chunk(const ResponseMeta& m, int32_t index, const std::string& text,
                                 nlohmann::json logprobs, const ChoiceResult* finished);
-// role: "assistant" on the first chunk of a choice, else empty (no role key).
+// role: "assistant" on the first chunk of a choice, else empty (no role key). tool_calls: null,
+// or an array of tool_call_delta()s. called_tools: the choice made calls (a "stop" finish is
+// "tool_calls").
 nlohmann::json chat_chunk(const ResponseMeta& m, int32_t index, const std::string& role,
                           const std::optional<std::string>& content, nlohmann::json logprobs,
-                          const ChoiceResult* finished);
+                          const ChoiceResult* finished, nlohmann::json tool_calls = nullptr,
+                          bool called_tools = false);
 // The last chunk of a stream with stream_options.include_usage: no choices, the usage.
 nlohmann::json usage_chunk(const ResponseMeta& m, bool chat, const Usage& u);
 
