@@ -91,6 +91,24 @@ def test_required_gives_valid_calls(client, grammar):
                                            tool_choice="required", temperature=0,
                                            max_tokens=200, parallel_tool_calls=parallel)
         choice = r.choices[0]
+        if parallel and choice.finish_reason == "length":
+            # The 135M model, greedy, may call the same tool again and again until max_tokens:
+            # then every complete item of the (cut) array must still be a valid call.
+            text, dec, at, n = choice.message.content, json.JSONDecoder(), 1, 0
+            assert text.startswith("[")
+            while True:
+                try:
+                    item, at = dec.raw_decode(text, at)
+                except json.JSONDecodeError:
+                    break
+                {"get_weather": check_weather_args, "get_time": check_time_args}[item["name"]](
+                    json.dumps(item["parameters"]))
+                n += 1
+                if not text.startswith(", ", at):
+                    break
+                at += 2
+            assert n >= 1, text
+            continue
         assert choice.finish_reason == "tool_calls", choice
         calls = choice.message.tool_calls
         assert calls and (parallel or len(calls) == 1)
