@@ -23,7 +23,7 @@ else
   done
 fi
 
-# -O2 with line tables: fast enough to fuzz, and findings name file and line.
+# -O1 with line tables: fast enough to fuzz, and findings name file and line.
 build=$("$root/scripts/configure-sanitized.sh")
 ninja -C "$build" -j"$jobs" "${targets[@]/#/fuzz-}" >&2
 

@@ -3,7 +3,7 @@
 # fetches the default model, checks formatting, and runs every test except those labelled `gpu`
 # (run those on a GPU machine with: ctest --test-dir build -L gpu) and `bench_serving` (SGLang's
 # client against pp-serve: too long for CI, docs/testing.md); then the unit tests again
-# under ASan and UBSan, and each fuzz target for ${PP_FUZZ_SECONDS:-15} s (docs/testing.md).
+# under ASan and UBSan, and each fuzz target for ${PP_FUZZ_SECONDS:-10} s (docs/testing.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,4 +21,4 @@ step model scripts/fetch-model.sh >/dev/null
 step tests ctest --test-dir "${PP_BUILD_DIR:-$root/build}" -LE "gpu|bench_serving" --output-on-failure \
   -j"$(nproc)" --timeout 900 "$@"
 step sanitizers scripts/sanitize-tests.sh
-step fuzz scripts/fuzz.sh "${PP_FUZZ_SECONDS:-15}"
+step fuzz scripts/fuzz.sh "${PP_FUZZ_SECONDS:-10}"
