@@ -12,7 +12,16 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${PP_SAN_BUILD_DIR:-$root/build-san}
-CC=${PP_SAN_CC:-clang} CXX=${PP_SAN_CXX:-clang++} cmake -S "$root" -B "$build" -G Ninja \
-  -DPP_CUDA=OFF -DPP_SANITIZE=ON -DPP_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" >/dev/null
+args=(-G Ninja -DPP_CUDA=OFF -DPP_SANITIZE=ON -DPP_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1")
+# Configured once per set of arguments (a stamp holds them): configuring an existing tree again
+# reorders some pkg-config include folders, which changes every compile command and made
+# fuzz.sh rebuild the whole tree after sanitize-tests.sh had built it (about three CI minutes).
+# ninja itself reconfigures when a CMakeLists.txt changes.
+stamp="$build/.pp-configure-args"
+want="${PP_SAN_CC:-clang} ${PP_SAN_CXX:-clang++} ${args[*]}"
+if [ ! -f "$build/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  CC=${PP_SAN_CC:-clang} CXX=${PP_SAN_CXX:-clang++} cmake -S "$root" -B "$build" "${args[@]}" >/dev/null
+  echo "$want" >"$stamp"
+fi
 echo "$build"

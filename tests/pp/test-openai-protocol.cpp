@@ -168,6 +168,12 @@ TEST(OpenAiProtocol, StructuredOutputAndLogitBiasReachTheSamplingParams) {
                     limits());
   EXPECT_FALSE(std::get<ApiRequest>(strict).params.grammar.strict);
 
+  // vLLM's extras at their "off" values are accepted (clients send them so).
+  parse_ok(ApiKind::kCompletion,
+           json::parse(R"({"prompt": "x", "min_tokens": 0, "bad_words": [], "length_penalty": 1,
+                           "include_stop_str_in_output": false, "guided_decoding_backend":
+                           "xgrammar", "allowed_token_ids": null})"));
+
   const int32_t a = int32_t(test::random_int(0, 499)), b = int32_t(test::random_int(500, 999));
   ApiRequest lb = parse_ok(
       ApiKind::kCompletion,
@@ -260,6 +266,12 @@ TEST(OpenAiProtocol, BadInputNamesTheParameter) {
       {C, R"({"prompt": "a", "guided_regex": "a", "guided_json": {}})", "guided_regex"},
       {C, R"({"prompt": "a", "response_format": {"type": "json_object"}, "regex": "a"})", "regex"},
       {C, R"({"prompt": "a", "guided_whitespace_pattern": " "})", "guided_whitespace_pattern"},
+      {C, R"({"prompt": "a", "min_tokens": 3})", "min_tokens"},
+      {C, R"({"prompt": "a", "allowed_token_ids": [1, 2]})", "allowed_token_ids"},
+      {C, R"({"prompt": "a", "bad_words": ["x"]})", "bad_words"},
+      {C, R"({"prompt": "a", "prompt_logprobs": 1})", "prompt_logprobs"},
+      {C, R"({"prompt": "a", "include_stop_str_in_output": true})", "include_stop_str_in_output"},
+      {C, R"({"prompt": "a", "guided_decoding_backend": "outlines"})", "guided_decoding_backend"},
       {G, R"({"text": "a", "sampling_params": {"regex": "a", "ebnf": "root ::= \"a\""}})",
        "sampling_params.ebnf"},
       {G, R"({"text": "a", "sampling_params": {"json_schema": 7}})", "sampling_params.json_schema"},

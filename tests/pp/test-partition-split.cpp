@@ -542,6 +542,15 @@ TEST(PartitionManifest, RejectsMalformedManifests) {
   EXPECT_FALSE(mutate([](auto& j) { j["dtype"] = "q4"; }).ok());
   EXPECT_FALSE(mutate([](auto& j) { j["tokenizer"]["file"] = "/etc/passwd"; }).ok());
   EXPECT_FALSE(mutate([](auto& j) { j["stages"][1]["lm_head"] = false; }).ok());
+  // Integer fields as floats, or beyond their type (the partition fuzzer's 5.3e116 was an
+  // undefined float-to-integer cast): refused as data loss.
+  for (const nlohmann::json& bad : {nlohmann::json(5.33333e116), nlohmann::json(2.5),
+                                    nlohmann::json(uint64_t(1) << 63), nlohmann::json(-1e300)}) {
+    auto r = mutate([&](auto& j) { j["format_version"] = bad; });
+    ASSERT_FALSE(r.ok()) << bad.dump();
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status().message();
+    EXPECT_FALSE(mutate([&](auto& j) { j["stages"][0]["layers"]["begin"] = bad; }).ok());
+  }
 }
 
 }  // namespace

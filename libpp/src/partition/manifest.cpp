@@ -2,6 +2,9 @@
 // layer coverage of the stages, so a reader can trust a manifest that parsed.
 #include "pp/partition/manifest.h"
 
+#include <limits>
+#include <type_traits>
+
 namespace pp::partition {
 
 using nlohmann::json;
@@ -68,6 +71,18 @@ template <typename T>
 Status get(const json& j, const char* key, T& out, const std::string& where) {
   auto it = j.find(key);
   if (it == j.end()) return data_loss("'{}': missing field '{}'", where, key);
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // nlohmann converts a float to an integer by a cast, undefined past the integer's range
+    // (the fuzzer found 5.3e116): an integer field must hold an integer that fits.
+    if (!it->is_number_integer()) {
+      return data_loss("'{}': field '{}' has the wrong type", where, key);
+    }
+    const bool fits = it->is_number_unsigned()
+                          ? it->get<uint64_t>() <= uint64_t(std::numeric_limits<T>::max())
+                          : it->get<int64_t>() >= int64_t(std::numeric_limits<T>::min()) &&
+                                it->get<int64_t>() <= int64_t(std::numeric_limits<T>::max());
+    if (!fits) return data_loss("'{}': field '{}' is out of range", where, key);
+  }
   try {
     out = it->get<T>();
   } catch (const json::exception&) {

@@ -617,8 +617,45 @@ Err read_messages(const json& body, std::vector<model::ChatMessage>* out) {
   return std::nullopt;
 }
 
+// vLLM's and SGLang's extra sampling fields of the OpenAI routes that pp does not honour, with
+// the value that means "off": any other value is refused (a vLLM user's min_tokens must not be
+// dropped in silence). Other unknown top-level fields are ignored, as OpenAI's clients send some.
+struct UnhonouredExtra {
+  const char* key;
+  json off;
+};
+const UnhonouredExtra kUnhonouredExtras[] = {
+    {"min_tokens", 0},
+    {"min_new_tokens", 0},
+    {"allowed_token_ids", nullptr},
+    {"bad_words", json::array()},
+    {"prompt_logprobs", nullptr},
+    {"include_stop_str_in_output", false},
+    {"use_beam_search", false},
+    {"length_penalty", 1.0},
+    {"truncate_prompt_tokens", nullptr},
+    {"no_stop_trim", false},
+    {"structural_tag", nullptr},
+    {"spaces_between_special_tokens", true},
+    {"continue_final_message", false},
+    {"return_hidden_states", false},
+};
+
 // Fields whose meaning we cannot honour: refusing beats ignoring.
 Err refuse_unsupported(const json& body, int32_t n) {
+  for (const UnhonouredExtra& x : kUnhonouredExtras) {
+    const json* v = field(body, x.key);
+    if (!v || v->is_null() || *v == x.off) continue;
+    return bad_request(fmt::format("'{}' is not supported (only {})", x.key, x.off.dump()), x.key);
+  }
+  if (const json* v = field(body, "guided_decoding_backend")) {
+    // The backend is pp's choice (--grammar-backend); naming xgrammar, or letting pp choose, is
+    // fine.
+    if (!v->is_null() && !(v->is_string() && (*v == "xgrammar" || *v == "auto" || *v == ""))) {
+      return bad_request("'guided_decoding_backend' must be xgrammar or auto",
+                         "guided_decoding_backend");
+    }
+  }
   if (const json* v = field(body, "suffix")) {
     if (!v->is_string() || !v->get<std::string>().empty())
       return bad_request("'suffix' is not supported", "suffix");
