@@ -408,7 +408,12 @@ Status Coordinator::recover() {
     std::lock_guard lock(mu_);
     ++stats_.n_recoveries;
     stats_.recovering = true;
-    recovering_ = "a stage was lost";
+    // Which stages, at once: health() must not say less than take_losses() will.
+    std::string what;
+    for (const Lost& l : lost_) {
+      what += fmt::format("{}stage {} lost ({})", what.empty() ? "" : ", ", l.stage, l.why);
+    }
+    recovering_ = what.empty() ? "a stage was lost" : what;
   }
   // Nothing in flight will come back usefully: forget it all and recompute.
   const int64_t n_requeued = scheduler_->preempt_all();
