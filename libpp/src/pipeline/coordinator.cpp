@@ -33,6 +33,7 @@ transport::Plan plan_for_stage(const transport::Plan& plan, int32_t k, int32_t n
       e.sampling = transport::WireSampling{};
       e.penalty_prompt_ids.clear();
       e.penalty_output_ids.clear();
+      e.allowed_tokens.clear();  // the grammar mask is the last stage's sampler's
     }
   }
   return p;

@@ -14,8 +14,8 @@
 //      finished requests' blocks freed), stage timings, errors and disconnects, then the
 //      commands of other threads (submit, cancel, stop);
 //   2. fill and issue every idle group, the longest idle first (Scheduler::build_plan), sending
-//      each plan to every stage at once: token ids only to stage 0, sampling and penalty ids
-//      only to the last stage;
+//      each plan to every stage at once: token ids only to stage 0, sampling, penalty ids
+//      and grammar masks only to the last stage;
 //   3. hand the scheduler's events to the requests' sinks;
 //   4. heartbeats to every stage; a stage silent for stage_timeout, or whose connection or
 //      process is gone, or that reported an error, is lost: recover() (coordinator-stages.cpp).
