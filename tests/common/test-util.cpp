@@ -67,6 +67,7 @@ int64_t first_mismatch(std::span<const float> got, std::span<const float> ref, d
   if (got.size() != ref.size()) return 0;
   for (size_t i = 0; i < got.size(); ++i) {
     double a = got[i], b = ref[i];
+    if (a == b) continue;  // equal infinities too (their difference is NaN)
     if (!(std::fabs(a - b) <= atol + rtol * std::fabs(b))) return int64_t(i);
   }
   return -1;

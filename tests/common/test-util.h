@@ -36,7 +36,8 @@ inline int64_t random_int(int64_t lo, int64_t hi) {
   return std::uniform_int_distribution<int64_t>(lo, hi)(rng());
 }
 
-// Index of the first element where |a-b| > atol + rtol*|ref|, or -1 when all are close.
+// Index of the first element where |a-b| > atol + rtol*|ref|, or -1 when all are close (equal
+// values, infinities included, always are).
 int64_t first_mismatch(std::span<const float> got, std::span<const float> ref, double atol,
                        double rtol);
 
