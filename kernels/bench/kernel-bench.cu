@@ -21,6 +21,7 @@
 #include "pp/kernels/cpu.h"
 #include "pp/kernels/cuda/attention.h"
 #include "pp/kernels/cuda/fp8.h"
+#include "pp/kernels/cuda/gemv.h"
 #include "pp/kernels/cuda/linear.h"
 #include "pp/kernels/cuda/rms-norm.h"
 #include "pp/kernels/cuda/rope.h"
@@ -311,10 +312,60 @@ int main() {
     }
   }
 
+  // Prefill linears with fp8 weights in 128x128 blocks (Qwen3-8B-FP8's layout), gate|up shape:
+  // row counts that are and are not multiples of 16 (cuBLASLt takes only the former; the others
+  // run padded through the bf16 epilogue), against per-channel scales.
+  {
+    auto blas = ck::Blas::create();
+    if (!blas.ok() || !(*blas)->reserve_fp8({.max_m = 4096, .max_n = 24576, .max_k = 4096}).ok()) {
+      std::fprintf(stderr, "fp8 scratch\n");
+      return 1;
+    }
+    const int64_t n = 24576, k = 4096;
+    auto* w8 = reinterpret_cast<uint8_t*>(random_bf16(size_t(n * k / 2), -0.01f, 0.01f));
+    float* scales = alloc<float>(size_t(n * (k / 128)));
+    fill_random_f32<<<1024, 256>>>(scales, size_t(n * (k / 128)), 7, 0.01f);
+    CHECK(cudaGetLastError());
+    bf16* x = random_bf16(size_t(4096 * k));
+    bf16* y = alloc<bf16>(size_t(4096 * n));
+    for (auto kind : {pp::kernels::ScaleKind::kBlock128x128, pp::kernels::ScaleKind::kPerChannel}) {
+      for (int64_t m : {4096, 4000, 1000, 33}) {
+        ck::LinearParams lp{.x = x,
+                            .w = w8,
+                            .out = y,
+                            .m = m,
+                            .n = n,
+                            .k = k,
+                            .format = pp::kernels::WeightFormat::kFp8E4M3,
+                            .scale_kind = kind,
+                            .scales = scales};
+        auto path = (*blas)->path_for(lp);
+        const double ms = time_ms(
+            [&] {
+              if (auto st = (*blas)->linear(lp, nullptr); !st.ok()) {
+                std::fprintf(stderr, "%s\n", st.message().c_str());
+                std::exit(1);
+              }
+            },
+            5);
+        char shape[96];
+        std::snprintf(shape, sizeof shape, "m=%lld n=%lld k=%lld %s", (long long)m, (long long)n,
+                      (long long)k, pp::kernels::scale_kind_name(kind));
+        std::printf("| fp8 linear (%s) | %s | %.1f | %.1f TFLOP/s |\n",
+                    path.ok() ? pp::kernels::gpu::linear_path_name(*path) : "?", shape, ms * 1e3,
+                    2.0 * m * n * k / (ms * 1e-3) / 1e12);
+      }
+    }
+    for (void* p : std::initializer_list<void*>{w8, scales, x, y}) CHECK(cudaFree(p));
+  }
+
   // Decode linears at Qwen3-8B shapes (qkv, o, gate|up, down): the fp8 GEMV (per-channel
   // scales) next to the bf16 one (Blas::linear takes the GEMV up to 8 rows), as bytes moved
   // (weight, x, y, scales) over time; then the lm_head into f32 logits.
   std::printf("\n| kernel | shape | us | GB/s | of copy |\n|---|---|---|---|---|\n");
+  // A blocking stream: it orders with the legacy stream time_ms records its events on.
+  cudaStream_t bench_stream = nullptr;
+  CHECK(cudaStreamCreate(&bench_stream));
   {
     auto blas = ck::Blas::create();
     if (!blas.ok()) {
@@ -335,18 +386,42 @@ int main() {
         char shape[96];
         std::snprintf(shape, sizeof shape, "m=%lld n=%lld k=%lld", (long long)m, (long long)n,
                       (long long)k);
-        ck::Fp8GemvParams gp;
+        ck::GemvParams gp;
         gp.x = x;
         gp.w = w8;
+        gp.format = pp::kernels::WeightFormat::kFp8E4M3;
         gp.scale_kind = pp::kernels::ScaleKind::kPerChannel;
         gp.scales = scales;
         gp.out = y;
         gp.m = m;
         gp.n = n;
         gp.k = k;
-        const double ms8 = time_ms([&] { CHECK(ck::fp8_gemv(gp, nullptr)); }, 20);
-        report_bw("fp8 gemv (per-channel)", shape, ms8,
-                  double(n * k + m * k * 2 + m * n * 2 + n * 4));
+        const double fp8_bytes = double(n * k + m * k * 2 + m * n * 2 + n * 4);
+        const double ms8 = time_ms([&] { CHECK(ck::gemv(gp, nullptr)); }, 20);
+        report_bw("fp8 gemv (per-channel)", shape, ms8, fp8_bytes);
+        // Back to back as programmatic dependents: each launch overlaps the one before (on a
+        // stream of its own: the legacy default stream is no place for them).
+        gp.programmatic = true;
+        report_bw("fp8 gemv, programmatic", shape,
+                  time_ms([&] { CHECK(ck::gemv(gp, bench_stream)); }, 20), fp8_bytes);
+        gp.programmatic = false;
+        if (m == 1) {
+          for (auto [rows, loads] : {std::pair{1, 8}, {2, 8}, {4, 4}}) {
+            const int r = rows, u = loads;  // lambdas cannot capture structured bindings (C++17)
+            char name[64];
+            std::snprintf(name, sizeof name, "fp8 gemv R=%d U=%d", r, u);
+            report_bw(name, shape, time_ms([&] { CHECK(ck::gemv_variant(gp, r, u, nullptr)); }, 20),
+                      fp8_bytes);
+            ck::GemvParams gb = gp;
+            gb.w = w16;
+            gb.format = pp::kernels::WeightFormat::kBF16;
+            gb.scale_kind = pp::kernels::ScaleKind::kNone;
+            gb.scales = nullptr;
+            std::snprintf(name, sizeof name, "bf16 gemv R=%d U=%d", r, u);
+            report_bw(name, shape, time_ms([&] { CHECK(ck::gemv_variant(gb, r, u, nullptr)); }, 20),
+                      double(n * k * 2 + m * k * 2 + m * n * 2));
+          }
+        }
         ck::LinearParams lp;
         lp.x = x;
         lp.w = w16;
@@ -371,6 +446,65 @@ int main() {
       CHECK(cudaFree(scales));
       CHECK(cudaFree(x));
       CHECK(cudaFree(y));
+    }
+  }
+
+  // One decode layer's qkv and FFN-up half, fp8 (per channel), Qwen3-8B shape: rms_norm + GEMV
+  // + swiglu as separate kernels against SwiGLU fused into the GEMV, each timed as a chain of
+  // ordinary launches and as programmatic ones (what a decode step's graph replays).
+  std::printf("\n| decode chain (fp8) | shape | us |\n|---|---|---|\n");
+  {
+    const int64_t E = 4096, F = 12288, QKV = 6144;
+    auto* w_gu = reinterpret_cast<uint8_t*>(random_bf16(size_t(2 * F * E / 2)));
+    auto* w_qkv = reinterpret_cast<uint8_t*>(random_bf16(size_t(QKV * E / 2)));
+    float* scales = alloc<float>(size_t(2 * F));
+    fill_random_f32<<<1024, 256>>>(scales, size_t(2 * F), 6, 0.01f);
+    CHECK(cudaGetLastError());
+    bf16* h = random_bf16(size_t(8 * E));
+    bf16* norm_w = random_bf16(size_t(E));
+    bf16* x = alloc<bf16>(size_t(8 * E));
+    bf16* gu = alloc<bf16>(size_t(8 * 2 * F));
+    bf16* act = alloc<bf16>(size_t(8 * F));
+    bf16* qkv = alloc<bf16>(size_t(8 * QKV));
+    for (int64_t m : {1, 8}) {
+      for (bool pdl : {false, true}) {
+        ck::GemvParams g;
+        g.format = pp::kernels::WeightFormat::kFp8E4M3;
+        g.scale_kind = pp::kernels::ScaleKind::kPerChannel;
+        g.scales = scales;
+        g.m = m;
+        g.k = E;
+        g.programmatic = pdl;
+        ck::RmsNormParams rn{.x = h, .weight = norm_w, .out = x, .n_rows = m, .n = E};
+        cudaStream_t st = bench_stream;
+        auto separate = [&] {
+          CHECK(ck::rms_norm(rn, st));
+          ck::GemvParams a = g;
+          a.x = x, a.w = w_qkv, a.out = qkv, a.n = QKV;
+          CHECK(ck::gemv(a, st));
+          CHECK(ck::rms_norm(rn, st));
+          a.w = w_gu, a.out = gu, a.n = 2 * F;
+          CHECK(ck::gemv(a, st));
+          CHECK(ck::swiglu({.gate_up = gu, .out = act, .n_tokens = m, .n_ff = F}, st));
+        };
+        auto fused = [&] {
+          CHECK(ck::rms_norm(rn, st));
+          ck::GemvParams a = g;
+          a.x = x, a.w = w_qkv, a.out = qkv, a.n = QKV;
+          CHECK(ck::gemv(a, st));
+          CHECK(ck::rms_norm(rn, st));
+          a.w = w_gu, a.out = act, a.n = F, a.swiglu = true;
+          CHECK(ck::gemv(a, st));
+        };
+        char shape[96];
+        std::snprintf(shape, sizeof shape, "m=%lld%s", (long long)m, pdl ? " programmatic" : "");
+        std::printf("| norm+qkv, norm+gate_up+swiglu | %s | %.1f |\n", shape,
+                    time_ms(separate, 20) * 1e3);
+        std::printf("| the same, SwiGLU fused | %s | %.1f |\n", shape, time_ms(fused, 20) * 1e3);
+      }
+    }
+    for (void* p : std::initializer_list<void*>{w_gu, w_qkv, scales, h, norm_w, x, gu, act, qkv}) {
+      CHECK(cudaFree(p));
     }
   }
 

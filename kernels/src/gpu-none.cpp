@@ -61,6 +61,7 @@ Status Graph::launch(Stream&) const { return no_cuda(); }
 Status copy_async(void*, const void*, size_t, Stream&) { return no_cuda(); }
 Status zero_async(void*, size_t, Stream&) { return no_cuda(); }
 Status upload_bf16(Bf16*, const float*, size_t) { return no_cuda(); }
+Status busy_wait(int64_t, Stream&) { return no_cuda(); }
 Status fill_random(Bf16*, size_t, uint64_t, float, float, Stream&) { return no_cuda(); }
 Status embedding(const Bf16*, const int32_t*, Bf16*, int64_t, int64_t, int64_t, Stream&) {
   return no_cuda();
@@ -91,6 +92,7 @@ Status Blas::reserve_fp8(int64_t, int64_t, int64_t, int64_t) { return no_cuda();
 Result<LinearPath> Blas::path_for(const LinearArgs&) { return no_cuda(); }
 void Blas::set_log(std::function<void(const std::string&)>) {}
 void Blas::set_fp8_activations(bool) {}
+void Blas::set_programmatic_launch(bool) {}
 Status quantize_fp8_rows(const Bf16*, void*, float*, int64_t, int64_t, Stream&) {
   return no_cuda();
 }

@@ -111,6 +111,34 @@ GpuStageModel::~GpuStageModel() {
         prof_.n_sample, prof_.n_sample ? prof_.sample_ms / double(prof_.n_sample) : 0.0,
         graph_replays_);
   }
+  if (prof_.ops && prof_.op_steps > 0) {
+    static constexpr const char* kNames[kOpKinds] = {
+        "embedding",        "rms_norm", "qkv",  "rope+kv",      "attention", "o_proj",
+        "gate_up(+swiglu)", "swiglu",   "down", "lm_head+norm", ""};
+    std::string parts;
+    double total = 0;
+    for (int k = 0; k < kOpEnd; ++k) {
+      const double ms = prof_.op_ms[size_t(k)] / double(prof_.op_steps);
+      total += ms;
+      if (ms > 0) parts += fmt::format("{} {:.3f}, ", kNames[k], ms);
+    }
+    spdlog::warn(
+        "layers [{}, {}): decode step GPU time by op over {} eager steps, ms: {}total {:.3f} "
+        "(PP_GPU_PROFILE=ops)",
+        layer_begin_, layer_end_, prof_.op_steps, parts, total);
+  }
+}
+
+Status GpuStageModel::op_mark(OpKind kind) {
+  if (!prof_.ops_step) return ok_status();
+  if (prof_.n_ops == prof_.op_events.size()) {
+    PP_ASSIGN_OR_RETURN(gpu::Event e, gpu::Event::create(true));
+    prof_.op_events.push_back(std::move(e));
+    prof_.op_kinds.push_back(0);
+  }
+  PP_RETURN_IF_ERROR(prof_.op_events[prof_.n_ops].record(stream_));
+  prof_.op_kinds[prof_.n_ops++] = kind;
+  return ok_status();
 }
 
 Status GpuStageModel::profile_collect() {
@@ -121,6 +149,15 @@ Status GpuStageModel::profile_collect() {
     ++prof_.n_forward;
     prof_.pending_forward = false;
   }
+  if (prof_.n_ops > 1) {
+    PP_RETURN_IF_ERROR(prof_.op_events[prof_.n_ops - 1].synchronize());
+    for (size_t i = 0; i + 1 < prof_.n_ops; ++i) {
+      PP_ASSIGN_OR_RETURN(float ms, prof_.op_events[i + 1].elapsed_since(prof_.op_events[i]));
+      prof_.op_ms[size_t(prof_.op_kinds[i])] += ms;
+    }
+    ++prof_.op_steps;
+  }
+  prof_.n_ops = 0;
   if (prof_.pending_sample) {
     PP_RETURN_IF_ERROR(prof_.s1.synchronize());
     PP_ASSIGN_OR_RETURN(float ms, prof_.s1.elapsed_since(prof_.s0));
@@ -167,6 +204,14 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
   PP_ASSIGN_OR_RETURN(copy_stream_, gpu::Stream::create(false));
   PP_ASSIGN_OR_RETURN(blas_, gpu::Blas::create());
   blas_->set_fp8_activations(options_.fp8_activations);
+  // PP_GPU_FUSE=0 and PP_GPU_PDL=0 turn the decode fusions and programmatic launches off, to
+  // measure what each brings (docs/perf.md).
+  auto env_off = [](const char* name) {
+    const char* e = std::getenv(name);
+    return e && std::string(e) == "0";
+  };
+  fuse_decode_ = options_.fuse_decode && !env_off("PP_GPU_FUSE");
+  blas_->set_programmatic_launch(options_.programmatic_launch && !env_off("PP_GPU_PDL"));
   const std::vector<float> inv = rope_inv_freq_for(config_);
   PP_ASSIGN_OR_RETURN(inv_freq_, gpu::DeviceBuffer::allocate(inv.size() * sizeof(float)));
   PP_RETURN_IF_ERROR(
@@ -186,6 +231,7 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
   PP_ASSIGN_OR_RETURN(copied_, gpu::Event::create());
   if (const char* e = std::getenv("PP_GPU_PROFILE"); e && *e && std::string(e) != "0") {
     prof_.on = true;
+    prof_.ops = std::string(e) == "ops";
     PP_ASSIGN_OR_RETURN(prof_.f0, gpu::Event::create(true));
     PP_ASSIGN_OR_RETURN(prof_.f1, gpu::Event::create(true));
     PP_ASSIGN_OR_RETURN(prof_.s0, gpu::Event::create(true));
@@ -632,12 +678,27 @@ Status GpuStageModel::upload_metadata(const Batch& batch, int64_t pad_tokens, in
   return ok_status();
 }
 
+Status GpuStageModel::gate_up_swiglu(const kernels::WeightView& w, int64_t T) {
+  PP_RETURN_IF_ERROR(op_mark(kOpGateUp));
+  const gpu::LinearArgs fused{.x = x_, .w = w, .out = act_, .m = T, .swiglu = true};
+  if (fuse_decode_ && T <= gpu::kFp8GemvMaxRows) {
+    const Result<gpu::LinearPath> path = blas_->path_for(fused);
+    if (path.ok() && (*path == gpu::LinearPath::kBf16Gemv || *path == gpu::LinearPath::kFp8Gemv)) {
+      return blas_->linear(fused, stream_);
+    }
+  }
+  PP_RETURN_IF_ERROR(blas_->linear({.x = x_, .w = w, .out = gate_up_, .m = T}, stream_));
+  PP_RETURN_IF_ERROR(op_mark(kOpSwiglu));
+  return gpu::swiglu(gate_up_, act_, T, config_.n_ff, stream_);
+}
+
 Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_kv_len,
                           int64_t width, int64_t R) {
   const ModelConfig& c = config_;
-  const int64_t E = c.n_embd, KV = c.kv_dim(), F = c.n_ff;
+  const int64_t E = c.n_embd, KV = c.kv_dim();
   gpu::Stream& s = stream_;
   if (has_embedding()) {
+    PP_RETURN_IF_ERROR(op_mark(kOpEmbed));
     PP_RETURN_IF_ERROR(
         gpu::embedding(bf16(edges_[WeightSlot::kEmbedding]), d_ids_, h_, c.n_vocab, E, T, s));
   }
@@ -647,8 +708,10 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     Bf16* k_pool = kv_.as<Bf16>() + int64_t(2 * i) * per_layer;
     const gpu::PagedKvView kv{k_pool,      k_pool + per_layer, n_blocks_,
                               block_size_, c.n_head_kv,        c.head_dim};
+    PP_RETURN_IF_ERROR(op_mark(kOpNorm));
     PP_RETURN_IF_ERROR(
         gpu::rms_norm(h_, nullptr, bf16(l[WeightSlot::kAttnNorm]), x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(op_mark(kOpQkv));
     PP_RETURN_IF_ERROR(blas_->linear({.x = x_,
                                       .w = l[WeightSlot::kQkv],
                                       .bias = bf16(l[WeightSlot::kQkvBias]),
@@ -668,6 +731,7 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     r.n_tokens = T;
     r.n_head = c.n_head;
     r.rot_dim = c.head_dim;
+    PP_RETURN_IF_ERROR(op_mark(kOpRope));
     PP_RETURN_IF_ERROR(gpu::rope_kv_write(r, s));
     gpu::AttentionArgs a;
     a.q = q_;
@@ -685,18 +749,21 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     a.max_kv_len = max_kv_len;
     a.workspace = attn_ws_.data();
     a.workspace_bytes = attn_ws_.bytes();
+    PP_RETURN_IF_ERROR(op_mark(kOpAttention));
     PP_RETURN_IF_ERROR(gpu::attention(a, s));
+    PP_RETURN_IF_ERROR(op_mark(kOpO));
     PP_RETURN_IF_ERROR(blas_->linear(
         {.x = attn_, .w = l[WeightSlot::kO], .out = h_, .m = T, .accumulate = true}, s));
+    PP_RETURN_IF_ERROR(op_mark(kOpNorm));
     PP_RETURN_IF_ERROR(
         gpu::rms_norm(h_, nullptr, bf16(l[WeightSlot::kFfnNorm]), x_, T, E, c.rms_norm_eps, s));
-    PP_RETURN_IF_ERROR(
-        blas_->linear({.x = x_, .w = l[WeightSlot::kGateUp], .out = gate_up_, .m = T}, s));
-    PP_RETURN_IF_ERROR(gpu::swiglu(gate_up_, act_, T, F, s));
+    PP_RETURN_IF_ERROR(gate_up_swiglu(l[WeightSlot::kGateUp], T));
+    PP_RETURN_IF_ERROR(op_mark(kOpDown));
     PP_RETURN_IF_ERROR(blas_->linear(
         {.x = act_, .w = l[WeightSlot::kDown], .out = h_, .m = T, .accumulate = true}, s));
   }
   if (has_lm_head() && R > 0) {
+    PP_RETURN_IF_ERROR(op_mark(kOpHead));
     PP_RETURN_IF_ERROR(gpu::embedding(h_, d_logit_rows_, rows_, T, E, R, s));  // row gather
     PP_RETURN_IF_ERROR(gpu::rms_norm(rows_, nullptr, bf16(edges_[WeightSlot::kFinalNorm]), rows_, R,
                                      E, c.rms_norm_eps, s));
@@ -742,7 +809,7 @@ Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* outpu
   const bool all_rows_sampled =
       !has_lm_head() || batch.n_logit_rows() == T;  // decode: every row's logits (in order)
   const int64_t Tb = batch_bucket(T);
-  const bool graph = options_.cuda_graphs && max_q == 1 && all_rows_sampled &&
+  const bool graph = options_.cuda_graphs && !prof_.ops && max_q == 1 && all_rows_sampled &&
                      Tb <= batch_bucket(options_.max_seqs) && Tb <= options_.max_tokens;
 
   if (graph) {
@@ -752,6 +819,8 @@ Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* outpu
   }
   if (prof_.on) {
     PP_RETURN_IF_ERROR(profile_collect());
+    prof_.ops_step = prof_.ops && max_q == 1;
+    if (prof_.ops_step) PP_RETURN_IF_ERROR(gpu::busy_wait(3000, stream_));
     PP_RETURN_IF_ERROR(prof_.f0.record(stream_));
   }
   if (!has_embedding()) {
@@ -781,6 +850,7 @@ Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* outpu
     }
     PP_RETURN_IF_ERROR(upload_metadata(batch, 0, width));
     PP_RETURN_IF_ERROR(run(T, S, max_q, max_kv, width, last_logit_rows_));
+    PP_RETURN_IF_ERROR(op_mark(kOpEnd));
   }
   if (!has_lm_head()) {
     PP_RETURN_IF_ERROR(gpu::copy_async(output, h_, size_t(T * E) * sizeof(Bf16), stream_));

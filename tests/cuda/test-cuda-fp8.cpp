@@ -228,9 +228,12 @@ class CudaFp8Linear : public ::testing::Test {
     const double scratch_eps = *path == LinearPath::kFp8LtBf16Epilogue ? 1.0 / 256 : 0.0;
     const std::vector<float> xr =
         quantized_x ? quantized_activations(x, m, k, kind == ScaleKind::kBlock128x128) : x;
-    // cuBLASLt's fp8 tensor-core sums carry fewer bits between its f32 promotions.
-    // (2e-4 was exceeded by 0.6 % once on an H100: m=9 n=416 k=304, per-channel, into f32.)
-    const double eps = *path == LinearPath::kFp8Dequant ? 1.0 / 256 : quantized_x ? 4e-4 : 1e-5;
+    // cuBLASLt's fp8 tensor-core sums carry fewer bits between its f32 promotions. On an H100:
+    // 2e-4 was exceeded by 0.6 % once (m=9 n=416 k=304, per-channel, into f32); 4e-4 by 4 %
+    // (m=64 n=688 k=80, per-channel, f32) and by 54 % (block scales into f32 scratch, m=256 of
+    // 257, n=280 k=256) in one run. A wrong scale or a lost 128-column group is an error of a
+    // sizeable share of sum |x_i w_i|, far above this.
+    const double eps = *path == LinearPath::kFp8Dequant ? 1.0 / 256 : quantized_x ? 1e-3 : 1e-5;
     const double out_eps = var.f32 ? 1e-6 : 1.0 / 256;
     PathStats& ps = stats_[pp::kernels::gpu::linear_path_name(*path)];
     ++ps.calls;
@@ -285,12 +288,10 @@ TEST_F(CudaFp8Linear, EveryScaleKindPathAndVariantMatchesFloat64) {
                                                            : 16 * k16(pp::test::rng());
         const LinearPath path = check(m, n, k, kind, variants[vi]);
         EXPECT_EQ(path == LinearPath::kFp8Gemv, m <= 8) << "m=" << m;
-        // Every variant has a cuBLASLt path (fused, or an epilogue over f32 or bf16 scratch):
-        // the dequantizing fallback is for shapes cuBLASLt refuses outright, which with block
-        // scales is every m not a multiple of 16 (seen on an H100 with CUDA 13).
-        if (m > 8 && (kind != ScaleKind::kBlock128x128 || m % 16 == 0)) {
-          EXPECT_NE(path, LinearPath::kFp8Dequant) << "m=" << m;
-        }
+        // Every variant has a cuBLASLt path (fused, or an epilogue over f32 or bf16 scratch,
+        // rows padded to 16 where cuBLASLt refuses block scales at other row counts, as on an
+        // H100 with CUDA 13): the dequantizing fallback is for shapes it refuses outright.
+        if (m > 8) EXPECT_NE(path, LinearPath::kFp8Dequant) << "m=" << m;
       }
     }
   }

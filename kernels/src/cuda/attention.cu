@@ -105,6 +105,7 @@ __device__ __forceinline__ float fold(float x, float a, float xc, float b) {
 
 template <int D, int kRowWarps>
 __global__ void __launch_bounds__(kThreads, kRowWarps == 4 ? 1 : 4) attention_kernel(Args args) {
+  detail::launch_dependents();
   constexpr int kColWarps = 4 / kRowWarps;
   constexpr int kKeys = Shape<D>::kKeys;
   constexpr int kStride = Shape<D>::kStride;
@@ -368,6 +369,7 @@ __global__ void __launch_bounds__(kThreads, kRowWarps == 4 ? 1 : 4) attention_ke
 // thread per column.
 template <int D>
 __global__ void merge_kernel(Args args) {
+  detail::launch_dependents();
   const int64_t pair = blockIdx.x;
   const int d = threadIdx.x;
   const int64_t base = pair * args.n_splits;

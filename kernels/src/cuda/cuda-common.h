@@ -1,5 +1,6 @@
 // Private helpers shared by the CUDA kernels: bf16 vector loads and stores, warp and block
-// reductions, the grid-size helper and the compile-time dispatch on head_dim.
+// reductions, programmatic dependent launch, the grid-size helper and the compile-time dispatch
+// on head_dim.
 //
 // Only kernels/src/cuda includes this; it is CUDA source (device functions), C++17.
 #pragma once
@@ -60,6 +61,33 @@ __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
   return v;
+}
+
+// Programmatic dependent launch (Hopper): a kernel launched with the programmatic-serialization
+// attribute may start before the kernel ahead of it in the stream ends; it must call
+// wait_for_prerequisites() (in every thread, before it exits) before reading anything that
+// kernel writes, and whatever it does before may not depend on it (the GEMV issues its first
+// weight loads there). launch_dependents() lets such a dependent start once every block of this
+// kernel has called it or exited; it changes nothing for a dependent launched the ordinary way.
+// Both are no-ops below sm_90.
+__device__ __forceinline__ void wait_for_prerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// silu(g) * u in f32, as the CPU reference computes it (cpu::swiglu).
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// A bf16 value rounded to nearest and read back as f32.
+__device__ __forceinline__ float round_bf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
 }
 
 // Blocks for a grid-stride loop over n items: enough to fill the device, no more than needed.

@@ -51,7 +51,20 @@ __global__ void logit_mask_kernel(float* logits, int64_t row_stride, int64_t n_v
   }
 }
 
+__global__ void busy_wait_kernel(int64_t ns) {
+  uint64_t t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (int64_t(t - t0) < ns);
+}
+
 }  // namespace
+
+cudaError_t busy_wait(int64_t microseconds, cudaStream_t stream) {
+  busy_wait_kernel<<<1, 1, 0, stream>>>(microseconds * 1000);
+  return cudaGetLastError();
+}
 
 cudaError_t fill_random(__nv_bfloat16* out, size_t n, uint64_t key, float lo, float hi,
                         cudaStream_t stream) {

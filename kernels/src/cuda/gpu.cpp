@@ -246,6 +246,10 @@ Status upload_bf16(Bf16* dst, const float* src, size_t n) {
 
 // --- ops
 
+Status busy_wait(int64_t microseconds, Stream& s) {
+  return cuda_status(cuda::busy_wait(microseconds, native(s)), "busy_wait");
+}
+
 Status fill_random(Bf16* out, size_t n, uint64_t key, float lo, float hi, Stream& s) {
   return cuda_status(cuda::fill_random(bf(out), n, key, lo, hi, native(s)), "fill_random");
 }
@@ -353,17 +357,22 @@ cuda::LinearParams linear_params(const LinearArgs& a) {
   p.out = bf(a.out);
   p.out_f32 = a.out_f32;
   p.m = a.m;
-  p.n = a.w.rows;
+  p.n = a.swiglu ? a.w.rows / 2 : a.w.rows;
   p.k = a.w.cols;
   p.accumulate = a.accumulate;
   p.format = a.w.format;
   p.scale_kind = a.w.scale_kind;
   p.scales = a.w.scales;
+  p.swiglu = a.swiglu;
   return p;
 }
 }  // namespace
 
 Status Blas::linear(const LinearArgs& a, Stream& s) {
+  if (a.swiglu && a.w.rows % 2 != 0) {
+    return invalid_argument("linear: a gate|up weight of {} rows (SwiGLU needs an even count)",
+                            a.w.rows);
+  }
   return impl_->blas->linear(linear_params(a), native(s));
 }
 Status Blas::reserve_fp8(int64_t max_m, int64_t max_n, int64_t max_k, int64_t max_weight_elems) {
@@ -376,6 +385,7 @@ void Blas::set_log(std::function<void(const std::string&)> log) {
   impl_->blas->set_log(std::move(log));
 }
 void Blas::set_fp8_activations(bool on) { impl_->blas->set_fp8_activations(on); }
+void Blas::set_programmatic_launch(bool on) { impl_->blas->set_programmatic_launch(on); }
 
 Status quantize_fp8_rows(const Bf16* x, void* q, float* scales, int64_t rows, int64_t cols,
                          Stream& s) {

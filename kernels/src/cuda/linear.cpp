@@ -11,8 +11,10 @@
 // "outer-dim-major", scale (row r, group g) at g * m + r; BLK128x128 scales of A = W are
 // [n / 128] rows of ceil(k / 128) floats at a stride rounded up to 4 floats (16 bytes), so a
 // weight whose ceil(k / 128) is not a multiple of 4 has its scales copied to padded rows first.
-// A per-tensor weight scale is broadcast to n scales. Each of these runs as stream work, so a
-// captured graph replays it.
+// A per-tensor weight scale is broadcast to n scales. cuBLASLt (CUDA 13, H100) refuses
+// block-scaled GEMMs whose row count is not a multiple of 16: such calls run through the
+// epilogue's scratch with each chunk's rows padded to 16 (zero activations and scales). Each
+// of these runs as stream work, so a captured graph replays it.
 #include "pp/kernels/cuda/linear.h"
 
 #include <fmt/format.h>
@@ -24,7 +26,7 @@
 #include "pp/kernels/cuda/gemv.h"
 
 namespace pp::kernels::cuda {
-static_assert(kFp8GemvMaxM == gpu::kFp8GemvMaxRows);
+static_assert(kGemvMaxM == gpu::kFp8GemvMaxRows);
 namespace {
 
 Status blas_error(const char* what, cublasStatus_t s) {
@@ -38,32 +40,33 @@ Status cuda_error(const char* what, cudaError_t e) {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round16(int64_t n) { return ceil_div(n, 16) * 16; }
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
-Fp8GemvParams gemv_params(const LinearParams& p) {
+GemvParams gemv_params(const LinearParams& p, bool programmatic) {
   return {.x = p.x,
-          .w = static_cast<const uint8_t*>(p.w),
+          .w = p.w,
+          .format = p.format,
           .scale_kind = p.scale_kind,
           .scales = p.scales,
           .bias = p.bias,
+          .swiglu = p.swiglu,
           .out = p.out,
           .out_f32 = p.out_f32,
           .m = p.m,
           .n = p.n,
           .k = p.k,
-          .accumulate = p.accumulate};
+          .accumulate = p.accumulate,
+          .programmatic = programmatic};
 }
 
-Bf16GemvParams bf16_gemv_params(const LinearParams& p) {
-  return {.x = p.x,
-          .w = static_cast<const __nv_bfloat16*>(p.w),
-          .bias = p.bias,
-          .out = p.out,
-          .out_f32 = p.out_f32,
-          .m = p.m,
-          .n = p.n,
-          .k = p.k,
-          .accumulate = p.accumulate};
+bool fused(const LinearParams& p) { return p.swiglu; }
+
+Status unfusable(const LinearParams& p) {
+  return invalid_argument(
+      "linear: the fused SwiGLU runs on the GEMV only (m <= {}, k a multiple of {}, aligned "
+      "rows): m={} n={} k={}",
+      kGemvMaxM, p.format == WeightFormat::kBF16 ? 8 : 16, p.m, p.n, p.k);
 }
 
 std::string describe(const LinearParams& p) {
@@ -100,6 +103,13 @@ Result<std::unique_ptr<Blas>> Blas::create(size_t workspace_bytes) {
     }
   }
   b->workspace_bytes_ = workspace_bytes;
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) {
+    b->programmatic_supported_ = major >= 9;
+    b->programmatic_ = b->programmatic_supported_;
+  }
+  cudaGetLastError();
   return b;
 }
 
@@ -109,6 +119,13 @@ cublasStatus_t Blas::heuristic_algo(Plan* pl) {
   if (s != CUBLAS_STATUS_SUCCESS) return s;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                        &workspace_bytes_, sizeof(workspace_bytes_));
+  // Split-k partial sums only in f32: reduced in the output's type (bf16), each partial of a
+  // sum that cancels to a small result is rounded at its own, larger magnitude (an H100 run
+  // of CudaLinear.GemvEveryRowCountAndVariantMatchesFloat64 saw one output off by 2^-4 at
+  // m = 9, k = 920, partials around 8).
+  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                       sizeof(schemes));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   s = cublasLtMatmulAlgoGetHeuristic(handle_, pl->op, pl->a, pl->b, pl->c, pl->c, pref, 1, &result,
@@ -273,21 +290,29 @@ Result<Blas::Fp8Plan> Blas::fp8_plan_for(const LinearParams& p) {
       why = " (cuBLASLt has no algorithm with this epilogue";
       const int64_t rows = std::min(p.m, kEpilogueRows), tail = p.m % kEpilogueRows;
       // The plain GEMM of kEpilogueRows rows (and the tail's) into scratch: f32, else bf16
-      // (cuBLASLt has no f32 output with 128x128 block scales).
+      // (cuBLASLt has no f32 output with 128x128 block scales); as they are, else padded to
+      // a multiple of 16 rows (its block-scaled GEMMs take no other row counts).
       for (const bool f32_scratch : {true, false}) {
-        PP_ASSIGN_OR_RETURN(fp.full,
-                            fp8_lt_plan(rows, p.n, p.k, p.scale_kind, false, f32_scratch, false));
-        fp.tail = nullptr;
-        if (fp.full && p.m > kEpilogueRows && tail > 0) {
-          PP_ASSIGN_OR_RETURN(fp.tail,
-                              fp8_lt_plan(tail, p.n, p.k, p.scale_kind, false, f32_scratch, false));
+        for (const bool pad : {false, true}) {
+          const int64_t fr = pad ? round16(rows) : rows, tr = pad ? round16(tail) : tail;
+          if (pad && fr == rows && tr == tail) continue;  // nothing to pad
+          PP_ASSIGN_OR_RETURN(fp.full,
+                              fp8_lt_plan(fr, p.n, p.k, p.scale_kind, false, f32_scratch, false));
+          fp.tail = nullptr;
+          if (fp.full && p.m > kEpilogueRows && tail > 0) {
+            PP_ASSIGN_OR_RETURN(fp.tail,
+                                fp8_lt_plan(tr, p.n, p.k, p.scale_kind, false, f32_scratch, false));
+          }
+          if (fp.full && (p.m <= kEpilogueRows || tail == 0 || fp.tail)) {
+            fp.path = f32_scratch ? LinearPath::kFp8LtEpilogue : LinearPath::kFp8LtBf16Epilogue;
+            fp.padded = pad;
+            why += f32_scratch ? ")" : " nor into f32)";
+            if (pad) why += " (rows padded to 16)";
+            done = true;
+            break;
+          }
         }
-        if (fp.full && (p.m <= kEpilogueRows || tail == 0 || fp.tail)) {
-          fp.path = f32_scratch ? LinearPath::kFp8LtEpilogue : LinearPath::kFp8LtBf16Epilogue;
-          why += f32_scratch ? ")" : " nor into f32)";
-          done = true;
-          break;
-        }
+        if (done) break;
       }
       if (!done) why += " nor into f32 or bf16 scratch)";
     }
@@ -318,8 +343,9 @@ Status Blas::reserve_fp8(const Fp8Reserve& r) {
                             want.max_k);
   }
   const int64_t kb = ceil_div(want.max_k, 128);
-  const size_t q = align256(size_t(want.max_m * want.max_k));
-  const size_t as = align256(size_t(want.max_m * kb) * sizeof(float));
+  const int64_t rows = round16(want.max_m);  // a chunk's rows may be padded to 16
+  const size_t q = align256(size_t(rows * want.max_k));
+  const size_t as = align256(size_t(rows * kb) * sizeof(float));
   const size_t ws =
       align256(size_t(std::max(want.max_n, ceil_div(want.max_n, 128) * ceil_div(kb, 4) * 4)) *
                sizeof(float));
@@ -371,8 +397,17 @@ Status Blas::fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t s
   const float alpha = 1.0f;
   for (int64_t r0 = 0; r0 < p.m; r0 += chunk) {
     const int64_t mc = std::min(chunk, p.m - r0);
-    Plan* pl = mc == fp.full->m ? fp.full : fp.tail;
-    PP_ASSERT(pl != nullptr);
+    const int64_t mp = fp.padded ? round16(mc) : mc;  // the GEMM's rows
+    Plan* pl = mp == fp.full->m ? fp.full : fp.tail;
+    PP_ASSERT(pl != nullptr && pl->m == mp);
+    if (mp > mc) {
+      // The padding rows: zero activations (their products are zero) and zero scales.
+      PP_RETURN_IF_ERROR(cuda_error(
+          "pad rows", cudaMemsetAsync(act_q_ + mc * p.k, 0, size_t((mp - mc) * p.k), stream)));
+      PP_RETURN_IF_ERROR(
+          cuda_error("pad scales",
+                     cudaMemsetAsync(act_scales_, 0, size_t(mp * (block ? kb : 1)) * 4, stream)));
+    }
     QuantizeFp8Params qp{.x = p.x + r0 * p.k,
                          .q = act_q_,
                          .scales = act_scales_,
@@ -380,7 +415,7 @@ Status Blas::fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t s
                          .cols = p.k,
                          .group = block ? 128 : 0,
                          .group_major = block,
-                         .scale_ld = mc};
+                         .scale_ld = mp};
     PP_RETURN_IF_ERROR(cuda_error("quantize_fp8", quantize_fp8(qp, stream)));
     const void* b_scale = act_scales_;
     cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
@@ -419,14 +454,15 @@ Status Blas::fp8_lt_run(const LinearParams& p, const Fp8Plan& fp, cudaStream_t s
 }
 
 Result<LinearPath> Blas::path_for(const LinearParams& p) {
-  if (p.format == WeightFormat::kBF16) {
-    return bf16_gemv_supported(bf16_gemv_params(p)) ? LinearPath::kBf16Gemv : LinearPath::kBf16;
-  }
-  if (p.format != WeightFormat::kFp8E4M3) {
+  if (p.format != WeightFormat::kBF16 && p.format != WeightFormat::kFp8E4M3) {
     return unimplemented("linear: {} weights are not supported on the GPU",
                          weight_format_name(p.format));
   }
-  if (fp8_gemv_supported(gemv_params(p))) return LinearPath::kFp8Gemv;
+  if (gemv_supported(gemv_params(p, false))) {
+    return p.format == WeightFormat::kBF16 ? LinearPath::kBf16Gemv : LinearPath::kFp8Gemv;
+  }
+  if (fused(p)) return unfusable(p);
+  if (p.format == WeightFormat::kBF16) return LinearPath::kBf16;
   PP_ASSIGN_OR_RETURN(Fp8Plan fp, fp8_plan_for(p));
   return fp.path;
 }
@@ -438,30 +474,25 @@ Status Blas::linear(const LinearParams& p, cudaStream_t stream) {
       p.k <= 0 || p.m >= kMaxDim || p.n >= kMaxDim || p.k >= kMaxDim) {
     return invalid_argument("linear: bad sizes m={} n={} k={}", p.m, p.n, p.k);
   }
-  if (p.format == WeightFormat::kBF16) {
-    if (p.scale_kind != ScaleKind::kNone) {
-      return invalid_argument("linear: a bf16 weight with {} scales",
-                              scale_kind_name(p.scale_kind));
-    }
-    if (const Bf16GemvParams g = bf16_gemv_params(p); bf16_gemv_supported(g)) {
-      return cuda_error("bf16_gemv", bf16_gemv(g, stream));
-    }
-    return bf16_run(p, stream);
-  }
-  if (p.format != WeightFormat::kFp8E4M3) {
+  if (p.format != WeightFormat::kBF16 && p.format != WeightFormat::kFp8E4M3) {
     return unimplemented("linear: {} weights are not supported on the GPU",
                          weight_format_name(p.format));
   }
-  if (p.scale_kind == ScaleKind::kNone || !p.scales) {
+  if (p.format == WeightFormat::kBF16 && p.scale_kind != ScaleKind::kNone) {
+    return invalid_argument("linear: a bf16 weight with {} scales", scale_kind_name(p.scale_kind));
+  }
+  if (p.format == WeightFormat::kFp8E4M3 && (p.scale_kind == ScaleKind::kNone || !p.scales)) {
     return invalid_argument("linear: an fp8 weight without scales");
   }
-  const Fp8GemvParams g = gemv_params(p);
-  if (fp8_gemv_supported(g)) {
-    if (log_ && gemv_logged_.emplace(p.m, p.n, p.k, int(p.scale_kind)).second) {
+  if (const GemvParams g = gemv_params(p, programmatic_); gemv_supported(g)) {
+    if (p.format == WeightFormat::kFp8E4M3 && log_ &&
+        gemv_logged_.emplace(p.m, p.n, p.k, int(p.scale_kind)).second) {
       log(fmt::format("{}: {}", describe(p), linear_path_name(LinearPath::kFp8Gemv)));
     }
-    return cuda_error("fp8_gemv", fp8_gemv(g, stream));
+    return cuda_error("gemv", gemv(g, stream));
   }
+  if (fused(p)) return unfusable(p);
+  if (p.format == WeightFormat::kBF16) return bf16_run(p, stream);
   PP_ASSIGN_OR_RETURN(Fp8Plan fp, fp8_plan_for(p));
   if (fp.path != LinearPath::kFp8Dequant) return fp8_lt_run(p, fp, stream);
   PP_RETURN_IF_ERROR(

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "cuda-common.h"
+
 namespace pp::kernels::cuda {
 namespace {
 
@@ -15,6 +17,7 @@ constexpr int kMaxPerThread = 32;  // rows up to 8192 elements stay in registers
 
 template <int kPerThread>
 __global__ void rms_norm_kernel(RmsNormParams p) {
+  detail::launch_dependents();
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* x = p.x + row * p.n;
   __nv_bfloat16* res = p.residual ? p.residual + row * p.n : nullptr;
@@ -60,6 +63,7 @@ __global__ void rms_norm_kernel(RmsNormParams p) {
 // The same with 16-byte accesses: each thread holds kVec vectors of 8 bf16.
 template <int kVec>
 __global__ void rms_norm_vec_kernel(RmsNormParams p) {
+  detail::launch_dependents();
   const int64_t row = blockIdx.x;
   const int64_t n_vec = p.n / 8;
   const uint4* x = reinterpret_cast<const uint4*>(p.x + row * p.n);

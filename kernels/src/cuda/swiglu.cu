@@ -9,9 +9,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+using detail::silu_mul;
 
 __global__ void swiglu_vec_kernel(SwigluParams p) {
+  detail::launch_dependents();
   const int64_t per_row = p.n_ff / 8;
   const int64_t n = p.n_tokens * per_row;
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
@@ -28,6 +29,7 @@ __global__ void swiglu_vec_kernel(SwigluParams p) {
 }
 
 __global__ void swiglu_scalar_kernel(SwigluParams p) {
+  detail::launch_dependents();
   const int64_t n = p.n_tokens * p.n_ff;
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * kThreads) {

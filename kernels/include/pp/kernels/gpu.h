@@ -140,6 +140,10 @@ Status zero_async(void* dst, size_t bytes, Stream& s);
 // Host f32 -> device bf16 (rounded to nearest even), synchronously; for loading weights.
 Status upload_bf16(Bf16* dst, const float* src, size_t n);
 
+// Keeps the stream busy for about `microseconds` (a spinning kernel): a profile queues a step's
+// launches behind it, so that the host's launch gaps do not show in the step's GPU times.
+Status busy_wait(int64_t microseconds, Stream& s);
+
 // --- ops (CUDA twins of the CPU reference in cpu.h) -----------------------------------------
 
 // Deterministic pseudo-random values in [lo, hi), rounded to bf16: value i of stream `key` is
@@ -257,6 +261,10 @@ struct LinearArgs {
   float* out_f32 = nullptr;    // [m, n] (f32)
   int64_t m = 0;
   bool accumulate = false;
+  // The decode fusion, on the GEMV paths only (m <= kFp8GemvMaxRows; elsewhere
+  // kInvalidArgument; path_for says which path a call takes): w is gate|up [2n, k] and
+  // out[m, n] = silu(gate) * up (bf16, no accumulate).
+  bool swiglu = false;
 };
 // The most rows (m) an fp8 linear runs through the GEMV (kFp8Gemv) rather than cuBLASLt.
 inline constexpr int64_t kFp8GemvMaxRows = 8;
@@ -264,8 +272,8 @@ inline constexpr int64_t kFp8GemvMaxRows = 8;
 // How Blas::linear computes a call, by weight format, scale kind and m.
 enum class LinearPath : uint8_t {
   kBf16,               // bf16 weight: cuBLASLt bf16 GEMM
-  kBf16Gemv,           // bf16 weight, m <= 8: the bf16 GEMV (W streamed once)
-  kFp8Gemv,            // fp8, m <= 8: the fp8 GEMV (W streamed once, exact bf16 activations)
+  kBf16Gemv,           // bf16 weight, m <= 8: the GEMV (W streamed once)
+  kFp8Gemv,            // fp8, m <= 8: the GEMV (W streamed once, exact bf16 activations)
   kFp8Lt,              // fp8: x quantized per token, cuBLASLt scaled fp8 GEMM, epilogue fused
   kFp8LtEpilogue,      // fp8: the same GEMM into f32 scratch rows, then bias/accumulate/convert
   kFp8LtBf16Epilogue,  // fp8: the same into bf16 scratch rows (block scales: cuBLASLt has no
@@ -310,6 +318,9 @@ class Blas {
   // beyond the GEMV, activations are quantized to fp8 per token (or per 128-column group with
   // block scales) for cuBLASLt's fp8 GEMM. Set before the first linear.
   void set_fp8_activations(bool on);
+  // On (the default on Hopper): GEMVs are launched as programmatic dependents of the kernel
+  // before them, issuing their first weight loads before it ends. Off: ordinary launches.
+  void set_programmatic_launch(bool on);
 
  private:
   Blas();

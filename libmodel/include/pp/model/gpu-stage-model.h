@@ -15,6 +15,7 @@
 // Not thread-safe: one thread queues forwards (the stage's compute loop).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -47,6 +48,11 @@ struct GpuStageOptions {
   // GEMM). false keeps them bf16 (W8A16: the CPU's arithmetic, through a dequantized bf16 copy
   // of the weight; slower): the tests use it to check the fp8 model against the CPU closely.
   bool fp8_activations = true;
+  // Decode steps (up to 8 rows on a GEMV path) fold SwiGLU into the gate|up GEMV (gemv.h);
+  // off: a separate kernel (PP_GPU_FUSE=0 also).
+  bool fuse_decode = true;
+  // GEMVs launched as programmatic dependents on sm_90+ (PP_GPU_PDL=0 also turns it off).
+  bool programmatic_launch = true;
 };
 
 // One logit row's sampling: the parameters of gpu::SampleRow, and its penalties.
@@ -174,12 +180,15 @@ class GpuStageModel {
   Status upload_metadata(const Batch& batch, int64_t pad_tokens, int64_t table_width);
   Status run(int64_t n_tokens, int64_t n_seq, int64_t max_q_len, int64_t max_kv_len,
              int64_t table_width, int64_t n_logit_rows);
+  // gate|up of x_ and SwiGLU into act_: one GEMV on decode steps, two kernels otherwise.
+  Status gate_up_swiglu(const kernels::WeightView& w, int64_t n_tokens);
 
   ModelConfig config_;
   GpuStageOptions options_;
   int64_t layer_begin_ = 0, layer_end_ = 0;
   kernels::gpu::Stream stream_, copy_stream_;
   std::unique_ptr<kernels::gpu::Blas> blas_;
+  bool fuse_decode_ = true;  // options_.fuse_decode unless PP_GPU_FUSE=0
 
   // Weights: one allocation (the owning storage); each slot a typed view of a slice of it.
   kernels::gpu::DeviceBuffer weights_;
@@ -225,15 +234,39 @@ class GpuStageModel {
   int64_t last_logit_rows_ = 0;
 
   // PP_GPU_PROFILE=1: GPU time of each forward and each sampling, from event pairs read one
-  // step later, logged when the model is destroyed.
+  // step later, logged when the model is destroyed. PP_GPU_PROFILE=ops also splits each decode
+  // step's GPU time by kind of op: the steps then run eagerly (no graphs), an event between
+  // every two ops, queued behind a busy_wait so that the host's launch gaps do not count.
+  enum OpKind : int {
+    kOpEmbed,
+    kOpNorm,
+    kOpQkv,
+    kOpRope,
+    kOpAttention,
+    kOpO,
+    kOpGateUp,
+    kOpSwiglu,
+    kOpDown,
+    kOpHead,
+    kOpEnd,
+    kOpKinds
+  };
   struct Profile {
     bool on = false, pending_forward = false, pending_sample = false;
     kernels::gpu::Event f0, f1, s0, s1;
     double forward_ms = 0, sample_ms = 0;
     int64_t n_forward = 0, n_sample = 0;
+    bool ops = false, ops_step = false;  // ops_step: this forward is a profiled decode step
+    std::vector<kernels::gpu::Event> op_events;
+    std::vector<int> op_kinds;
+    size_t n_ops = 0;  // events recorded this step
+    std::array<double, kOpKinds> op_ms{};
+    int64_t op_steps = 0;
   };
   Profile prof_;
   Status profile_collect();
+  // PP_GPU_PROFILE=ops: an event before an op of this kind (the end of the one before).
+  Status op_mark(OpKind kind);
 
   // Decode graphs by (padded batch size, context bucket).
   std::map<std::pair<int64_t, int64_t>, kernels::gpu::Graph> graphs_;

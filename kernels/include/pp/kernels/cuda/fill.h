@@ -14,6 +14,9 @@ namespace pp::kernels::cuda {
 cudaError_t fill_random(__nv_bfloat16* out, size_t n, uint64_t key, float lo, float hi,
                         cudaStream_t stream);
 
+// Keeps the stream busy for about `microseconds` (one spinning thread on the global timer).
+cudaError_t busy_wait(int64_t microseconds, cudaStream_t stream);
+
 // One distinct (row, id) pair of a penalised row; see gpu::PenaltyEntry.
 struct PenaltyEntry {
   int32_t row = 0, id = 0;

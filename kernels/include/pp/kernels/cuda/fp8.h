@@ -1,5 +1,5 @@
-// FP8 (e4m3) kernels: the skinny GEMM that streams fp8 weights for decode, the quantizers
-// (activations per token, weights per channel) and the fp8 -> bf16 dequantizer. Blas::linear
+// FP8 (e4m3) kernels: the quantizers (activations per token, weights per channel) and the
+// fp8 -> bf16 dequantizer (the GEMV that streams fp8 weights for decode is gemv.h's). Blas::linear
 // (linear.h) dispatches to these on a weight's format; the model never calls them directly
 // except the weight quantizer (random weights quantized on load). Included only by kernels/
 // and GPU tests: it names CUDA types.
@@ -18,28 +18,6 @@
 #include "pp/kernels/weight.h"
 
 namespace pp::kernels::cuda {
-
-// The most activation rows the skinny GEMM takes (decode batches up to 8 sequences).
-constexpr int64_t kFp8GemvMaxM = 8;
-
-// y[m, n] = x[m, k] * dequant(w)[n, k]^T (+ bias) with f32 accumulation.
-struct Fp8GemvParams {
-  const __nv_bfloat16* x = nullptr;  // [m, k]
-  const uint8_t* w = nullptr;        // [n, k] fp8 e4m3
-  ScaleKind scale_kind = ScaleKind::kPerChannel;
-  const float* scales = nullptr;        // scale_count(scale_kind, n, k)
-  const __nv_bfloat16* bias = nullptr;  // [n] or nullptr
-  __nv_bfloat16* out = nullptr;         // [m, n] bf16, or
-  float* out_f32 = nullptr;             // [m, n] f32 (set one of the two)
-  int64_t m = 0, n = 0, k = 0;
-  bool accumulate = false;  // out += ... instead of out =
-};
-
-// Whether fp8_gemv takes these parameters: 1 <= m <= kFp8GemvMaxM, k % 16 == 0, x and w
-// 16-byte aligned, a scale kind with scales.
-bool fp8_gemv_supported(const Fp8GemvParams& p);
-// cudaErrorInvalidValue when !fp8_gemv_supported(p).
-cudaError_t fp8_gemv(const Fp8GemvParams& p, cudaStream_t stream);
 
 // Quantizes bf16 x[rows, cols] to fp8 with one scale per row (group = 0) or one per row and
 // 128-column group (group = 128): q[rows, cols] fp8 e4m3; scales at

@@ -46,6 +46,9 @@ struct LinearParams {
   WeightFormat format = WeightFormat::kBF16;  // kBF16 or kFp8E4M3
   ScaleKind scale_kind = ScaleKind::kNone;    // fp8: kPerTensor, kPerChannel or kBlock128x128
   const float* scales = nullptr;              // fp8: scale_count(scale_kind, n, k) floats
+  // GEMV paths only (gemv.h): out[m, n] = silu(gate) * up of a gate|up weight of 2n rows.
+  // Elsewhere kInvalidArgument.
+  bool swiglu = false;
 };
 
 // The most of each dimension an fp8 linear beyond the GEMV will see (Blas::reserve_fp8).
@@ -87,6 +90,10 @@ class Blas {
     clear_plans();
   }
 
+  // On (the default on sm_90 and later, where it exists): the GEMV is launched as a programmatic
+  // dependent of the kernel before it (gemv.h). Off: ordinary launches, for comparison.
+  void set_programmatic_launch(bool on) { programmatic_ = on && programmatic_supported_; }
+
   // Rows of one cuBLASLt call on the epilogue fallback (its f32 scratch is this many rows).
   static constexpr int64_t kEpilogueRows = 256;
 
@@ -103,6 +110,9 @@ class Blas {
     LinearPath path = LinearPath::kFp8Dequant;
     Plan* full = nullptr;  // kFp8Lt: all m rows; the epilogue paths: kEpilogueRows rows
     Plan* tail = nullptr;  // the epilogue paths: the last m % kEpilogueRows rows
+    // The epilogue paths: each chunk's rows padded to a multiple of 16 (zero activations) for
+    // cuBLASLt, which refuses 128x128 block scales at other row counts (H100, CUDA 13).
+    bool padded = false;
   };
   using Fp8Key = std::tuple<int64_t, int64_t, int64_t, int, int>;  // m n k kind flags
 
@@ -131,6 +141,7 @@ class Blas {
   std::set<std::tuple<int64_t, int64_t, int64_t, int>> gemv_logged_;
   std::function<void(const std::string&)> log_;
   bool fp8_activations_ = true;
+  bool programmatic_supported_ = false, programmatic_ = false;
 
   // fp8 scratch (reserve_fp8), one allocation.
   Fp8Reserve fp8_reserved_;
