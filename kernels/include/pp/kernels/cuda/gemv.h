@@ -41,7 +41,9 @@ struct GemvParams {
   float* out_f32 = nullptr;                   // [m, n] f32 (set one of the two)
   int64_t m = 0, n = 0, k = 0;                // n: outputs (w has 2n rows with swiglu)
   bool accumulate = false;                    // out += ... instead of out =
-  bool programmatic = false;  // launch as a programmatic dependent (sm_90 and later only)
+  // Launch as a programmatic dependent (sm_90 and later only). The first loads of w precede the
+  // wait for the kernel ahead, so w must not be what that kernel writes (weights never are).
+  bool programmatic = false;
 };
 
 // 1 <= m <= kGemvMaxM; k % 8 == 0 (bf16) or k % 16 == 0 (fp8, with a scale kind and scales; bf16
