@@ -194,12 +194,7 @@ Result<std::vector<GenerationResult>> Generator::generate(
   // Samples the next token of `seq` from its logits row and applies the stop conditions.
   auto sample_next = [&](Sequence& seq, const float* row) {
     const SamplingParams& p = seq.req->params;
-    bias_ids.clear();
-    bias_values.clear();
-    for (const auto& [id, bias] : p.logit_bias) {
-      bias_ids.push_back(id);
-      bias_values.push_back(bias);
-    }
+    p.split_logit_bias(&bias_ids, &bias_values);
     cpu::SampleResult r =
         cpu::sample_constrained({.prompt_ids = seq.tokens.data(),
                                  .n_prompt = seq.n_prompt,

@@ -1,4 +1,5 @@
-// Validation of sampling parameters: the limits the OpenAI API documents, and ids in range.
+// Validation of sampling parameters (the limits the OpenAI API documents, and ids in range), and
+// logit_bias split into the id and value arrays the samplers take.
 #include "pp/model/sampling-params.h"
 
 #include <cmath>
@@ -54,6 +55,15 @@ Status SamplingParams::validate(int64_t n_vocab) const {
     return invalid_argument("the {} grammar is empty", grammar_kind_name(grammar.kind));
   }
   return ok_status();
+}
+
+void SamplingParams::split_logit_bias(std::vector<int32_t>* ids, std::vector<float>* values) const {
+  ids->clear();
+  values->clear();
+  for (const auto& [id, bias] : logit_bias) {
+    ids->push_back(id);
+    values->push_back(bias);
+  }
 }
 
 const char* grammar_kind_name(OutputGrammar::Kind kind) {

@@ -8,7 +8,6 @@
 namespace pp::test {
 namespace {
 
-namespace fs = std::filesystem;
 using pipeline::Engine;
 using pipeline::FinishReason;
 
@@ -28,12 +27,8 @@ std::vector<EngineRequest> long_requests(int64_t n_vocab, std::mt19937_64& g) {
 }
 
 TEST(EngineChunkedPipeline, SameTokensWithAndWithoutForSeveralSplitsDepthsAndChunks) {
-  const fs::path model = fixture_dir() / "models" / "tiny-llama";
-  auto src = model::open_model(model);
-  ASSERT_TRUE(src.ok()) << src.status().message();
-  const auto reqs = long_requests(src->config.n_vocab, rng());
-  const auto ref = reference_outputs(model, reqs);
-  ASSERT_EQ(ref.size(), reqs.size());
+  ReferenceRequests r;
+  ASSERT_NO_FATAL_FAILURE(make_reference_requests(long_requests, &r));
   struct Case {
     int32_t P, D, chunk;
   };
@@ -41,18 +36,12 @@ TEST(EngineChunkedPipeline, SameTokensWithAndWithoutForSeveralSplitsDepthsAndChu
     for (const bool chunked : {true, false}) {
       SCOPED_TRACE(fmt::format("P={} D={} chunk={} chunked pipeline {}", c.P, c.D, c.chunk,
                                chunked ? "on" : "off"));
-      auto o = engine_options(model, c.P, c.D);
+      auto o = engine_options(r.model, c.P, c.D);
       o.max_batch_tokens = c.chunk;
       o.chunked_pipeline = chunked;
       auto engine = Engine::start(o);
       ASSERT_TRUE(engine.ok()) << engine.status().message();
-      const auto out = run_requests(**engine, reqs);
-      for (size_t i = 0; i < reqs.size(); ++i) {
-        ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
-        ASSERT_EQ(out[i].error, "") << "request " << i;
-        EXPECT_EQ(out[i].tokens, ref[i])
-            << "request " << i << " (" << reqs[i].prompt.size() << " prompt tokens)";
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_reference_tokens(run_requests(**engine, r.reqs), r));
       EXPECT_EQ((*engine)->stats().scheduler.kv_blocks_used, 0);
       EXPECT_TRUE((*engine)->shutdown().ok());
     }
@@ -62,12 +51,9 @@ TEST(EngineChunkedPipeline, SameTokensWithAndWithoutForSeveralSplitsDepthsAndChu
 // A long prompt cancelled once some of its chunks have run, while short requests go on: it ends
 // with one final event (abort), the others with the Generator's tokens, and nothing is held.
 TEST(EngineChunkedPipeline, CancelBetweenChunks) {
-  const fs::path model = fixture_dir() / "models" / "tiny-llama";
-  auto src = model::open_model(model);
-  ASSERT_TRUE(src.ok()) << src.status().message();
-  auto reqs = long_requests(src->config.n_vocab, rng());
-  const auto ref = reference_outputs(model, reqs);
-  auto o = engine_options(model, 3, 1);
+  ReferenceRequests r;
+  ASSERT_NO_FATAL_FAILURE(make_reference_requests(long_requests, &r));
+  auto o = engine_options(r.model, 3, 1);
   o.max_batch_tokens = 8;
   auto engine = Engine::start(o);
   ASSERT_TRUE(engine.ok()) << engine.status().message();
@@ -84,11 +70,7 @@ TEST(EngineChunkedPipeline, CancelBetweenChunks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   (*engine)->cancel(*victim);
-  const auto out = run_requests(**engine, reqs);
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
-    EXPECT_EQ(out[i].tokens, ref[i]) << "request " << i;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_reference_tokens(run_requests(**engine, r.reqs), r));
   int n_finals = 0;
   while (auto ev = q.pop(std::chrono::milliseconds(n_finals == 0 ? 10000 : 200))) {
     if (ev->event.kind != pipeline::EventKind::kFinal) continue;
@@ -105,21 +87,14 @@ TEST(EngineChunkedPipeline, CancelBetweenChunks) {
 // Long prompts in a pool that holds little more than one of them: they preempt each other, also
 // between chunks, and still give the Generator's tokens.
 TEST(EngineChunkedPipeline, PreemptionOfLongPromptsKeepsEveryOutput) {
-  const fs::path model = fixture_dir() / "models" / "tiny-llama";
-  auto src = model::open_model(model);
-  ASSERT_TRUE(src.ok()) << src.status().message();
-  auto reqs = long_requests(src->config.n_vocab, rng());
-  const auto ref = reference_outputs(model, reqs);
-  auto o = engine_options(model, 2, 1);
+  ReferenceRequests r;
+  ASSERT_NO_FATAL_FAILURE(make_reference_requests(long_requests, &r));
+  auto o = engine_options(r.model, 2, 1);
   o.max_batch_tokens = 32;
   o.kv_blocks = 28;  // 448 tokens: the longest request (420 + 6) fits, two long ones do not
   auto engine = Engine::start(o);
   ASSERT_TRUE(engine.ok()) << engine.status().message();
-  const auto out = run_requests(**engine, reqs);
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
-    EXPECT_EQ(out[i].tokens, ref[i]) << "request " << i;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_reference_tokens(run_requests(**engine, r.reqs), r));
   const auto stats = (*engine)->stats();
   EXPECT_GT(stats.scheduler.n_preemptions, 0) << "the pool was meant to force preemption";
   EXPECT_EQ(stats.scheduler.kv_blocks_used, 0);

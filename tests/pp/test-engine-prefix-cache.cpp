@@ -54,12 +54,8 @@ std::vector<EngineRequest> shared_prefix_requests(int64_t n_vocab, std::mt19937_
 }
 
 TEST(EnginePrefixCache, SameTokensWithAndWithoutTheCacheForEverySplitAndDepth) {
-  const fs::path model = fixture_dir() / "models" / "tiny-llama";
-  auto src = model::open_model(model);
-  ASSERT_TRUE(src.ok()) << src.status().message();
-  const auto reqs = shared_prefix_requests(src->config.n_vocab, rng());
-  const auto ref = reference_outputs(model, reqs);
-  ASSERT_EQ(ref.size(), reqs.size());
+  ReferenceRequests r;
+  ASSERT_NO_FATAL_FAILURE(make_reference_requests(shared_prefix_requests, &r));
   struct Case {
     int32_t P, D;
     bool cache;
@@ -72,19 +68,13 @@ TEST(EnginePrefixCache, SameTokensWithAndWithoutTheCacheForEverySplitAndDepth) {
        {Case{1, 0, true, 0, 64}, Case{2, 1, true, 8, 16}, Case{2, 1, false, 8, 16}}) {
     SCOPED_TRACE(fmt::format("P={} D={} cache {} kv_blocks={} chunk={}", c.P, c.D,
                              c.cache ? "on" : "off", c.kv_blocks, c.chunk));
-    auto o = engine_options(model, c.P, c.D);
+    auto o = engine_options(r.model, c.P, c.D);
     o.prefix_cache = c.cache;
     o.kv_blocks = c.kv_blocks;
     o.max_batch_tokens = c.chunk;
     auto engine = Engine::start(o);
     ASSERT_TRUE(engine.ok()) << engine.status().message();
-    const auto out = run_requests(**engine, reqs);
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
-      ASSERT_EQ(out[i].error, "") << "request " << i;
-      EXPECT_EQ(out[i].tokens, ref[i])
-          << "request " << i << " (" << reqs[i].prompt.size() << " prompt tokens)";
-    }
+    ASSERT_NO_FATAL_FAILURE(expect_reference_tokens(run_requests(**engine, r.reqs), r));
     const pipeline::SchedulerStats s = (*engine)->stats().scheduler;
     const pipeline::KvCacheStats& kv = s.kv_cache;
     if (c.cache) {
@@ -142,6 +132,14 @@ TEST(EnginePrefixCache, FourStagesGiveTheSameTokensWithTheCacheAsWithout) {
   }
 }
 
+// The n_cached_tokens of the next final event on `q`; -1 when none comes within 60 s.
+int64_t final_cached_tokens(pipeline::EventQueue& q) {
+  while (auto ev = q.pop(std::chrono::milliseconds(60000))) {
+    if (ev->event.kind == pipeline::EventKind::kFinal) return ev->event.n_cached_tokens;
+  }
+  return -1;
+}
+
 // A flush while a request runs changes nothing and says so; once it has finished, the flush
 // empties the cache, and the same prompt then misses.
 TEST(EnginePrefixCache, FlushIsRefusedWhileRequestsRun) {
@@ -159,35 +157,14 @@ TEST(EnginePrefixCache, FlushIsRefusedWhileRequestsRun) {
   pipeline::EventQueue q;
   ASSERT_TRUE((*engine)->submit(prompt, p, q.sink()).ok());
   EXPECT_EQ((*engine)->flush_cache().code(), StatusCode::kFailedPrecondition);
-  int64_t cached = -1;
-  while (auto ev = q.pop(std::chrono::milliseconds(60000))) {
-    if (ev->event.kind == pipeline::EventKind::kFinal) {
-      cached = ev->event.n_cached_tokens;
-      break;
-    }
-  }
-  EXPECT_EQ(cached, 0);
+  EXPECT_EQ(final_cached_tokens(q), 0);
   // The same prompt again: its 3 full blocks (48 tokens) come from the cache.
   p.max_tokens = 2;
   ASSERT_TRUE((*engine)->submit(prompt, p, q.sink()).ok());
-  cached = -1;
-  while (auto ev = q.pop(std::chrono::milliseconds(60000))) {
-    if (ev->event.kind == pipeline::EventKind::kFinal) {
-      cached = ev->event.n_cached_tokens;
-      break;
-    }
-  }
-  EXPECT_EQ(cached, 48);
+  EXPECT_EQ(final_cached_tokens(q), 48);
   EXPECT_TRUE((*engine)->flush_cache().ok());
   ASSERT_TRUE((*engine)->submit(prompt, p, q.sink()).ok());
-  cached = -1;
-  while (auto ev = q.pop(std::chrono::milliseconds(60000))) {
-    if (ev->event.kind == pipeline::EventKind::kFinal) {
-      cached = ev->event.n_cached_tokens;
-      break;
-    }
-  }
-  EXPECT_EQ(cached, 0) << "the flush left the prompt cached";
+  EXPECT_EQ(final_cached_tokens(q), 0) << "the flush left the prompt cached";
 }
 
 }  // namespace

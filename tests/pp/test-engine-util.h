@@ -1,6 +1,6 @@
 // Helpers for the engine tests (tests/pp/test-engine*.cpp, tests/tools/test-pipeline*.cpp): a mix
-// of requests, the single-process Generator's answers for them, and a driver that submits them to
-// an Engine over time and collects what streams back.
+// of requests, the single-process Generator's answers for them, a driver that submits them to an
+// Engine over time and collects what streams back, and the check that the answers match.
 #pragma once
 
 #include <chrono>
@@ -92,6 +92,38 @@ inline std::vector<std::vector<int32_t>> reference_outputs(const std::filesystem
     for (const model::GenerationResult& r : *results) out.push_back(r.token_ids);
   }
   return out;
+}
+
+// Requests drawn for tests/fixtures/models/tiny-llama and the single-process Generator's tokens
+// for them: what the engine must reproduce.
+struct ReferenceRequests {
+  std::filesystem::path model;            // tiny-llama
+  std::vector<EngineRequest> reqs;        // drawn by `make(n_vocab, g)`
+  std::vector<std::vector<int32_t>> ref;  // the Generator's tokens, one list per request
+};
+
+// Fills `out` (fatal failure when the model does not open; wrap in ASSERT_NO_FATAL_FAILURE).
+template <typename Make>
+void make_reference_requests(Make make, ReferenceRequests* out) {
+  out->model = fixture_dir() / "models" / "tiny-llama";
+  auto src = model::open_model(out->model);
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  out->reqs = make(src->config.n_vocab, rng());
+  out->ref = reference_outputs(out->model, out->reqs);
+}
+
+// Each request ended once, without error, with the Generator's tokens (fatal failure otherwise;
+// wrap in ASSERT_NO_FATAL_FAILURE).
+inline void expect_reference_tokens(const std::vector<EngineOutput>& out,
+                                    const ReferenceRequests& r) {
+  ASSERT_EQ(out.size(), r.reqs.size());
+  ASSERT_EQ(r.ref.size(), r.reqs.size());
+  for (size_t i = 0; i < r.reqs.size(); ++i) {
+    ASSERT_EQ(out[i].n_finals, 1) << "request " << i;
+    ASSERT_EQ(out[i].error, "") << "request " << i;
+    EXPECT_EQ(out[i].tokens, r.ref[i])
+        << "request " << i << " (" << r.reqs[i].prompt.size() << " prompt tokens)";
+  }
 }
 
 inline pipeline::EngineOptions engine_options(const std::filesystem::path& model, int32_t P,

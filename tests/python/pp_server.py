@@ -1,6 +1,7 @@
 """Helpers for the Python end-to-end tests: where the build and the default model are, a tiny
-chat model whose byte-level tokenizer fits its 256-token vocabulary, and a pp-serve process on a
-free port (its stderr in a file; stopped with SIGTERM, killed with its stages on failure)."""
+chat model whose byte-level tokenizer fits its 256-token vocabulary, a pp-serve process on a
+free port (its stderr in a file; stopped with SIGTERM, killed with its stages on failure), and
+the module fixture the openai-client tests share: that process on the default model."""
 import json
 import os
 import re
@@ -106,3 +107,25 @@ class ServeProcess:
             pass
         self.proc.wait()
         self.log.close()
+
+
+def serve_default_model(tmp_path_factory, tmp_name: str, *args):
+    """The body of a module-scoped pytest fixture (`yield from` it): pp-serve on the default model
+    with 2 stages, served as "smol", plus ARGS; skips the module when the model is missing, and
+    checks that SIGTERM stops the server cleanly."""
+    import pytest
+    model = default_model_path()
+    if not model.exists():
+        pytest.skip(f"the default model is missing: {model} (scripts/fetch-model.sh)")
+    tmp = tmp_path_factory.mktemp(tmp_name)
+    srv = ServeProcess(["--model", model, "--pp", "2", *args, "--served-model-name", "smol",
+                        "--db", tmp / "runs.db"], tmp / "serve.log")
+    yield srv
+    assert srv.terminate() == 0, srv.log_path.read_text()
+
+
+def openai_client(server: ServeProcess, api_key: str, timeout: float):
+    """The official openai client on SERVER's /v1, without retries."""
+    import openai
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0,
+                         timeout=timeout)

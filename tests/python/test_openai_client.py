@@ -5,7 +5,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from pp_server import ServeProcess, default_model_path  # noqa: E402
+from pp_server import openai_client, serve_default_model  # noqa: E402
 
 KEY = "sk-pp-test"
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -13,20 +13,12 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = default_model_path()
-    if not model.exists():
-        pytest.skip(f"the default model is missing: {model} (scripts/fetch-model.sh)")
-    tmp = tmp_path_factory.mktemp("serve")
-    srv = ServeProcess(["--model", model, "--pp", "2", "--api-key", KEY,
-                        "--served-model-name", "smol", "--db", tmp / "runs.db"],
-                       tmp / "serve.log")
-    yield srv
-    assert srv.terminate() == 0, srv.log_path.read_text()
+    yield from serve_default_model(tmp_path_factory, "serve", "--api-key", KEY)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    return openai_client(server, KEY, timeout=60)
 
 
 def test_models(client):

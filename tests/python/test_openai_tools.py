@@ -10,7 +10,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from pp_server import ServeProcess, default_model_path  # noqa: E402
+from pp_server import openai_client, serve_default_model  # noqa: E402
 
 KEY = "sk-pp-test"
 WEATHER = {
@@ -40,20 +40,12 @@ ASK = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = default_model_path()
-    if not model.exists():
-        pytest.skip(f"the default model is missing: {model} (scripts/fetch-model.sh)")
-    tmp = tmp_path_factory.mktemp("serve-tools")
-    srv = ServeProcess(["--model", model, "--pp", "2", "--api-key", KEY,
-                        "--served-model-name", "smol", "--db", tmp / "runs.db"],
-                       tmp / "serve.log")
-    yield srv
-    assert srv.terminate() == 0, srv.log_path.read_text()
+    yield from serve_default_model(tmp_path_factory, "serve-tools", "--api-key", KEY)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    return openai_client(server, KEY, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from pp_server import ServeProcess, default_model_path  # noqa: E402
+from pp_server import openai_client, serve_default_model  # noqa: E402
 
 PERSON = {
     "type": "object",
@@ -38,19 +38,12 @@ def check_person(text):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = default_model_path()
-    if not model.exists():
-        pytest.skip(f"the default model is missing: {model} (scripts/fetch-model.sh)")
-    tmp = tmp_path_factory.mktemp("serve")
-    srv = ServeProcess(["--model", model, "--pp", "2", "--served-model-name", "smol",
-                        "--db", tmp / "runs.db"], tmp / "serve.log")
-    yield srv
-    assert srv.terminate() == 0, srv.log_path.read_text()
+    yield from serve_default_model(tmp_path_factory, "serve")
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    return openai_client(server, "none", timeout=120)
 
 
 def post(server, path, body):

@@ -73,57 +73,45 @@ std::string raw_exchange(int port, const std::string& request, std::chrono::seco
   return out;
 }
 
-class HttpNativeTest : public ::testing::Test {
+class HttpNativeTest : public SharedServerTest<HttpNativeTest> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    model_ = make_tiny_chat_model(dir_->path() / "tiny-chat");
+    make_model();
     // A Mistral template instead of the model's ChatML.
     std::ofstream(dir_->path() / "t.jinja")
         << "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
            "[INST] {{ message['content'] }} [/INST]{% endif %}{% endfor %}";
-    server_ = new ServeProcess();
-    ASSERT_TRUE(server_->start({"--model-path",
-                                model_.string(),
-                                "--pp-size",
-                                "1",
-                                "--tp-size",
-                                "1",
-                                "--pp-async-batch-depth",
-                                "1",
-                                "--mem-fraction-static",
-                                "0.8",
-                                "--chunked-prefill-size",
-                                "128",
-                                "--max-total-tokens",
-                                "1000",
-                                "--context-length",
-                                "256",
-                                "--dtype",
-                                "auto",
-                                "--trust-remote-code",
-                                "--chat-template",
-                                (dir_->path() / "t.jinja").string(),
-                                "--tokenizer-path",
-                                (model_ / "tokenizer.json").string(),
-                                "--served-model-name",
-                                "tiny",
-                                "--threads-per-stage",
-                                "1",
-                                "--log-interval",
-                                "0.5",
-                                "--db",
-                                (dir_->path() / "runs.db").string()},
-                               dir_->path() / "serve.log"));
-  }
-  static void TearDownTestSuite() {
-    if (server_) {
-      EXPECT_EQ(server_->terminate(), 0) << server_->log_text();
-    }
-    delete server_;
-    delete dir_;
-    server_ = nullptr;
-    dir_ = nullptr;
+    start_server({"--model-path",
+                  model_.string(),
+                  "--pp-size",
+                  "1",
+                  "--tp-size",
+                  "1",
+                  "--pp-async-batch-depth",
+                  "1",
+                  "--mem-fraction-static",
+                  "0.8",
+                  "--chunked-prefill-size",
+                  "128",
+                  "--max-total-tokens",
+                  "1000",
+                  "--context-length",
+                  "256",
+                  "--dtype",
+                  "auto",
+                  "--trust-remote-code",
+                  "--chat-template",
+                  (dir_->path() / "t.jinja").string(),
+                  "--tokenizer-path",
+                  (model_ / "tokenizer.json").string(),
+                  "--served-model-name",
+                  "tiny",
+                  "--threads-per-stage",
+                  "1",
+                  "--log-interval",
+                  "0.5",
+                  "--db",
+                  (dir_->path() / "runs.db").string()});
   }
   httplib::Client client() {
     httplib::Client c("127.0.0.1", server_->port());
@@ -144,14 +132,7 @@ class HttpNativeTest : public ::testing::Test {
     EXPECT_EQ(r->status, want_status) << path << ": " << r->body;
     return json::parse(r->body, nullptr, false);
   }
-
-  static TempDir* dir_;
-  static fs::path model_;
-  static ServeProcess* server_;
 };
-TempDir* HttpNativeTest::dir_ = nullptr;
-fs::path HttpNativeTest::model_;
-ServeProcess* HttpNativeTest::server_ = nullptr;
 
 TEST_F(HttpNativeTest, InfoEndpointsHaveSglangShapes) {
   json server = get_json("/get_server_info");

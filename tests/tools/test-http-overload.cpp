@@ -35,24 +35,13 @@ std::string random_text(size_t n) {
   return s;
 }
 
-class HttpOverloadTest : public ::testing::Test {
+class HttpOverloadTest : public SharedServerTest<HttpOverloadTest> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    const std::filesystem::path model = make_tiny_chat_model(dir_->path() / "tiny-chat");
-    server_ = new ServeProcess();
-    ASSERT_TRUE(
-        server_->start({"--model", model.string(), "--pp", "2", "--threads-per-stage", "1",
-                        "--kv-blocks", "4", "--max-running-requests", "4", "--max-queued-requests",
-                        "8", "--db", (dir_->path() / "runs.db").string()},
-                       dir_->path() / "serve.log"));
-  }
-  static void TearDownTestSuite() {
-    if (server_) EXPECT_EQ(server_->terminate(), 0) << server_->log_text();
-    delete server_;
-    delete dir_;
-    server_ = nullptr;
-    dir_ = nullptr;
+    make_model();
+    start_server({"--model", model_.string(), "--pp", "2", "--threads-per-stage", "1",
+                  "--kv-blocks", "4", "--max-running-requests", "4", "--max-queued-requests", "8",
+                  "--db", (dir_->path() / "runs.db").string()});
   }
   static httplib::Result post(const std::string& path, const json& body) {
     httplib::Client c("127.0.0.1", server_->port());
@@ -97,12 +86,7 @@ class HttpOverloadTest : public ::testing::Test {
           << r->body;
     }
   }
-
-  static TempDir* dir_;
-  static ServeProcess* server_;
 };
-TempDir* HttpOverloadTest::dir_ = nullptr;
-ServeProcess* HttpOverloadTest::server_ = nullptr;
 
 TEST_F(HttpOverloadTest, RequestsThatCanNeverFitAre400AtOnce) {
   // prompt + max_tokens - 1 > 64 tokens of KV, though well inside the 512-token context.

@@ -45,26 +45,13 @@ double metric(const std::string& text, const std::string& series) {
   return -1;
 }
 
-class HttpServerTest : public ::testing::Test {
+class HttpServerTest : public SharedServerTest<HttpServerTest> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    model_ = make_tiny_chat_model(dir_->path() / "tiny-chat");
-    server_ = new ServeProcess();
-    ASSERT_TRUE(server_->start(
-        {"--model", model_.string(), "--pp", "2", "--api-key", kKey, "--served-model-name", "tiny",
-         "--threads-per-stage", "1", "--max-request-bytes", "65536", "--db",
-         (dir_->path() / "runs.db").string()},
-        dir_->path() / "serve.log"));
-  }
-  static void TearDownTestSuite() {
-    if (server_) {
-      EXPECT_EQ(server_->terminate(), 0) << server_->log_text();
-    }
-    delete server_;
-    delete dir_;
-    server_ = nullptr;
-    dir_ = nullptr;
+    make_model();
+    start_server({"--model", model_.string(), "--pp", "2", "--api-key", kKey, "--served-model-name",
+                  "tiny", "--threads-per-stage", "1", "--max-request-bytes", "65536", "--db",
+                  (dir_->path() / "runs.db").string()});
   }
   httplib::Client client() {
     httplib::Client c("127.0.0.1", server_->port());
@@ -78,14 +65,7 @@ class HttpServerTest : public ::testing::Test {
     auto r = client().Get("/metrics");
     return r ? r->body : "";
   }
-
-  static TempDir* dir_;
-  static std::filesystem::path model_;
-  static ServeProcess* server_;
 };
-TempDir* HttpServerTest::dir_ = nullptr;
-std::filesystem::path HttpServerTest::model_;
-ServeProcess* HttpServerTest::server_ = nullptr;
 
 TEST_F(HttpServerTest, AuthIsRequiredExceptOnHealthAndMetrics) {
   auto c = client();

@@ -1,6 +1,6 @@
 // Helpers for the HTTP tests (tests/tools/test-http*.cpp): a tiny chat model whose tokenizer fits
-// its 256-token vocabulary, and a pp-serve process started on a free port and stopped with
-// SIGTERM (or killed, stages included, when a test fails midway).
+// its 256-token vocabulary, a pp-serve process started on a free port and stopped with SIGTERM
+// (or killed, stages included, when a test fails midway), and the fixture of a suite sharing one.
 #pragma once
 
 #include <signal.h>
@@ -202,6 +202,36 @@ class ServeProcess {
   pid_t pgid_ = -1;
   int port_ = 0;
   std::filesystem::path log_;
+};
+
+// The fixture of a test suite that shares one pp-serve on the tiny chat model (Suite: the derived
+// class, so each suite has its own). Its SetUpTestSuite calls make_model(), then start_server();
+// TearDownTestSuite stops the server, expecting a clean SIGTERM exit, and removes the directory.
+template <typename Suite>
+class SharedServerTest : public ::testing::Test {
+ protected:
+  // A fresh temporary directory (dir_) holding the tiny chat model (model_).
+  static void make_model() {
+    dir_ = new TempDir();
+    model_ = make_tiny_chat_model(dir_->path() / "tiny-chat");
+  }
+  // Starts `pp-serve --port 0 ARGS...` (server_), its log in dir_; a fatal failure when it does
+  // not come up.
+  static void start_server(const std::vector<std::string>& args) {
+    server_ = new ServeProcess();
+    ASSERT_TRUE(server_->start(args, dir_->path() / "serve.log"));
+  }
+  static void TearDownTestSuite() {
+    if (server_) EXPECT_EQ(server_->terminate(), 0) << server_->log_text();
+    delete server_;
+    delete dir_;
+    server_ = nullptr;
+    dir_ = nullptr;
+  }
+
+  static inline TempDir* dir_ = nullptr;
+  static inline std::filesystem::path model_;
+  static inline ServeProcess* server_ = nullptr;
 };
 
 }  // namespace pp::test

@@ -68,10 +68,7 @@ transport::WireSampling to_wire_sampling(const model::SamplingParams& p, uint64_
   w.repetition_penalty = p.repetition_penalty;
   w.seed = seed;
   w.top_logprobs = p.logprobs ? p.top_logprobs : -1;
-  for (const auto& [id, bias] : p.logit_bias) {
-    w.bias_ids.push_back(id);
-    w.bias_values.push_back(bias);
-  }
+  p.split_logit_bias(&w.bias_ids, &w.bias_values);
   return w;
 }
 

@@ -440,27 +440,28 @@ Err check_sglang_sampling_keys(const json& sp) {
       "skip_special_tokens", "max_new_tokens", "n", "json_schema", "regex", "ebnf", "logit_bias",
       // How often a stream sends: pp sends every token, which any interval's client accepts.
       "stream_interval"};
+  // SGLang's, not honoured: refused unless at their defaults.
+  static const char* const kKnown[] = {
+      "min_new_tokens", "no_stop_trim",   "spaces_between_special_tokens",
+      "custom_params",  "structural_tag", "stop_regex"};
+  const auto listed = [](const std::string& key, const auto& names) {
+    return std::find_if(std::begin(names), std::end(names),
+                        [&](const char* k) { return key == k; }) != std::end(names);
+  };
   for (const auto& item : sp.items()) {
     // (Not a structured binding: clang 14 cannot capture one in a lambda.)
     const std::string& key = item.key();
     const json& v = item.value();
-    if (std::find_if(std::begin(kHonoured), std::end(kHonoured),
-                     [&](const char* k) { return key == k; }) != std::end(kHonoured)) {
-      continue;
-    }
+    if (listed(key, kHonoured)) continue;
     const std::string param = "sampling_params." + key;
     const bool harmless = v.is_null() || (key == "min_new_tokens" && v == json(0)) ||
                           (key == "no_stop_trim" && v == json(false)) ||
                           (key == "spaces_between_special_tokens" && v == json(true)) ||
                           (key == "custom_params" && (v.is_object() && v.empty()));
     if (harmless) continue;
-    static const char* const kKnown[] = {
-        "min_new_tokens", "no_stop_trim",   "spaces_between_special_tokens",
-        "custom_params",  "structural_tag", "stop_regex"};
-    const bool known = std::find_if(std::begin(kKnown), std::end(kKnown),
-                                    [&](const char* k) { return key == k; }) != std::end(kKnown);
-    return bad_request(known ? fmt::format("'{}' is not supported", param)
-                             : fmt::format("unknown sampling parameter '{}'", excerpt(key)),
+    return bad_request(listed(key, kKnown)
+                           ? fmt::format("'{}' is not supported", param)
+                           : fmt::format("unknown sampling parameter '{}'", excerpt(key)),
                        param);
   }
   return std::nullopt;

@@ -69,6 +69,9 @@ struct SamplingParams {
   }
   // kInvalidArgument naming the first bad field (`n_vocab` bounds stop_token_ids).
   Status validate(int64_t n_vocab) const;
+  // logit_bias as the samplers take it: replaces `ids` and `values` with its ids and their
+  // biases, in the same order (one value per id).
+  void split_logit_bias(std::vector<int32_t>* ids, std::vector<float>* values) const;
 };
 
 inline constexpr int32_t kMaxTopLogprobs = 20;
