@@ -3,8 +3,9 @@
 // Rows: the query rows of one (sequence, KV head) are its tokens times the group's q heads,
 // row = token_in_sequence * group + head_in_group. A warp owns 16 rows (one m16 tile); Q stays
 // in registers as A fragments, each 64-key K/V tile is copied to shared memory (cp.async; prefill
-// double-buffers, the next tile loading while this one is used; rows padded by 16 bytes so fragment
-// loads hit distinct banks), S = Q K^T and O += P V run as
+// double-buffers, the next tile loading while this one is used, and decode grids smaller than
+// the GPU keep four tiles in flight; rows padded by 16 bytes so fragment loads hit distinct
+// banks), S = Q K^T and O += P V run as
 // m16n8k16 bf16 MMAs with f32 accumulators, and the softmax is online in the log2 domain.
 //
 // Two CTA shapes (4 warps each):
@@ -32,6 +33,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int64_t kChunk = 512;      // fold granularity and decode split size, in keys
 constexpr int64_t kMaxSplits = 256;  // beyond 131072 keys a decode split holds several chunks
+constexpr int64_t kFewCtas = 128;    // decode grids smaller than this take the 4-tile ring
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D>
@@ -103,20 +105,20 @@ __device__ __forceinline__ float fold(float x, float a, float xc, float b) {
   return __fmaf_rn(xc, b, __fmul_rn(x, a));
 }
 
-template <int D, int kRowWarps>
+// kStages K/V tile buffers in a ring: the next kStages - 1 tiles load while one is used.
+template <int D, int kRowWarps, int kStages>
 __global__ void __launch_bounds__(kThreads, kRowWarps == 4 ? 1 : 4) attention_kernel(Args args) {
   detail::launch_dependents();
   constexpr int kColWarps = 4 / kRowWarps;
   constexpr int kKeys = Shape<D>::kKeys;
   constexpr int kStride = Shape<D>::kStride;
-  constexpr int kCols = D / kColWarps;             // output columns per warp
-  constexpr int kNT = kCols / 8;                   // n8 output tiles per warp
-  constexpr int kKS = D / 16;                      // k16 steps of Q K^T
-  constexpr int kSN = kKeys / 8;                   // n8 tiles of S
-  constexpr int kStages = kRowWarps == 4 ? 2 : 1;  // K/V tile buffers
+  constexpr int kCols = D / kColWarps;  // output columns per warp
+  constexpr int kNT = kCols / 8;        // n8 output tiles per warp
+  constexpr int kKS = D / 16;           // k16 steps of Q K^T
+  constexpr int kSN = kKeys / 8;        // n8 tiles of S
   static_assert(kNT % 2 == 0, "the V loads take two n8 tiles at a time");
 
-  // Two K/V tile buffers (the next tile loads while this one is used), then the folded O.
+  // The K/V tile buffers, then the folded O.
   extern __shared__ __align__(16) unsigned char smem[];
   __nv_bfloat16* const kv_tiles = reinterpret_cast<__nv_bfloat16*>(smem);
   float* om = reinterpret_cast<float*>(kv_tiles + kStages * 2 * kKeys * kStride);
@@ -209,21 +211,26 @@ __global__ void __launch_bounds__(kThreads, kRowWarps == 4 ? 1 : 4) attention_ke
   const int32_t* table = p.block_tables + seq * p.max_blocks;
   const int32_t bs = int32_t(p.kv.block_size);
   // K and V tile starting at key k0 into buffer `buf`; keys past the range are zeros (never NaN
-  // garbage: P is 0 there but 0 * NaN would poison O). The tile's slots are looked up once, in
-  // parallel, so the copies issue without a chain of dependent block-table loads.
-  __shared__ int32_t s_slot[kKeys];
+  // garbage: P is 0 there but 0 * NaN would poison O). The slots of a whole 512-key chunk are
+  // looked up together, in parallel, when its first tile loads (a tile never straddles chunks:
+  // ranges start on chunk boundaries), so a tile's copies issue without first waiting for
+  // block-table reads. Every earlier tile's copies were issued before that, after a barrier.
+  __shared__ int32_t s_slot[kChunk];
   auto load_tile = [&](int64_t k0, int buf) {
-    for (int i = threadIdx.x; i < kKeys; i += kThreads) {
-      const int32_t kp = int32_t(k0) + i;
-      s_slot[i] = kp < range_end ? table[kp / bs] * bs + kp % bs : -1;
+    if (k0 % kChunk == 0) {
+      for (int i = threadIdx.x; i < kChunk; i += kThreads) {
+        const int64_t kp = k0 + i;
+        s_slot[i] = kp < range_end ? table[kp / bs] * bs + int32_t(kp % bs) : -1;
+      }
+      __syncthreads();
     }
-    __syncthreads();
+    const int64_t in_chunk = k0 % kChunk;
     __nv_bfloat16* ks = kv_tiles + buf * 2 * kKeys * kStride;
     __nv_bfloat16* vs = ks + kKeys * kStride;
 #pragma unroll
     for (int c = threadIdx.x; c < kKeys * (D / 8); c += kThreads) {
       const int key = c / (D / 8), part = c % (D / 8);
-      const int32_t slot = s_slot[key];
+      const int32_t slot = s_slot[in_chunk + key];
       __nv_bfloat16* dk = ks + key * kStride + part * 8;
       __nv_bfloat16* dv = vs + key * kStride + part * 8;
       if (slot >= 0) {
@@ -239,17 +246,33 @@ __global__ void __launch_bounds__(kThreads, kRowWarps == 4 ? 1 : 4) attention_ke
   };
 
   // Prefill CTAs double-buffer the tiles; decode CTAs keep one buffer so that more of them fit
-  // on a multiprocessor (measured: faster for decode).
-  if (kStages == 2 && range_begin < range_end) load_tile(range_begin, 0);
-  int buf = 0;
-  for (int64_t k0 = range_begin; k0 < range_end; k0 += kKeys, buf ^= kStages - 1) {
-    if constexpr (kStages == 2) {
-      if (k0 + kKeys < range_end) {
-        load_tile(k0 + kKeys, buf ^ 1);  // the buffer the previous iteration finished with
-        cp_async_wait<1>();
+  // on a multiprocessor (measured: faster for decode at batch 64), or, when there are fewer of
+  // them than multiprocessors (small batches), four, so that a CTA waits for memory once per
+  // three tiles instead of once per tile. The tiles are used in the same order either way.
+  // Every step commits one cp.async group (empty past the range) so that waiting for all but
+  // the newest kStages - 1 groups always means "this step's tile is in".
+  if constexpr (kStages > 1) {
+    for (int st = 0; st < kStages - 1; ++st) {
+      const int64_t k = range_begin + int64_t(st) * kKeys;
+      if (k < range_end) {
+        load_tile(k, st);
       } else {
-        cp_async_wait<0>();
+        cp_async_commit();
       }
+    }
+  }
+  int64_t step = 0;
+  for (int64_t k0 = range_begin; k0 < range_end; k0 += kKeys, ++step) {
+    const int buf = int(step % kStages);
+    if constexpr (kStages > 1) {
+      // Into the buffer the previous step finished with.
+      const int64_t kn = k0 + int64_t(kStages - 1) * kKeys;
+      if (kn < range_end) {
+        load_tile(kn, int((step + kStages - 1) % kStages));
+      } else {
+        cp_async_commit();
+      }
+      cp_async_wait<kStages - 1>();
     } else {
       load_tile(k0, 0);
       cp_async_wait<0>();
@@ -408,25 +431,25 @@ Plan make_plan(const AttentionParams& p) {
   return plan;
 }
 
-template <int D, int kRowWarps>
+template <int D, int kRowWarps, int kStages>
 size_t smem_bytes() {
   constexpr int kColWarps = 4 / kRowWarps;
-  constexpr int kStages = kRowWarps == 4 ? 2 : 1;
   return size_t(kStages * 2 * Shape<D>::kKeys * Shape<D>::kStride) * sizeof(__nv_bfloat16) +
          size_t(4 * (D / kColWarps / 8) * 4 * 32) * sizeof(float);
 }
 
-template <int D, int kRowWarps>
+template <int D, int kRowWarps, int kStages>
 cudaError_t launch(const Args& args, const Plan& plan, cudaStream_t stream) {
-  const size_t smem = smem_bytes<D, kRowWarps>();
-  const cudaError_t attr = cudaFuncSetAttribute(
-      attention_kernel<D, kRowWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const size_t smem = smem_bytes<D, kRowWarps, kStages>();
+  const cudaError_t attr =
+      cudaFuncSetAttribute(attention_kernel<D, kRowWarps, kStages>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (attr != cudaSuccess) return attr;
   const AttentionParams& p = args.p;
   const int64_t rows_per_cta = 16 * kRowWarps;
   const int64_t tiles = (p.max_q_len * args.group + rows_per_cta - 1) / rows_per_cta;
   const dim3 grid(unsigned(p.n_seq * p.kv.n_head_kv), unsigned(tiles), unsigned(plan.n_splits));
-  attention_kernel<D, kRowWarps><<<grid, kThreads, smem, stream>>>(args);
+  attention_kernel<D, kRowWarps, kStages><<<grid, kThreads, smem, stream>>>(args);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || args.ws_o == nullptr) return err;
   merge_kernel<D><<<unsigned(p.n_tokens * p.n_head), D, 0, stream>>>(args);
@@ -475,7 +498,11 @@ cudaError_t attention(const AttentionParams& p, cudaStream_t stream) {
   }
   return detail::dispatch_head_dim(p.kv.head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;
-    return plan.decode ? launch<D, 1>(args, plan, stream) : launch<D, 4>(args, plan, stream);
+    if (!plan.decode) return launch<D, 4, 2>(args, plan, stream);
+    // Fewer decode CTAs than a GPU has multiprocessors: the deep ring (see the kernel).
+    const int64_t ctas = p.n_seq * p.kv.n_head_kv * plan.n_splits;
+    return ctas < kFewCtas ? launch<D, 1, 4>(args, plan, stream)
+                           : launch<D, 1, 1>(args, plan, stream);
   });
 }
 
