@@ -146,7 +146,12 @@ TEST_P(GrammarTest, AnyJsonObjectWalksParse) {
     ASSERT_TRUE(m);
     const Walk w = walk(*m, 300, 0.9);
     if (!w.terminated) continue;  // a random object may be long; those that end must parse
-    const auto j = nlohmann::json::parse(text(w), nullptr, false);
+    // JSON numbers have no range, and a walk drew 3e+69756 once, which nlohmann refuses
+    // ("number overflow"): exponents and long digit runs are shortened before parsing (inside
+    // strings too, where any digits are valid).
+    std::string t = std::regex_replace(text(w), std::regex("([eE][+-]?)[0-9]+"), "$011");
+    t = std::regex_replace(t, std::regex("[0-9]{16,}"), "1");
+    const auto j = nlohmann::json::parse(t, nullptr, false);
     EXPECT_TRUE(!j.is_discarded() && j.is_object()) << text(w);
   }
 }
