@@ -17,7 +17,7 @@ StageModel::~StageModel() = default;
 Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
                                                      const WeightSource& weights,
                                                      int64_t layer_begin, int64_t layer_end,
-                                                     CpuDtype cpu_dtype) {
+                                                     CpuDtype cpu_dtype, TpRank tp) {
   PP_RETURN_IF_ERROR(config.validate());
   if (layer_begin < 0 || layer_end > config.n_layer || layer_begin >= layer_end) {
     return invalid_argument("bad layer range [{}, {}) for a model of {} layers", layer_begin,
@@ -27,29 +27,50 @@ Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
   m->config_ = config;
   m->layer_begin_ = layer_begin;
   m->layer_end_ = layer_end;
-  const ModelConfig& c = m->config_;
+  PP_ASSIGN_OR_RETURN(m->tp_, model::tp_layout(config, tp));
+  m->local_ = tp_local_config(config, m->tp_);
+  const ModelConfig& c = m->local_;
+  PP_ASSIGN_OR_RETURN(const std::vector<TpLayout> group, tp_layouts(config, tp.size));
+  for (const TpLayout& l : group) m->vocab_bounds_.push_back(l.vocab_begin);
+  m->vocab_bounds_.push_back(config.n_vocab);
 
   // The table's tensors for this stage, in order: the edges into the stage's own slots, each
-  // layer's run of tensors into its layer.
-  const StageTensors st = stage_tensors(c, weights, layer_begin, layer_end);
-  const std::span<const TensorSpec> all(st.tensors);
+  // layer's run of tensors into its layer. A rank of a group reads its slices of them.
+  const StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
+  std::vector<TensorSpec> local;
+  std::unique_ptr<WeightSource> sliced;
+  if (tp.size > 1) {
+    std::vector<ShardedTensor> shards = shard_tensors(config, m->tp_, st.tensors);
+    for (const ShardedTensor& t : shards) local.push_back(t.local);
+    sliced = tp_slice_source(weights, std::move(shards));
+  } else {
+    local = st.tensors;
+  }
+  const WeightSource& source = sliced ? *sliced : weights;
+  const std::span<const TensorSpec> all(local);
   m->layers_.reserve(size_t(layer_end - layer_begin));
   for (size_t i = 0; i < all.size();) {
     size_t j = i + 1;
     while (j < all.size() && all[j].owner == all[i].owner && all[j].layer == all[i].layer) ++j;
     const std::span<const TensorSpec> run = all.subspan(i, j - i);
     if (all[i].owner == TensorOwner::kLayer) {
-      PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, weights, run, cpu_dtype));
+      PP_ASSIGN_OR_RETURN(DecoderLayer layer, DecoderLayer::load(c, source, run, cpu_dtype));
       m->layers_.push_back(std::move(layer));
     } else {
-      PP_RETURN_IF_ERROR(load_cpu_slots(weights, run, m->edges_, cpu_dtype));
+      PP_RETURN_IF_ERROR(load_cpu_slots(source, run, m->edges_, cpu_dtype));
     }
     i = j;
   }
   PP_ASSERT(int64_t(m->layers_.size()) == layer_end - layer_begin);
-  if (m->has_lm_head()) {
-    m->lm_head_ =
-        m->edges_[st.head_shares_embedding ? WeightSlot::kEmbedding : WeightSlot::kLmHead].view();
+  if (m->has_lm_head() && !st.head_shares_embedding) {
+    m->lm_head_ = m->edges_[WeightSlot::kLmHead].view();
+  } else if (m->has_lm_head()) {
+    // This rank's vocabulary rows of the (whole) embedding table.
+    kernels::WeightView v = m->edges_[WeightSlot::kEmbedding].view();
+    PP_ASSERT(v.scale_kind == kernels::ScaleKind::kNone);
+    v.data = v.as<std::byte>() + m->tp_.vocab_begin * kernels::weight_row_bytes(v.format, v.cols);
+    v.rows = m->tp_.n_vocab();
+    m->lm_head_ = v;
   }
 
   m->inv_freq_ = rope_inv_freq_for(c);
@@ -67,7 +88,7 @@ int64_t StageModel::kv_bytes_per_block(int64_t block_size) const {
   return KvCacheShape{.n_layer = n_layer(),
                       .n_blocks = 1,
                       .block_size = block_size,
-                      .n_head_kv = config_.n_head_kv,
+                      .n_head_kv = local_.n_head_kv,
                       .head_dim = config_.head_dim}
       .bytes_per_block();
 }
@@ -77,7 +98,7 @@ Status StageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
   PP_ASSIGN_OR_RETURN(kv_, KvCache::allocate({.n_layer = n_layer(),
                                               .n_blocks = n_blocks,
                                               .block_size = block_size,
-                                              .n_head_kv = config_.n_head_kv,
+                                              .n_head_kv = local_.n_head_kv,
                                               .head_dim = config_.head_dim}));
   return ok_status();
 }
@@ -100,15 +121,24 @@ Status StageModel::run_layers(const Batch& batch, float* h) {
                          .inv_freq = inv_freq_.data(),
                          .n_tokens = T,
                          .n_seq = batch.n_seq(),
-                         .max_blocks = batch.max_blocks};
-  for (size_t i = 0; i < layers_.size(); ++i)
-    layers_[i].forward(h, ctx, kv_->layer(int64_t(i)), *ws_);
+                         .max_blocks = batch.max_blocks,
+                         .head_begin = tp_.head_begin,
+                         .group = tp_.group,
+                         .comm = comm_};
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    PP_RETURN_IF_ERROR(layers_[i].forward(h, ctx, kv_->layer(int64_t(i)), *ws_));
+  }
   return ok_status();
 }
 
 Status StageModel::forward(const Batch& batch, std::span<const float> input_hidden,
                            std::vector<float>& output) {
   if (!kv_) return make_error(StatusCode::kFailedPrecondition, "no KV cache: allocate_kv first");
+  if (tp_.tp.size > 1 && !comm_) {
+    return make_error(StatusCode::kFailedPrecondition,
+                      "rank {} of a tensor-parallel group of {} has no collectives", tp_.tp.rank,
+                      tp_.tp.size);
+  }
   const int64_t T = batch.n_tokens(), E = config_.n_embd, V = config_.n_vocab;
   if (has_embedding() && int64_t(batch.token_ids.size()) != T) {
     return invalid_argument("stage 0 needs token ids: got {} for {} tokens", batch.token_ids.size(),
@@ -147,7 +177,8 @@ Status StageModel::forward(const Batch& batch, std::span<const float> input_hidd
   for (int64_t r = 0; r < R; ++r) {
     std::copy_n(h.data() + int64_t(batch.logit_rows[r]) * E, E, rows_.data() + r * E);
   }
-  output.resize(size_t(R * V));
+  const bool rank0 = tp_.tp.rank == 0;
+  output.resize(rank0 ? size_t(R * V) : 0);
   if (R == 0) return ok_status();
   cpu::rms_norm({.x = rows_.data(),
                  .weight = edges_[WeightSlot::kFinalNorm].f32_data(),
@@ -155,7 +186,26 @@ Status StageModel::forward(const Batch& batch, std::span<const float> input_hidd
                  .n_rows = R,
                  .n = E,
                  .eps = config_.rms_norm_eps});
-  cpu::linear({.x = rows_.data(), .w = lm_head_, .out = output.data(), .m = R});
+  if (tp_.tp.size == 1) {
+    cpu::linear({.x = rows_.data(), .w = lm_head_, .out = output.data(), .m = R});
+    return ok_status();
+  }
+  // Each rank's vocabulary slice [R, V_r], gathered on rank 0 in rank order, then laid out as
+  // rows of the whole vocabulary.
+  const int64_t Vr = tp_.n_vocab();
+  part_.resize(size_t(R * Vr));
+  cpu::linear({.x = rows_.data(), .w = lm_head_, .out = part_.data(), .m = R});
+  gathered_.resize(rank0 ? size_t(R * V) : 0);
+  PP_RETURN_IF_ERROR(comm_->gather(part_, gathered_));
+  if (!rank0) return ok_status();
+  int64_t offset = 0;
+  for (int32_t r = 0; r < tp_.tp.size; ++r) {
+    const int64_t b = vocab_bounds_[size_t(r)], e = vocab_bounds_[size_t(r) + 1];
+    for (int64_t i = 0; i < R; ++i) {
+      std::copy_n(gathered_.data() + offset + i * (e - b), e - b, output.data() + i * V + b);
+    }
+    offset += R * (e - b);
+  }
   return ok_status();
 }
 

@@ -24,7 +24,7 @@ TensorSpec embedding_spec(const ModelConfig& c) {
   return {.name = kEmbedName,
           .shape = {c.n_vocab, c.n_embd},
           .owner = TensorOwner::kEmbedding,
-          .split = TpSplit::kVocab,
+          .split = TpSplit::kReplicated,  // a lookup per token; see tensor-parallel.h
           .slot = WeightSlot::kEmbedding};
 }
 

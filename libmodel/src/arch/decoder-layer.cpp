@@ -159,8 +159,8 @@ int64_t DecoderLayer::n_params() const {
   return n;
 }
 
-void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv& kv,
-                           LayerWorkspace& ws) const {
+Status DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv& kv,
+                             LayerWorkspace& ws) const {
   const ModelConfig& c = *c_;
   const int64_t T = ctx.n_tokens;
   const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff, D = c.head_dim;
@@ -226,8 +226,12 @@ void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv
                   .n_seq = ctx.n_seq,
                   .n_head = c.n_head,
                   .max_blocks = ctx.max_blocks,
-                  .scale = 1.0f / std::sqrt(float(D))});
+                  .scale = 1.0f / std::sqrt(float(D)),
+                  .head_begin = ctx.head_begin,
+                  .group = ctx.group});
   cpu::linear({.x = ws.attn.data(), .w = w[WeightSlot::kO].view(), .out = ws.proj.data(), .m = T});
+  const std::span<float> proj(ws.proj.data(), size_t(T * E));
+  if (ctx.comm) PP_RETURN_IF_ERROR(ctx.comm->all_reduce_sum(proj));
   // h += attention output, then x = rmsnorm(h): the fused residual add.
   cpu::rms_norm({.x = ws.proj.data(),
                  .residual = h,
@@ -245,10 +249,12 @@ void DecoderLayer::forward(float* h, const LayerContext& ctx, const cpu::PagedKv
     cpu::linear(
         {.x = ws.act.data(), .w = w[WeightSlot::kDown].view(), .out = ws.proj.data(), .m = T});
   }
+  if (ctx.comm) PP_RETURN_IF_ERROR(ctx.comm->all_reduce_sum(proj));
   // The plain residual add that ends every layer: the stage boundary carries h alone.
   const int64_t n = T * E;
   const float* mlp = ws.proj.data();
   for (int64_t i = 0; i < n; ++i) h[i] += mlp[i];
+  return ok_status();
 }
 
 void DecoderLayer::moe_mlp(int64_t T, LayerWorkspace& ws) const {

@@ -29,6 +29,7 @@
 #include "pp/model/arch-tensors.h"
 #include "pp/model/config.h"
 #include "pp/model/quantization.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -49,6 +50,10 @@ struct LayerContext {
   const int32_t* block_tables = nullptr;  // [n_seq, max_blocks]
   const float* inv_freq = nullptr;        // [head_dim / 2]
   int64_t n_tokens = 0, n_seq = 0, max_blocks = 0;
+  // Tensor parallelism: the model's index of this rank's first query head and query heads per
+  // KV head (cpu::AttentionParams), and the group's collectives (nullptr at TP 1).
+  int64_t head_begin = 0, group = 0;
+  TpComm* comm = nullptr;
 };
 
 // Scratch buffers reused by every layer and every forward (grown, never shrunk).
@@ -82,9 +87,11 @@ class DecoderLayer {
   static Result<DecoderLayer> load(const ModelConfig& c, const WeightSource& w,
                                    std::span<const TensorSpec> tensors, CpuDtype cpu_dtype);
 
-  // h [n_tokens, n_embd] in place; writes the new tokens' K/V into `kv`.
-  void forward(float* h, const LayerContext& ctx, const kernels::cpu::PagedKv& kv,
-               LayerWorkspace& ws) const;
+  // h [n_tokens, n_embd] in place; writes the new tokens' K/V into `kv`. A rank of a
+  // tensor-parallel group (ctx.comm) all-reduces o_proj's and the MLP's partial outputs; their
+  // failure is the only error.
+  Status forward(float* h, const LayerContext& ctx, const kernels::cpu::PagedKv& kv,
+                 LayerWorkspace& ws) const;
 
   int64_t n_params() const;
 
@@ -92,7 +99,8 @@ class DecoderLayer {
   // ws.proj [T, n_embd] = the MoE MLP of ws.x [T, n_embd].
   void moe_mlp(int64_t n_tokens, LayerWorkspace& ws) const;
 
-  const ModelConfig* c_ = nullptr;  // the owning stage's config (outlives the layer)
+  // The owning stage's config (outlives the layer); a tensor-parallel rank's local one.
+  const ModelConfig* c_ = nullptr;
   // The layer's slots (shapes in arch-tensors.h): attn_norm, qkv, qkv_bias (attention_bias),
   // q_norm and k_norm (qk_norm), o, ffn_norm, then gate_up and down (a dense MLP) or router,
   // expert_gate_up and expert_down (an MoE one); the others stay empty.

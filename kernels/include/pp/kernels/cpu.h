@@ -160,6 +160,11 @@ struct AttentionParams {
   const int32_t* block_tables = nullptr;  // [n_seq, max_blocks]
   int64_t n_tokens = 0, n_seq = 0, n_head = 0, max_blocks = 0;
   float scale = 1.0f;  // usually 1 / sqrt(head_dim)
+  // A tensor-parallel rank's slice of the model's heads: query head h here is the model's head
+  // head_begin + h, which reads the model's KV head (head_begin + h) / group, stored here as KV
+  // head (head_begin + h) / group - head_begin / group. group 0: n_head / n_head_kv, and
+  // head_begin 0 (the whole model, or a rank whose heads cover whole KV groups).
+  int64_t head_begin = 0, group = 0;
 };
 void attention(const AttentionParams& p);
 

@@ -47,10 +47,10 @@ enum class TensorOwner : uint8_t {
 
 // How a tensor splits across the ranks of a tensor-parallel stage.
 enum class TpSplit : uint8_t {
-  kReplicated,  // every rank holds all of it (norms)
+  kReplicated,  // every rank holds all of it (norms, the router, the token embedding)
   kColumn,      // rows (output features) split: q, k, v, gate, up (experts' too), biases
   kRow,         // columns (input features) split, outputs summed: o_proj, down_proj (experts')
-  kVocab,       // vocabulary rows split: embedding and lm_head
+  kVocab,       // vocabulary rows split: the lm_head (tensor-parallel.h)
 };
 
 // The weights a stage computes with. A tensor fills one slot, whole or at a row offset.

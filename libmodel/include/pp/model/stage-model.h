@@ -11,6 +11,11 @@
 // anywhere gives bitwise the same logits as running it whole, and a row's result does not
 // depend on what else is in the batch.
 //
+// Tensor parallelism (tensor-parallel.h): loaded as rank r of N, a stage model holds its slice of
+// every split tensor and computes with tp_local_config; forward() all-reduces the partial outputs
+// of o_proj and down_proj through the TpComm given to set_tp_comm, and the last stage gathers the
+// logits on rank 0 (other ranks return none).
+//
 // Not thread-safe: one forward at a time (the stage's compute loop).
 #pragma once
 
@@ -25,6 +30,7 @@
 #include "pp/model/config.h"
 #include "pp/model/kv-cache.h"
 #include "pp/model/quantization.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -36,17 +42,24 @@ struct LayerWorkspace;
 class StageModel {
  public:
   // Loads layers [layer_begin, layer_end) of the model described by `config` from `weights`,
-  // GGUF block weights kept as stored unless cpu_dtype is kF32 (quantization.h).
-  // kInvalidArgument for a bad range; kNotFound / kDataLoss for missing or misshapen tensors.
+  // GGUF block weights kept as stored unless cpu_dtype is kF32 (quantization.h); as rank
+  // tp.rank of tp.size, only that rank's slices (`weights` holds whole tensors).
+  // kInvalidArgument for a bad range or group; kNotFound / kDataLoss for missing or misshapen
+  // tensors.
   static Result<std::unique_ptr<StageModel>> load(const ModelConfig& config,
                                                   const WeightSource& weights, int64_t layer_begin,
                                                   int64_t layer_end,
-                                                  CpuDtype cpu_dtype = CpuDtype::kAuto);
+                                                  CpuDtype cpu_dtype = CpuDtype::kAuto,
+                                                  TpRank tp = {});
   ~StageModel();
   StageModel(const StageModel&) = delete;
   StageModel& operator=(const StageModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  const TpLayout& tp_layout() const { return tp_; }
+  // The group's collectives; required before forward() when the group has several ranks. Not
+  // owned; must outlive the forwards.
+  void set_tp_comm(TpComm* comm) { comm_ = comm; }
   int64_t layer_begin() const { return layer_begin_; }
   int64_t layer_end() const { return layer_end_; }
   int64_t n_layer() const { return layer_end_ - layer_begin_; }
@@ -64,8 +77,9 @@ class StageModel {
 
   // Runs the stage on one micro-batch. `input_hidden` is [n_tokens, n_embd] for a stage
   // without the embedding and ignored otherwise (the ids come from the batch). `output` is
-  // resized to [n_tokens, n_embd] (h) or, with the lm_head, [n_logit_rows, n_vocab] (logits).
-  // Errors: a malformed batch, ids outside the vocabulary, no KV pool.
+  // resized to [n_tokens, n_embd] (h) or, with the lm_head, [n_logit_rows, n_vocab] (logits;
+  // empty on a tensor-parallel rank other than 0).
+  // Errors: a malformed batch, ids outside the vocabulary, no KV pool, a failed collective.
   Status forward(const Batch& batch, std::span<const float> input_hidden,
                  std::vector<float>& output);
 
@@ -74,9 +88,14 @@ class StageModel {
   Status run_layers(const Batch& batch, float* h);
 
   ModelConfig config_;
+  ModelConfig local_;  // what this rank computes with (tp_local_config; config_ at TP 1)
+  TpLayout tp_;
+  TpComm* comm_ = nullptr;
+  std::vector<int64_t> vocab_bounds_;  // [tp size + 1]: each rank's first lm_head row, then V
   int64_t layer_begin_ = 0, layer_end_ = 0;
   // The edges' slots: kEmbedding [n_vocab, n_embd] (stage 0); kFinalNorm [n_embd] and kLmHead
-  // [n_vocab, n_embd] (last stage; kLmHead empty when the head shares the embedding).
+  // [tp_.n_vocab(), n_embd], this rank's vocabulary rows (last stage; empty when the head shares
+  // the embedding, whose rows it then views).
   SlotMap<kernels::HostWeight> edges_;
   kernels::WeightView lm_head_;  // edges_[kLmHead] or, shared, edges_[kEmbedding]
   std::vector<DecoderLayer> layers_;
@@ -87,6 +106,7 @@ class StageModel {
   std::unique_ptr<LayerWorkspace> ws_;
   std::vector<float> h_;        // [n_tokens, n_embd] residual stream of the last stage
   std::vector<float> rows_;     // [n_logit_rows, n_embd] normed rows for the lm_head
+  std::vector<float> part_, gathered_;  // TP: this rank's logits, and every rank's (rank 0)
   std::vector<int64_t> slots_;  // [n_tokens]
 };
 

@@ -1,0 +1,237 @@
+// Tensor parallelism in the stage model: the layouts tile the model (every query head, KV head
+// a query head reads, row of n_ff and vocabulary row is held where it must be), and a model run
+// as N ranks in threads (an in-process TpComm) gives the TP 1 logits within f32 tolerance and the
+// same greedy tokens, for every family, for several N and stage splits, bitwise the same from
+// run to run.
+#include <gtest/gtest.h>
+
+#include <barrier>
+#include <numeric>
+#include <thread>
+
+#include "pp/model/stage-model.h"
+#include "pp/model/tensor-parallel.h"
+#include "test-model-util.h"
+#include "test-util.h"
+
+namespace pp::test {
+namespace {
+
+using model::Arch;
+using model::Batch;
+using model::ModelConfig;
+using model::StageModel;
+using model::TpLayout;
+
+constexpr int64_t kBlockSize = 4;
+
+// N ranks in threads of one process: each rank's span is read by all at a barrier.
+class ThreadGroup {
+ public:
+  explicit ThreadGroup(int32_t n) : n_(n), barrier_(n), ptr_(size_t(n)), size_(size_t(n)) {}
+
+  class Comm final : public model::TpComm {
+   public:
+    Comm(ThreadGroup* g, int32_t rank) : g_(g), rank_(rank) {}
+    model::TpRank rank() const override { return {rank_, g_->n_}; }
+    Status all_reduce_sum(std::span<float> x) override {
+      g_->ptr_[size_t(rank_)] = x.data();
+      g_->size_[size_t(rank_)] = x.size();
+      g_->barrier_.arrive_and_wait();
+      std::vector<float> sum(g_->ptr_[0], g_->ptr_[0] + x.size());
+      for (int32_t r = 1; r < g_->n_; ++r) {
+        if (g_->size_[size_t(r)] != x.size()) return internal_error("all-reduce sizes differ");
+        for (size_t i = 0; i < x.size(); ++i) sum[i] += g_->ptr_[size_t(r)][i];
+      }
+      g_->barrier_.arrive_and_wait();
+      std::copy(sum.begin(), sum.end(), x.begin());
+      return ok_status();
+    }
+    Status gather(std::span<const float> part, std::span<float> out) override {
+      g_->ptr_[size_t(rank_)] = const_cast<float*>(part.data());
+      g_->size_[size_t(rank_)] = part.size();
+      g_->barrier_.arrive_and_wait();
+      if (rank_ == 0) {
+        size_t at = 0;
+        for (int32_t r = 0; r < g_->n_; ++r) {
+          if (at + g_->size_[size_t(r)] > out.size()) return internal_error("gather overflows");
+          std::copy_n(g_->ptr_[size_t(r)], g_->size_[size_t(r)], out.data() + at);
+          at += g_->size_[size_t(r)];
+        }
+        if (at != out.size()) return internal_error("gather fills {} of {}", at, out.size());
+      }
+      g_->barrier_.arrive_and_wait();
+      return ok_status();
+    }
+
+   private:
+    ThreadGroup* g_;
+    int32_t rank_;
+  };
+
+ private:
+  int32_t n_;
+  std::barrier<> barrier_;
+  std::vector<float*> ptr_;
+  std::vector<size_t> size_;
+};
+
+std::vector<int32_t> random_ids(int64_t n, int64_t n_vocab) {
+  std::uniform_int_distribution<int32_t> d(0, int32_t(n_vocab) - 1);
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (int32_t& x : v) x = d(rng());
+  return v;
+}
+
+// Logits of every position of `ids` (chunks of `chunk`), through stages split at `cuts`, as
+// `tp` ranks in threads; rank 0's logits.
+std::vector<float> run_tp(const ModelConfig& c, const model::WeightSource& w, int32_t tp,
+                          const std::vector<int64_t>& cuts, const std::vector<int32_t>& ids,
+                          int64_t chunk) {
+  std::vector<int64_t> bounds{0};
+  bounds.insert(bounds.end(), cuts.begin(), cuts.end());
+  bounds.push_back(c.n_layer);
+  ThreadGroup group(tp);
+  std::vector<std::vector<float>> logits(static_cast<size_t>(tp));
+  std::vector<std::string> errors(static_cast<size_t>(tp));
+  std::vector<std::thread> threads;
+  for (int32_t r = 0; r < tp; ++r) {
+    threads.emplace_back([&, r] {
+      ThreadGroup::Comm comm(&group, r);
+      std::vector<std::unique_ptr<StageModel>> stages;
+      for (size_t k = 0; k + 1 < bounds.size(); ++k) {
+        auto m = StageModel::load(c, w, bounds[k], bounds[k + 1], model::CpuDtype::kAuto,
+                                  {r, tp});
+        if (!m.ok()) {
+          errors[size_t(r)] = m.status().message();
+          return;  // every rank fails alike (the same config), so no one waits at a barrier
+        }
+        (*m)->set_tp_comm(&comm);
+        if (Status s = (*m)->allocate_kv(32, kBlockSize); !s.ok()) {
+          errors[size_t(r)] = s.message();
+          return;
+        }
+        stages.push_back(std::move(*m));
+      }
+      std::vector<int32_t> table(16);
+      std::iota(table.begin(), table.end(), 5);
+      for (int64_t b = 0; b < int64_t(ids.size()); b += chunk) {
+        const int64_t len = std::min<int64_t>(chunk, int64_t(ids.size()) - b);
+        Batch batch;
+        batch.add_sequence(std::span(ids).subspan(size_t(b), size_t(len)), int32_t(b), table,
+                           false);
+        batch.logit_rows.resize(size_t(len));
+        std::iota(batch.logit_rows.begin(), batch.logit_rows.end(), 0);
+        std::vector<float> in, out;
+        for (auto& s : stages) {
+          if (Status st = s->forward(batch, in, out); !st.ok()) {
+            errors[size_t(r)] = st.message();
+            return;
+          }
+          std::swap(in, out);
+        }
+        logits[size_t(r)].insert(logits[size_t(r)].end(), in.begin(), in.end());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int32_t r = 0; r < tp; ++r) {
+    EXPECT_EQ(errors[size_t(r)], "") << "rank " << r;
+    if (r > 0) EXPECT_TRUE(logits[size_t(r)].empty()) << "only rank 0 has logits";
+  }
+  return logits[0];
+}
+
+TEST(TpLayout, TilesTheModel) {
+  for (int trial = 0; trial < 200; ++trial) {
+    ModelConfig c = tiny_config(Arch::kQwen3Moe);
+    std::uniform_int_distribution<int64_t> kv(1, 8), group(1, 6), ff(1, 700), vocab(50, 3000);
+    c.n_head_kv = kv(rng());
+    c.n_head = c.n_head_kv * group(rng());
+    c.n_ff = ff(rng());
+    c.n_ff_expert = ff(rng());
+    c.n_vocab = vocab(rng());
+    const int32_t n = std::uniform_int_distribution<int32_t>(1, int32_t(c.n_head))(rng());
+    auto layouts = model::tp_layouts(c, n);
+    ASSERT_TRUE(layouts.ok()) << layouts.status().message();
+    int64_t head = 0, ff_row = 0, vocab_row = 0, ffe_row = 0;
+    for (const TpLayout& l : *layouts) {
+      EXPECT_EQ(l.head_begin, head);
+      EXPECT_GT(l.head_end, l.head_begin) << "every rank has a query head";
+      head = l.head_end;
+      // Every query head's KV head is held, and no more than those.
+      EXPECT_EQ(l.kv_head_begin, l.head_begin / l.group);
+      EXPECT_EQ(l.kv_head_end - 1, (l.head_end - 1) / l.group);
+      EXPECT_EQ(l.ff_begin, ff_row);
+      ff_row = l.ff_end;
+      EXPECT_EQ(l.ff_expert_begin, ffe_row);
+      ffe_row = l.ff_expert_end;
+      EXPECT_EQ(l.vocab_begin, vocab_row);
+      vocab_row = l.vocab_end;
+      // Block-friendly cuts where the size allows.
+      if (c.n_ff % 128 == 0 && c.n_ff / 128 >= n) EXPECT_EQ(l.ff_begin % 128, 0);
+    }
+    EXPECT_EQ(head, c.n_head);
+    EXPECT_EQ(ff_row, c.n_ff);
+    EXPECT_EQ(ffe_row, c.n_ff_expert);
+    EXPECT_EQ(vocab_row, c.n_vocab);
+  }
+}
+
+TEST(TpLayout, ClearErrors) {
+  const ModelConfig c = tiny_config(Arch::kLlama);  // 6 heads
+  EXPECT_EQ(model::tp_layout(c, {0, 7}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(model::tp_layout(c, {2, 2}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(model::tp_layout(c, {0, 0}).status().code(), StatusCode::kInvalidArgument);
+  auto m = StageModel::load(c, random_weights(c), 0, c.n_layer, model::CpuDtype::kAuto, {0, 7});
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(m.status().message().find("attention heads"), std::string::npos);
+}
+
+class TpFamily : public ::testing::TestWithParam<Arch> {};
+
+TEST_P(TpFamily, MatchesOneRank) {
+  ModelConfig c = tiny_config(GetParam());
+  c.n_layer = 3;
+  const MemoryWeights w = random_weights(c);
+  const std::vector<int32_t> ids = random_ids(23, c.n_vocab);
+  const std::vector<float> ref = run_tp(c, w, 1, {}, ids, 7);
+  ASSERT_EQ(ref.size(), ids.size() * size_t(c.n_vocab));
+  for (int32_t tp : {2, 3, 4}) {
+    for (const std::vector<int64_t>& cuts : std::vector<std::vector<int64_t>>{{}, {1}, {1, 2}}) {
+      SCOPED_TRACE(::testing::Message() << "tp " << tp << ", " << cuts.size() + 1 << " stages");
+      const std::vector<float> got = run_tp(c, w, tp, cuts, ids, 7);
+      ASSERT_EQ(got.size(), ref.size());
+      double max_err = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        const double err = std::abs(double(got[i]) - double(ref[i]));
+        max_err = std::max(max_err, err);
+        ASSERT_LE(err, 1e-4 + 1e-4 * std::abs(ref[i])) << "at " << i;
+      }
+      // Greedy tokens agree wherever TP 1's choice is not a near tie.
+      const size_t V = size_t(c.n_vocab);
+      for (size_t t = 0; t < ids.size(); ++t) {
+        const float* a = ref.data() + t * V;
+        const float* b = got.data() + t * V;
+        std::vector<float> sorted(a, a + V);
+        std::sort(sorted.rbegin(), sorted.rend());
+        if (sorted[0] - sorted[1] < 1e-3f) continue;
+        EXPECT_EQ(std::max_element(a, a + V) - a, std::max_element(b, b + V) - b) << "row " << t;
+      }
+      RecordProperty("max_abs_error_tp" + std::to_string(tp), std::to_string(max_err));
+    }
+  }
+  // The same run again: the same bits (the sums are added in rank order).
+  const std::vector<float> a = run_tp(c, w, 4, {1}, ids, 5);
+  const std::vector<float> b = run_tp(c, w, 4, {1}, ids, 5);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, TpFamily,
+                         ::testing::Values(Arch::kLlama, Arch::kMistral, Arch::kQwen2, Arch::kQwen3,
+                                           Arch::kQwen3Moe, Arch::kMixtral),
+                         [](const auto& info) { return std::string(model::arch_name(info.param)); });
+
+}  // namespace
+}  // namespace pp::test
