@@ -184,10 +184,17 @@ TEST(StageBackend, RefusesWhatItCannotRun) {
   ASSERT_TRUE(m.ok()) << m.status().message();
   Collected got;
   StageSpec spec = spec_for(*m, 0, 1, {0, m->config().n_layer});
-  spec.devices = {"cpu", "cpu"};  // a tensor-parallel group: not built yet
+  spec.devices = {"cpu", "cpu"};  // a tensor-parallel rank without its group's channel
   auto two = make_stage_backend(spec, env_for(&got));
   ASSERT_FALSE(two.ok());
-  EXPECT_EQ(two.status().code(), StatusCode::kUnimplemented) << two.status().message();
+  EXPECT_EQ(two.status().code(), StatusCode::kInvalidArgument) << two.status().message();
+  EXPECT_NE(two.status().message().find("collective"), std::string::npos)
+      << two.status().message();
+  spec.devices = {"cpu", "cuda:0"};
+  auto mixed = make_stage_backend(spec, env_for(&got));
+  ASSERT_FALSE(mixed.ok());
+  EXPECT_NE(mixed.status().message().find("mixes CPU and GPU"), std::string::npos)
+      << mixed.status().message();
   spec.devices = {"tpu:0"};
   auto bad = make_stage_backend(spec, env_for(&got));
   ASSERT_FALSE(bad.ok());

@@ -26,6 +26,7 @@ struct Bound {
 };
 
 constexpr Bound<int32_t> kPp{"--pp", 0, 1024};
+constexpr Bound<int32_t> kTp{"--tp", 0, 256};
 constexpr Bound<int32_t> kAsyncDepth{"--async-depth", 0, 64};
 constexpr Bound<int32_t> kMaxRunning{"--max-running-requests", 1, 1 << 20};
 constexpr Bound<int32_t> kMaxBatchTokens{"--max-batch-tokens", 1, 1 << 30};
@@ -56,9 +57,10 @@ void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups)
   app.add_option("--pp,--pp-size", a.pp,
                  "pipeline stages, each a local pp-stage process (" + pp_default + ")")
       ->check(kPp.range());
-  app.add_option("--tp-size", a.tp_size,
-                 "tensor parallel ranks per stage: only 1 (tensor parallelism is not supported "
-                 "yet)");
+  app.add_option("--tp,--tp-size", a.tp_size,
+                 "tensor-parallel ranks per stage, each a local pp-stage process on its own "
+                 "device (default 1): stage k, rank r runs on GPU k*N+r of --gpus")
+      ->check(kTp.range());
   app.add_option("--async-depth,--pp-async-batch-depth", a.async_depth,
                  "micro-batch groups in flight beyond one per stage (default 1)")
       ->check(kAsyncDepth.range());
@@ -165,12 +167,7 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   if (a.device != "cpu" && a.device != "cuda") {
     return invalid_argument("--device must be cpu or cuda, not '{}'", a.device);
   }
-  if (a.tp_size != 1) {
-    return unimplemented(
-        "--tp-size {}: tensor parallelism is not supported yet (use --pp-size to split the model "
-        "across devices)",
-        a.tp_size);
-  }
+  PP_RETURN_IF_ERROR(kTp.check(a.tp_size));
   // SGLang's spellings: "float" is float32, "half" float16.
   const std::string dtype = a.dtype == "float"  ? "float32"
                             : a.dtype == "half" ? "float16"
@@ -186,6 +183,7 @@ Result<pipeline::EngineOptions> engine_options(const EngineArgs& a) {
   pipeline::EngineOptions e;
   e.model_path = a.model;
   e.n_stages = a.pp;
+  e.tp_size = a.tp_size;
   if (a.expect_stages) {
     PP_RETURN_IF_ERROR(kExpectStages.check(*a.expect_stages));
     if (a.pp > 0 && a.pp != *a.expect_stages) {
@@ -242,6 +240,7 @@ nlohmann::json engine_params(const EngineArgs& a) {
   nlohmann::json j;
   j["model"] = a.model;
   j["pp"] = a.expect_stages ? *a.expect_stages : a.pp;
+  if (a.tp_size > 1) j["tp"] = a.tp_size;
   j["async_depth"] = a.async_depth;
   j["max_running_requests"] = a.max_running_requests;
   j["max_batch_tokens"] = a.max_batch_tokens;

@@ -29,7 +29,7 @@ struct EngineArgs {
   std::string layers;  // the split as inclusive ranges "0-19,20-35"
   std::optional<uint64_t> random_weights;  // model names a config; weights from this seed
   std::string quantization;                // "fp8": quantize the weights on load; empty: none
-  int32_t tp_size = 1;                     // tensor parallel ranks per stage: only 1 today
+  int32_t tp_size = 0;                     // tensor-parallel ranks per stage (0: 1, or a partition's)
   std::string dtype = "auto";  // compute dtype: auto, or the device's own (f32 cpu, bf16 cuda)
   std::string cpu_dtype;       // "f32": CPU weights dequantized; empty/"auto": as stored
 
@@ -69,7 +69,7 @@ struct EngineArgs {
 // SGLang's launch flags name the same options where pp has them, so that a SGLang command line
 // works unchanged: --model-path (--model), --pp-size (--pp), --pp-async-batch-depth
 // (--async-depth), --mem-fraction-static (--mem-fraction), --chunked-prefill-size
-// (--max-batch-tokens), --max-total-tokens (the KV pool in tokens), --tp-size (1 only) and
+// (--max-batch-tokens), --max-total-tokens (the KV pool in tokens), --tp-size (--tp) and
 // --dtype (auto, or the dtype the device computes in).
 struct EngineOptionGroups {
   bool model = true;           // --model (pp-bench sweep names the model itself)
@@ -83,7 +83,7 @@ struct EngineOptionGroups {
 void add_engine_options(CLI::App& app, EngineArgs& a, EngineOptionGroups groups = {});
 
 // Checks the options (each value in its range, --pp against --expect-stages, --expect-stages
-// with --listen, --kv-memory a size and not with --kv-blocks or --max-total-tokens, --tp-size 1,
+// with --listen, --kv-memory a size and not with --kv-blocks or --max-total-tokens,
 // --dtype one the device computes in) and builds the engine's options.
 // Errors are kInvalidArgument naming the option. What needs the model (the layer split against
 // its layer count, a partition's stage count) is checked by Engine::start.

@@ -218,7 +218,7 @@ nlohmann::json sglang_server_args(const ServeOptions& o, const serve::HttpOption
   j["trust_remote_code"] = o.trust_remote_code;
   j["host"] = http.host;
   j["port"] = http.port;
-  j["tp_size"] = a.tp_size;
+  j["tp_size"] = a.tp_size > 0 ? a.tp_size : 1;
   j["pp_size"] = a.pp > 0 ? a.pp : 1;
   j["dp_size"] = 1;
   j["pp_async_batch_depth"] = a.async_depth;

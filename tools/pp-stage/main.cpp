@@ -1,8 +1,7 @@
 // pp-stage: one pipeline stage worker. Joins the coordinator, loads the layers it is assigned,
 // runs micro-batches until the coordinator shuts it down or goes away.
-//   pp-stage --coordinator ENDPOINT --stage K [--device cpu|cuda:N] [--mem-fraction F] [--threads
-//   T]
-//            [--data-address ADDR] [--kv-memory BYTES] [--timeout SECONDS]
+//   pp-stage --coordinator ENDPOINT --stage K [--rank R] [--device cpu|cuda:N] [--mem-fraction F]
+//            [--threads T] [--data-address ADDR] [--kv-memory BYTES] [--timeout SECONDS]
 // pp-serve starts local stages itself; for several hosts run one on each (by hand, mpirun, srun).
 // Exit codes: 0 shut down by the coordinator, 1 a failure (coordinator lost included), 2 bad
 // usage or a bad assignment, 130 interrupted.
@@ -38,6 +37,10 @@ int main(int argc, char** argv) {
                  "the coordinator's endpoint: tcp://HOST:PORT or ipc:///PATH")
       ->required();
   app.add_option("--stage", o.stage, "the stage to run, 0-based (default: whichever is free)");
+  app.add_option("--rank", o.rank,
+                 "the rank in the stage's tensor-parallel group, 0-based (default: whichever is "
+                 "free)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--device", o.device, "device: cpu, cuda or cuda:N (default cpu)");
   app.add_option("--mem-fraction", o.mem_fraction,
                  "GPU: share of the device's memory for weights, buffers and the KV cache "
@@ -58,8 +61,9 @@ int main(int argc, char** argv) {
   if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
   // Logs go to stderr, tagged with the stage: several stages often share one terminal.
   auto logger = spdlog::stderr_color_mt(kTool);
-  logger->set_pattern(fmt::format("[%H:%M:%S.%e] [pp-stage {}] [%l] %v",
-                                  o.stage >= 0 ? std::to_string(o.stage) : "?"));
+  logger->set_pattern(fmt::format("[%H:%M:%S.%e] [pp-stage {}{}] [%l] %v",
+                                  o.stage >= 0 ? std::to_string(o.stage) : "?",
+                                  o.rank > 0 ? fmt::format(".{}", o.rank) : ""));
   spdlog::set_default_logger(logger);
   cli::apply_log_level(log_level);
 

@@ -67,6 +67,8 @@ std::vector<LayerRange> ResolvedModel::fixed_layers() const {
   return out;
 }
 
+int32_t ResolvedModel::fixed_tp() const { return 0; }
+
 model::DType ResolvedModel::plan_dtype() const {
   if (quantization_ == model::Quantization::kFp8) return model::DType::kF8E4M3;
   switch (kind_) {

@@ -43,11 +43,12 @@ std::string local_connect_endpoint(const std::string& bound) {
 // ---------------------------------------------------------------------------------------------
 // Launching and assigning
 
-StageLaunch Coordinator::local_launch(int32_t stage) const {
+StageLaunch Coordinator::local_launch(int32_t w) const {
   StageLaunch launch;
   launch.binary = options_.stage_binary.empty() ? default_stage_binary() : options_.stage_binary;
   launch.coordinator = local_connect_endpoint(endpoint_);
-  launch.stage = stage;
+  launch.stage = stages_.stage(w);
+  if (stages_.tp() > 1) launch.rank = stages_.rank(w);
   launch.threads = options_.threads_per_stage;
   launch.log_level = options_.stage_log_level;
   launch.extra_args = options_.stage_args;
@@ -57,61 +58,89 @@ StageLaunch Coordinator::local_launch(int32_t stage) const {
       for (const kernels::DeviceInfo& d : kernels::cuda_devices()) gpus.push_back(d.index);
     }
     if (!gpus.empty()) {
+      // Stage k, rank r on GPU k N + r of the list.
       launch.extra_args.push_back("--device");
-      launch.extra_args.push_back(fmt::format("cuda:{}", gpus[size_t(stage) % gpus.size()]));
+      launch.extra_args.push_back(fmt::format("cuda:{}", gpus[size_t(w) % gpus.size()]));
     }
   }
   return launch;
 }
 
-// GPU stages: NCCL link ids between neighbours (made once, here: this process hosts each
-// link's rendezvous until both ends join), and each device's memory share split among the
-// stages on it.
-Status Coordinator::gpu_links(int32_t k, transport::Assign& a) {
+// GPU stages: NCCL link ids between neighbours (link k, rank r: stage k rank r -> stage k + 1
+// rank r) and one per tensor-parallel group (made once, here: this process hosts each
+// rendezvous until every rank has joined), and each device's memory share split among the
+// workers on it.
+Status Coordinator::gpu_links(int32_t w, transport::Assign& a) {
+  const int32_t P = options_.n_stages, N = stages_.tp();
   auto on_gpu = [&](int32_t i) { return stages_[i].hello.device.rfind("cuda", 0) == 0; };
   auto place = [&](int32_t i) { return stages_[i].hello.host + "/" + stages_[i].hello.device; };
   int32_t sharing = 0;
-  for (int32_t i = 0; i < options_.n_stages; ++i) sharing += place(i) == place(k);
+  for (int32_t i = 0; i < stages_.size(); ++i) sharing += place(i) == place(w);
   a.mem_fraction = float(options_.mem_fraction / std::max(sharing, 1));
-  if (!on_gpu(k)) return ok_status();
+  if (!on_gpu(w)) return ok_status();
   if (nccl_ids_.empty()) {
-    for (int32_t i = 0; i + 1 < options_.n_stages; ++i) {
-      if (!on_gpu(i) || !on_gpu(i + 1)) {
+    for (int32_t i = 0; i < stages_.size(); ++i) {
+      if (!on_gpu(i)) {
         return invalid_argument(
-            "stage {} runs on {} and stage {} on {}: a pipeline runs on GPUs "
-            "or on CPUs, not both",
-            i, stages_[i].hello.device, i + 1, stages_[i + 1].hello.device);
+            "{} runs on {} and {} on {}: a pipeline runs on GPUs or on CPUs, not both",
+            stages_.name(i), stages_[i].hello.device, stages_.name(w), stages_[w].hello.device);
       }
-      if (place(i) == place(i + 1)) {
-        return invalid_argument(
-            "stages {} and {} both run on {}: NCCL cannot link two stages on "
-            "one GPU (give each stage its own GPU)",
-            i, i + 1, place(i));
+      if (place(i) == place(w) && i != w && N > 1 && stages_.stage(i) == stages_.stage(w)) {
+        return invalid_argument("{} and {} both run on {}: the ranks of a stage need a GPU each",
+                                stages_.name(i), stages_.name(w), place(w));
       }
-      PP_ASSIGN_OR_RETURN(kernels::gpu::NcclId id, kernels::gpu::NcclComm::unique_id());
-      nccl_ids_.emplace_back(reinterpret_cast<const char*>(id.data()), id.size());
     }
+    for (int32_t k = 0; k + 1 < P; ++k) {
+      for (int32_t r = 0; r < N; ++r) {
+        const int32_t from = stages_.worker(k, r), to = stages_.worker(k + 1, r);
+        if (place(from) == place(to)) {
+          return invalid_argument(
+              "{} and {} both run on {}: NCCL cannot link two stages on one GPU (give each "
+              "stage its own GPU)",
+              stages_.name(from), stages_.name(to), place(from));
+        }
+        PP_ASSIGN_OR_RETURN(kernels::gpu::NcclId id, kernels::gpu::NcclComm::unique_id());
+        nccl_ids_.emplace_back(reinterpret_cast<const char*>(id.data()), id.size());
+      }
+    }
+    if (N > 1) {
+      for (int32_t k = 0; k < P; ++k) {
+        PP_ASSIGN_OR_RETURN(kernels::gpu::NcclId id, kernels::gpu::NcclComm::unique_id());
+        tp_nccl_ids_.emplace_back(reinterpret_cast<const char*>(id.data()), id.size());
+      }
+    }
+    if (nccl_ids_.empty()) nccl_ids_.emplace_back();  // made (one stage, one rank: no link)
   }
-  if (k > 0) a.nccl_id_from_previous = nccl_ids_[size_t(k - 1)];
-  if (k + 1 < options_.n_stages) a.nccl_id_to_next = nccl_ids_[size_t(k)];
+  const int32_t k = stages_.stage(w), r = stages_.rank(w);
+  if (k > 0) a.nccl_id_from_previous = nccl_ids_[size_t((k - 1) * N + r)];
+  if (k + 1 < P) a.nccl_id_to_next = nccl_ids_[size_t(k * N + r)];
+  if (N > 1) a.tp_nccl_id = tp_nccl_ids_[size_t(k)];
   return ok_status();
 }
 
-std::string Coordinator::next_endpoint(int32_t stage) const {
-  return stage + 1 < options_.n_stages ? stages_[stage + 1].hello.data_endpoint : "";
+std::string Coordinator::next_endpoint(int32_t w) const {
+  const int32_t k = stages_.stage(w);
+  return k + 1 < options_.n_stages
+             ? stages_[stages_.worker(k + 1, stages_.rank(w))].hello.data_endpoint
+             : "";
 }
 
-Status Coordinator::send_assign(int32_t k) {
-  StageSlot& s = stages_[k];
+Status Coordinator::send_assign(int32_t w) {
+  StageSlot& s = stages_[w];
+  const int32_t k = stages_.stage(w);
   transport::Assign a;
   a.stage = k;
   a.n_stages = options_.n_stages;
-  a.devices = {s.hello.device};  // one rank per stage until tensor parallelism
-  a.rank = 0;
+  a.rank = stages_.rank(w);
+  for (int32_t r = 0; r < stages_.tp(); ++r) {
+    const transport::Hello& h = stages_[stages_.worker(k, r)].hello;
+    a.devices.push_back(h.device);
+    if (stages_.tp() > 1) a.tp_endpoints.push_back(h.tp_endpoint);
+  }
   a.model_path = model_.path().string();
   a.layer_begin = layers_[size_t(k)].begin;
   a.layer_end = layers_[size_t(k)].end;
-  a.next_data_endpoint = next_endpoint(k);
+  a.next_data_endpoint = next_endpoint(w);
   a.kv_block_size = options_.kv_block_size;
   a.threads = options_.threads_per_stage;
   a.max_batch_tokens = options_.max_batch_tokens;
@@ -124,7 +153,7 @@ Status Coordinator::send_assign(int32_t k) {
   }
   if (options_.cpu_dtype != model::CpuDtype::kAuto)
     a.cpu_dtype = model::cpu_dtype_name(options_.cpu_dtype);
-  PP_RETURN_IF_ERROR(gpu_links(k, a));
+  PP_RETURN_IF_ERROR(gpu_links(w, a));
   PP_RETURN_IF_ERROR(server_->send(s.peer, a));
   s.assigned = true;
   s.told_next = a.next_data_endpoint;
@@ -134,8 +163,11 @@ Status Coordinator::send_assign(int32_t k) {
 void Coordinator::publish_stage_pids() {
   std::lock_guard lock(mu_);
   stats_.stage_pids.clear();
-  for (int32_t k = 0; k < stages_.size(); ++k) {
-    stats_.stage_pids.push_back(stages_[k].joined() ? stages_[k].hello.pid : 0);
+  stats_.worker_pids.clear();
+  for (int32_t w = 0; w < stages_.size(); ++w) {
+    const int32_t pid = stages_[w].joined() ? stages_[w].hello.pid : 0;
+    if (stages_.rank(w) == 0) stats_.stage_pids.push_back(pid);
+    stats_.worker_pids.push_back(pid);
   }
   stats_.n_stage_restarts = n_restarts_;
 }
@@ -144,9 +176,9 @@ void Coordinator::send_heartbeats() {
   const Clock::time_point now = Clock::now();
   if (now < next_heartbeat_) return;
   next_heartbeat_ = now + kHeartbeatInterval;
-  for (int32_t k = 0; k < stages_.size(); ++k) {
-    if (stages_[k].joined()) {
-      (void)server_->send(stages_[k].peer, transport::Heartbeat{-1, trace_now_us()});
+  for (int32_t w = 0; w < stages_.size(); ++w) {
+    if (stages_[w].joined()) {
+      (void)server_->send(stages_[w].peer, transport::Heartbeat{-1, trace_now_us()});
     }
   }
 }
@@ -156,22 +188,23 @@ void Coordinator::send_heartbeats() {
 
 void Coordinator::admit_stage(const transport::PeerId& peer, const transport::Hello& h,
                               Phase phase) {
-  auto k = stages_.admit(peer, h);
-  if (!k.ok()) {
-    spdlog::warn("refusing a stage from '{}' (pid {}): {}", h.host, h.pid, k.status().message());
-    (void)server_->send(peer, transport::Shutdown{k.status().message()});
+  auto w = stages_.admit(peer, h);
+  if (!w.ok()) {
+    spdlog::warn("refusing a stage from '{}' (pid {}): {}", h.host, h.pid, w.status().message());
+    (void)server_->send(peer, transport::Shutdown{w.status().message()});
     return;
   }
+  const int32_t k = stages_.stage(*w);
   spdlog::log(phase == Phase::kStart ? spdlog::level::info : spdlog::level::warn,
-              "stage {} {} from '{}' (pid {}, {})", *k,
+              "{} {} from '{}' (pid {}, {})", stages_.name(*w),
               phase == Phase::kStart ? "joined" : "(re)joined", h.host, h.pid, h.device);
   RunStageRecord r;
-  r.stage = *k;
+  r.stage = k;
   r.host = h.host;
   r.device = h.device;
   r.pid = h.pid;
-  r.layer_begin = int(layers_[size_t(*k)].begin);
-  r.layer_end = int(layers_[size_t(*k)].end);
+  r.layer_begin = int(layers_[size_t(k)].begin);
+  r.layer_end = int(layers_[size_t(k)].end);
   recorder_.add_stage(r);
 }
 
@@ -180,12 +213,13 @@ void Coordinator::admit_stage(const transport::PeerId& peer, const transport::He
 Status Coordinator::handle_registration_message(const transport::Incoming& in, Phase phase,
                                                 bool allocated) {
   const bool start = phase == Phase::kStart;
-  const int32_t k = stages_.stage_of(in.peer);
+  const int32_t w = stages_.worker_of(in.peer);
+  const int32_t k = w < 0 ? -1 : stages_.stage(w);
   if (in.event == transport::PeerEvent::kDisconnected) {
     if (k < 0) return ok_status();
     if (start) {
-      return make_error(StatusCode::kUnavailable, "lost stage {} (pid {} on '{}') while starting",
-                        k, stages_[k].hello.pid, stages_[k].hello.host);
+      return make_error(StatusCode::kUnavailable, "lost {} (pid {} on '{}') while starting",
+                        stages_.name(w), stages_[w].hello.pid, stages_[w].hello.host);
     }
     note_lost(k, "connection dropped");
     return ok_status();
@@ -196,17 +230,20 @@ Status Coordinator::handle_registration_message(const transport::Incoming& in, P
     return ok_status();
   }
   if (k < 0) return ok_status();  // a refused or lost stage's last words
-  StageSlot& s = stages_[k];
+  StageSlot& s = stages_[w];
   if (const auto* l = std::get_if<transport::Loaded>(&m)) {
     s.loaded = *l;
   } else if (std::holds_alternative<transport::Ready>(m)) {
     if (allocated) {
       s.ready = true;
     } else if (start) {
-      return make_error(StatusCode::kFailedPrecondition, "stage {} is ready before allocating", k);
+      return make_error(StatusCode::kFailedPrecondition, "{} is ready before allocating",
+                        stages_.name(w));
     }
   } else if (const auto* e = std::get_if<transport::StageError>(&m)) {
-    if (start) return make_error(StatusCode::kInternal, "stage {} failed: {}", k, e->message);
+    if (start) {
+      return make_error(StatusCode::kInternal, "{} failed: {}", stages_.name(w), e->message);
+    }
     note_lost(k, fmt::format("failed: {}", e->message));
   }
   // Tokens and timings: in recovery, of plans issued before it, all stale.
@@ -265,9 +302,9 @@ Status Coordinator::form_pipeline(Phase phase) {
           n_ready += stages_[k].ready ? 1 : 0;
         }
         return make_error(StatusCode::kDeadlineExceeded,
-                          "stages not ready within {} s at '{}': {} of {} joined, {} ready",
+                          "stages not ready within {} s at '{}': {} of {} {} joined, {} ready",
                           options_.register_timeout.count() / 1000, endpoint_, n_joined,
-                          stages_.size(), n_ready);
+                          stages_.size(), stages_.tp() > 1 ? "workers" : "stages", n_ready);
       }
       return make_error(StatusCode::kUnavailable, "the pipeline did not recover within {} ms: {}",
                         std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count(),
@@ -285,12 +322,12 @@ Status Coordinator::form_pipeline(Phase phase) {
     if (stages_.all_joined() && !assigned) {
       // Every new stage, and every survivor whose next stage now listens elsewhere (it keeps
       // its layers and only reconnects).
-      for (int32_t k = 0; k < stages_.size(); ++k) {
-        const StageSlot& s = stages_[k];
-        if (s.assigned && s.told_next == next_endpoint(k)) continue;
-        if (Status st = send_assign(k); !st.ok()) {
+      for (int32_t w = 0; w < stages_.size(); ++w) {
+        const StageSlot& s = stages_[w];
+        if (s.assigned && s.told_next == next_endpoint(w)) continue;
+        if (Status st = send_assign(w); !st.ok()) {
           if (start) return st;
-          note_lost(k, st.message());
+          note_lost(stages_.stage(w), st.message());
         }
       }
       assigned = true;
@@ -299,16 +336,16 @@ Status Coordinator::form_pipeline(Phase phase) {
     }
     if (assigned && stages_.all_loaded() && !allocated) {
       if (start) PP_RETURN_IF_ERROR(choose_kv_blocks());
-      for (int32_t k = 0; k < stages_.size(); ++k) {
-        const StageSlot& s = stages_[k];
+      for (int32_t w = 0; w < stages_.size(); ++w) {
+        const StageSlot& s = stages_[w];
         if (s.loaded->kv_blocks_capacity < n_blocks_) {
-          spdlog::warn("stage {} says {} KV blocks fit; allocating the pipeline's {}", k,
+          spdlog::warn("{} says {} KV blocks fit; allocating the pipeline's {}", stages_.name(w),
                        s.loaded->kv_blocks_capacity, n_blocks_);
         }
         Status st = server_->send(s.peer, transport::AllocateKv{n_blocks_, options_.kv_block_size});
         if (!st.ok()) {
           if (start) return st;
-          note_lost(k, st.message());
+          note_lost(stages_.stage(w), st.message());
         }
       }
       allocated = true;
@@ -320,9 +357,9 @@ Status Coordinator::form_pipeline(Phase phase) {
 Status Coordinator::choose_kv_blocks() {
   const int32_t bs = options_.kv_block_size;
   int64_t capacity = std::numeric_limits<int64_t>::max(), max_per_block = 0;
-  for (int32_t k = 0; k < stages_.size(); ++k) {
-    capacity = std::min(capacity, stages_[k].loaded->kv_blocks_capacity);
-    max_per_block = std::max(max_per_block, stages_[k].loaded->kv_bytes_per_block);
+  for (int32_t w = 0; w < stages_.size(); ++w) {
+    capacity = std::min(capacity, stages_[w].loaded->kv_blocks_capacity);
+    max_per_block = std::max(max_per_block, stages_[w].loaded->kv_bytes_per_block);
   }
   int64_t n = 0;
   if (options_.kv_blocks > 0) {
@@ -369,14 +406,20 @@ Status Coordinator::take_losses() {
 
 Status Coordinator::lose_stage(int32_t k, const std::string& why) {
   PP_ASSERT(k >= 0 && k < options_.n_stages);
-  StageSlot& s = stages_[k];
+  const int32_t N = stages_.tp();
+  const StageSlot& first = stages_[stages_.worker(k, 0)];
   const std::string who =
-      s.joined() ? fmt::format("stage {} (pid {} on '{}')", k, s.hello.pid, s.hello.host)
-                 : fmt::format("stage {}", k);
+      first.joined() ? fmt::format("stage {} (pid {} on '{}')", k, first.hello.pid,
+                                   first.hello.host)
+                     : fmt::format("stage {}", k);
   spdlog::warn("lost {}: {}", who, why);
   recorder_.event("stage_lost", k, fmt::format("{}: {}", who, why));
-  // A hung remote stage that wakes up later must not carry on with the old pipeline.
-  if (s.joined()) (void)server_->send(s.peer, transport::Shutdown{"counted as lost: " + why});
+  // A hung remote stage that wakes up later must not carry on with the old pipeline; the other
+  // ranks of a lost stage go with it (their group cannot run without it).
+  for (int32_t r = 0; r < N; ++r) {
+    const StageSlot& s = stages_[stages_.worker(k, r)];
+    if (s.joined()) (void)server_->send(s.peer, transport::Shutdown{"counted as lost: " + why});
+  }
   stages_.vacate(k);
   if (!options_.launch_local_stages) return ok_status();  // a remote one: wait for it to rejoin
 
@@ -385,20 +428,26 @@ Status Coordinator::lose_stage(int32_t k, const std::string& why) {
                       "lost {}: {}; no stage restart left ({} allowed per run)", who, why,
                       options_.stage_restarts);
   }
-  PP_ASSERT(size_t(k) < processes_.size() && processes_[size_t(k)].stage() == k);
-  StageProcess& old = processes_[size_t(k)];
-  old.signal(SIGKILL);  // it may only hang (SIGSTOP, a deadlock): make sure it is gone
-  if (!old.wait(milliseconds(5000))) {
-    return internal_error("stage {} (pid {}) does not die after SIGKILL", k, old.pid());
+  for (int32_t r = 0; r < N; ++r) {
+    const int32_t w = stages_.worker(k, r);
+    PP_ASSERT(size_t(w) < processes_.size() && processes_[size_t(w)].stage() == k);
+    StageProcess& old = processes_[size_t(w)];
+    old.signal(SIGKILL);  // it may only hang (SIGSTOP, a deadlock): make sure it is gone
+    if (!old.wait(milliseconds(5000))) {
+      return internal_error("{} (pid {}) does not die after SIGKILL", stages_.name(w), old.pid());
+    }
   }
-  PP_ASSIGN_OR_RETURN(StageProcess fresh, StageProcess::spawn(local_launch(k)));
   ++n_restarts_;
-  spdlog::warn("restarted stage {} as pid {} (restart {} of {})", k, fresh.pid(), n_restarts_,
-               options_.stage_restarts);
-  recorder_.event("stage_restarted", k,
-                  fmt::format("pid {} (restart {} of {} allowed)", fresh.pid(), n_restarts_,
-                              options_.stage_restarts));
-  processes_[size_t(k)] = std::move(fresh);
+  for (int32_t r = 0; r < N; ++r) {
+    const int32_t w = stages_.worker(k, r);
+    PP_ASSIGN_OR_RETURN(StageProcess fresh, StageProcess::spawn(local_launch(w)));
+    spdlog::warn("restarted {} as pid {} (restart {} of {})", stages_.name(w), fresh.pid(),
+                 n_restarts_, options_.stage_restarts);
+    recorder_.event("stage_restarted", k,
+                    fmt::format("{} pid {} (restart {} of {} allowed)", stages_.name(w),
+                                fresh.pid(), n_restarts_, options_.stage_restarts));
+    processes_[size_t(w)] = std::move(fresh);
+  }
   return ok_status();
 }
 

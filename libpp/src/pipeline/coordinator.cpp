@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "pp/assert.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/partition/model-resolver.h"
 
 namespace pp::pipeline {
@@ -128,6 +129,16 @@ Status Coordinator::resolve_model() {
   if (P < 1 || int64_t(layers_.size()) != P) {
     return invalid_argument("cannot split the model into {} stages", P);
   }
+  // A partition written for tensor parallelism fixes its group size too.
+  const int32_t fixed_tp = model_.fixed_tp();
+  if (options_.tp_size == 0) options_.tp_size = std::max(fixed_tp, 1);
+  if (fixed_tp > 0 && options_.tp_size != fixed_tp) {
+    return invalid_argument("partition '{}' was written for {} tensor-parallel ranks, not {}",
+                            model_.path().string(), fixed_tp, options_.tp_size);
+  }
+  // Every rank must have a share of the heads: the split's rules, checked before any stage
+  // starts.
+  PP_RETURN_IF_ERROR(model::tp_layout(config_, {0, options_.tp_size}).status());
   return ok_status();
 }
 
@@ -168,19 +179,22 @@ Status Coordinator::bring_up() {
   recorder_ = RunRecorder::begin(options_.db_path, run);
 
   // Local stages, then the pipeline.
-  stages_ = StageRegistry(P);
+  stages_ = StageRegistry(P, options_.tp_size);
   if (options_.launch_local_stages) {
-    for (int32_t k = 0; k < P; ++k) {
-      PP_ASSIGN_OR_RETURN(StageProcess p, StageProcess::spawn(local_launch(k)));
+    for (int32_t w = 0; w < stages_.size(); ++w) {
+      PP_ASSIGN_OR_RETURN(StageProcess p, StageProcess::spawn(local_launch(w)));
       processes_.push_back(std::move(p));
     }
   }
   PP_RETURN_IF_ERROR(form_pipeline(Phase::kStart));
 
   for (int32_t k = 0; k < P; ++k) {
-    const StageSlot& s = stages_[k];
+    const StageSlot& s = stages_[stages_.worker(k, 0)];
     StageInfo info;
     info.stage = k;
+    for (int32_t r = 0; r < stages_.tp(); ++r) {
+      info.devices.push_back(stages_[stages_.worker(k, r)].hello.device);
+    }
     info.host = s.hello.host;
     info.pid = s.hello.pid;
     info.device = s.hello.device;
@@ -417,9 +431,13 @@ void Coordinator::handle_commands() {
 void Coordinator::send_plan(const transport::Plan& plan) {
   const int32_t P = options_.n_stages;
   for (int32_t k = 0; k < P; ++k) {
-    Status s = P == 1 ? server_->send(stages_[0].peer, plan)
-                      : server_->send(stages_[k].peer, plan_for_stage(plan, k, P));
-    if (!s.ok()) note_lost(k, fmt::format("cannot send plan {}: {}", plan.seq, s.message()));
+    // Every rank of a stage runs the stage's plan.
+    std::optional<transport::Plan> part;
+    if (P > 1) part = plan_for_stage(plan, k, P);
+    for (int32_t r = 0; r < stages_.tp(); ++r) {
+      Status s = server_->send(stages_[stages_.worker(k, r)].peer, part ? *part : plan);
+      if (!s.ok()) note_lost(k, fmt::format("cannot send plan {}: {}", plan.seq, s.message()));
+    }
   }
 }
 

@@ -142,10 +142,11 @@ class Coordinator {
   Status form_pipeline(Phase phase);
   Status handle_registration_message(const transport::Incoming& in, Phase phase, bool allocated);
   void admit_stage(const transport::PeerId& peer, const transport::Hello& hello, Phase phase);
-  StageLaunch local_launch(int32_t stage) const;
-  Status send_assign(int32_t stage);
-  Status gpu_links(int32_t stage, transport::Assign& a);
-  std::string next_endpoint(int32_t stage) const;
+  // By worker slot w (stage w / N, rank w % N; stage-registry.h).
+  StageLaunch local_launch(int32_t w) const;
+  Status send_assign(int32_t w);
+  Status gpu_links(int32_t w, transport::Assign& a);
+  std::string next_endpoint(int32_t w) const;
   void publish_stage_pids();
   void note_lost(int32_t stage, std::string why);
   Status take_losses();
@@ -153,7 +154,8 @@ class Coordinator {
   Status recover();
 
   EngineOptions options_;
-  std::vector<std::string> nccl_ids_;  // link k: stage k -> k+1 (GPU pipelines)
+  std::vector<std::string> nccl_ids_;     // link k N + r: stage k rank r -> k+1 (GPU pipelines)
+  std::vector<std::string> tp_nccl_ids_;  // stage k's tensor-parallel group (GPU, N > 1)
   std::thread thread_;
   std::atomic<bool> started_{false};
   std::atomic<uint64_t> next_id_{1};
@@ -171,7 +173,7 @@ class Coordinator {
 
   // Coordinator thread only.
   std::optional<transport::ControlServer> server_;
-  std::vector<StageProcess> processes_;
+  std::vector<StageProcess> processes_;  // by worker slot
   StageRegistry stages_;
   std::unique_ptr<Scheduler> scheduler_;
   RunRecorder recorder_;

@@ -7,6 +7,10 @@
 // Buffers: outputs go to a ring of send buffers, each held by its send until the transport says
 // it is done (the timing is posted then, with the moment the bytes left); activations come into
 // a ring of receive buffers, each held until the layers that read it have run.
+//
+// Tensor parallelism: a rank loads its slices (StageModel::load with its TpRank) and runs its
+// forward's collectives over the group's TpChannel, each tagged with the plan's seq and its
+// index in the forward. Only rank 0 posts timings and samples.
 #include <algorithm>
 #include <condition_variable>
 #include <mutex>
@@ -66,6 +70,29 @@ class VectorRing {
   std::condition_variable cv_;
 };
 
+// The stage model's collectives over the group's channel, tagged per plan: collective i of plan
+// `seq` is seq * 2^20 + i on every rank (a forward runs far fewer than 2^20).
+class HostTpComm final : public model::TpComm {
+ public:
+  explicit HostTpComm(transport::TpChannel* channel) : channel_(channel) {}
+  void begin(uint64_t seq, std::function<Status()> check) {
+    next_tag_ = seq << 20;
+    check_ = std::move(check);
+  }
+  model::TpRank rank() const override { return {channel_->rank(), channel_->size()}; }
+  Status all_reduce_sum(std::span<float> x) override {
+    return channel_->all_reduce_sum(next_tag_++, x, check_);
+  }
+  Status gather(std::span<const float> part, std::span<float> out) override {
+    return channel_->gather(next_tag_++, part, out, check_);
+  }
+
+ private:
+  transport::TpChannel* channel_;
+  uint64_t next_tag_ = 0;
+  std::function<Status()> check_;
+};
+
 class CpuStage final : public StageBackend {
  public:
   CpuStage(const StageSpec& spec, const StageEnv& env) : spec_(spec), env_(env) {}
@@ -75,7 +102,10 @@ class CpuStage final : public StageBackend {
 
   Status load();
 
-  std::string describe() const override { return "cpu"; }
+  std::string describe() const override {
+    return spec_.tp_size() > 1 ? fmt::format("cpu (rank {} of {})", spec_.rank, spec_.tp_size())
+                               : "cpu";
+  }
   int64_t weight_bytes() const override { return model_->n_params() * int64_t(sizeof(float)); }
   int64_t kv_bytes_per_block(int64_t block_size) const override {
     return model_->kv_bytes_per_block(block_size);
@@ -107,6 +137,7 @@ class CpuStage final : public StageBackend {
   StageEnv env_;
   std::shared_ptr<const model::WeightSource> random_;  // random weights (quantized on load)
   std::unique_ptr<model::StageModel> model_;
+  std::optional<HostTpComm> comm_;  // with several ranks
   int64_t n_embd_ = 0, n_vocab_ = 0;
   VectorRing send_ring_{4};
   VectorRing recv_ring_{2};
@@ -125,8 +156,20 @@ Status CpuStage::load() {
     random_ = model::quantize_on_load(std::move(random), w.config, w.quantization);
     weights = random_.get();
   }
+  const model::TpRank tp{spec_.rank, spec_.tp_size()};
+  if (tp.size > 1) {
+    if (!env_.tp) return invalid_argument("stage {} rank {} has no collective channel", spec_.stage,
+                                          spec_.rank);
+    if (int32_t(spec_.tp_endpoints.size()) != tp.size) {
+      return invalid_argument("stage {}: {} collective endpoints for a group of {}", spec_.stage,
+                              spec_.tp_endpoints.size(), tp.size);
+    }
+    PP_RETURN_IF_ERROR(env_.tp->join(spec_.rank, spec_.tp_endpoints));
+    comm_.emplace(env_.tp);
+  }
   PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(w.config, *weights, w.layers.begin,
-                                                      w.layers.end, w.cpu_dtype));
+                                                      w.layers.end, w.cpu_dtype, tp));
+  if (comm_) model_->set_tp_comm(&*comm_);
   n_embd_ = w.config.n_embd;
   n_vocab_ = w.config.n_vocab;
   if (!spec_.first() && !env_.receiver) {
@@ -251,11 +294,14 @@ Status CpuStage::run(const transport::Plan& plan, const model::Batch& batch,
   timing.queued_us = arrived_us;
   timing.start_us = trace_now_us();
   const std::string where = fmt::format("stage {}: plan {}", spec_.stage, plan.seq);
+  if (comm_) comm_->begin(plan.seq, [&] { return env_.check(plan.seq); });
+  const bool rank0 = spec_.rank == 0;
 
   if (spec_.last()) {
     Status s = model_->forward(batch, input, logits_);
     if (in_slot) recv_ring_.release(*in_slot);
     PP_RETURN_IF_ERROR(s.with_context(where));
+    if (!rank0) return ok_status();  // rank 0 samples the gathered logits
     transport::Tokens tokens;
     sample(plan, rows, &tokens);
     timing.end_us = trace_now_us();
@@ -283,10 +329,10 @@ Status CpuStage::run(const transport::Plan& plan, const model::Batch& batch,
   // The send keeps the buffer until ZeroMQ has written it; then the slot is free again and the
   // timing, with the moment the bytes left, goes to the coordinator.
   Status sent = sender_->send(h, std::span<const float>(out.data(), h.n_floats()),
-                              [this, slot, timing]() mutable {
+                              [this, slot, timing, rank0]() mutable {
                                 timing.sent_us = trace_now_us();
                                 send_ring_.release(slot);
-                                env_.post(timing);
+                                if (rank0) env_.post(timing);
                               });
   return sent.with_context(fmt::format("stage {}", spec_.stage));
 }

@@ -47,6 +47,10 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
   if (!kernels::built_with_cuda()) {
     return unimplemented("device '{}': this pp-stage was built without CUDA", spec.device());
   }
+  if (spec.tp_size() > 1) {
+    return unimplemented("stage {}: tensor parallelism on GPU stages is not built yet (CPU only)",
+                         spec.stage);
+  }
   std::unique_ptr<GpuStage> g(new GpuStage());
   g->spec_ = spec;
   g->first_ = spec.first();

@@ -42,6 +42,10 @@ Result<StageProcess> StageProcess::spawn(const StageLaunch& launch) {
   }
   std::vector<std::string> args = {launch.binary.string(), "--coordinator", launch.coordinator,
                                    "--stage", std::to_string(launch.stage)};
+  if (launch.rank >= 0) {
+    args.push_back("--rank");
+    args.push_back(std::to_string(launch.rank));
+  }
   if (launch.threads > 0) {
     args.push_back("--threads");
     args.push_back(std::to_string(launch.threads));

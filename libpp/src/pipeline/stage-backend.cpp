@@ -30,13 +30,14 @@ Result<std::unique_ptr<StageBackend>> make_stage_backend(const StageSpec& spec,
     return invalid_argument("rank {} of a stage group of {} devices", spec.rank,
                             spec.devices.size());
   }
-  if (spec.devices.size() != 1) {
-    return unimplemented(
-        "stage {} has {} devices: tensor parallelism inside a stage is not "
-        "built yet",
-        spec.stage, spec.devices.size());
-  }
   PP_ASSIGN_OR_RETURN(const int device, parse_device(spec.device()));
+  for (const std::string& d : spec.devices) {
+    PP_ASSIGN_OR_RETURN(const int other, parse_device(d));
+    if ((other < 0) != (device < 0)) {
+      return invalid_argument("stage {} mixes CPU and GPU ranks ({} and {})", spec.stage,
+                              spec.device(), d);
+    }
+  }
   return device < 0 ? make_cpu_stage(spec, env) : make_gpu_stage(spec, env);
 }
 

@@ -74,12 +74,14 @@ Result<std::string> local_address_towards(const std::string& host, const std::st
   return out;
 }
 
-// Where this stage binds its activation receiver, from the coordinator's endpoint.
-Result<std::string> data_endpoint_for(const StageWorkerOptions& o) {
+// Where this stage binds a socket of its own (`what`: "data" for activations, "tp" for its
+// group's collectives), from the coordinator's endpoint.
+Result<std::string> data_endpoint_for(const StageWorkerOptions& o, const char* what) {
   const std::string& c = o.coordinator;
   if (c.rfind("ipc://", 0) == 0) {
     const std::filesystem::path control = c.substr(6);
-    return "ipc://" + (control.parent_path() / fmt::format("stage-{}.data", ::getpid())).string();
+    return "ipc://" +
+           (control.parent_path() / fmt::format("stage-{}.{}", ::getpid(), what)).string();
   }
   if (c.rfind("tcp://", 0) == 0) {
     std::string address = o.data_address;
@@ -176,6 +178,7 @@ class StageWorker {
 
   // --- compute state
   std::optional<transport::ActivationReceiver> receiver_;  // bound before Hello (CPU transport)
+  std::optional<transport::TpChannel> tp_channel_;         // likewise, for a group's collectives
   std::unique_ptr<StageBackend> backend_;                  // after the Assign
   bool first_ = false, last_ = false;
   int64_t n_vocab_ = 0;
@@ -324,6 +327,8 @@ Status StageWorker::load(const transport::Assign& a) {
   PP_ASSIGN_OR_RETURN(spec.weights,
                       source.open_stage(a.stage, a.n_stages, {a.layer_begin, a.layer_end}));
   spec.links = {a.next_data_endpoint, a.nccl_id_from_previous, a.nccl_id_to_next};
+  spec.tp_endpoints = a.tp_endpoints;
+  spec.tp_nccl_id = a.tp_nccl_id;
   spec.kv_block_size = a.kv_block_size;
   spec.max_batch_tokens = a.max_batch_tokens;
   spec.max_running = a.max_running;
@@ -339,6 +344,7 @@ Status StageWorker::load(const transport::Assign& a) {
   env.post = [this](transport::Message m) { post(std::move(m)); };
   env.check = [this](uint64_t seq) { return check_wait(seq); };
   env.receiver = receiver_ ? &*receiver_ : nullptr;
+  env.tp = tp_channel_ ? &*tp_channel_ : nullptr;
   PP_ASSIGN_OR_RETURN(backend_, make_stage_backend(spec, env));
 
   transport::Loaded loaded;
@@ -496,11 +502,16 @@ Status StageWorker::run() {
   PP_ASSIGN_OR_RETURN(const kernels::DeviceInfo device, device_info(options_.device));
   if (options_.threads > 0) cpu::set_num_threads(options_.threads);
   stage_ = options_.stage;
-  PP_ASSIGN_OR_RETURN(data_endpoint_, data_endpoint_for(options_));
+  PP_ASSIGN_OR_RETURN(data_endpoint_, data_endpoint_for(options_, "data"));
   {
     PP_ASSIGN_OR_RETURN(auto receiver, transport::ActivationReceiver::bind(data_endpoint_));
     receiver_.emplace(std::move(receiver));
     data_endpoint_ = receiver_->endpoint();
+  }
+  {
+    PP_ASSIGN_OR_RETURN(const std::string at, data_endpoint_for(options_, "tp"));
+    PP_ASSIGN_OR_RETURN(auto channel, transport::TpChannel::bind(at));
+    tp_channel_.emplace(std::move(channel));
   }
   PP_ASSIGN_OR_RETURN(auto client, transport::ControlClient::connect(options_.coordinator));
   client_.emplace(std::move(client));
@@ -510,7 +521,7 @@ Status StageWorker::run() {
 
   transport::Hello hello;
   hello.stage = options_.stage;
-  hello.rank = -1;  // the coordinator assigns ranks
+  hello.rank = options_.rank;  // -1: whichever the coordinator assigns
   hello.host = host_name();
   hello.pid = int32_t(::getpid());
   hello.device = device_;
@@ -518,6 +529,7 @@ Status StageWorker::run() {
   hello.device_total_bytes = device.total_bytes;
   hello.device_free_bytes = device.free_bytes;
   hello.data_endpoint = data_endpoint_;
+  hello.tp_endpoint = tp_channel_->endpoint();
   post(hello);
   io_thread_ = std::thread([this] { io_loop(); });
 

@@ -40,6 +40,7 @@ void fields(Io& io, M& m) {
   io(m.device_total_bytes, "device_total_bytes");
   io(m.device_free_bytes, "device_free_bytes");
   io(m.data_endpoint, "data_endpoint");
+  io(m.tp_endpoint, "tp_endpoint");
 }
 
 template <class Io, class M>
@@ -65,6 +66,8 @@ void fields(Io& io, M& m) {
   io(m.random_seed, "random_seed");
   io(m.quantization, "quantization");
   io(m.cpu_dtype, "cpu_dtype");
+  io(m.tp_endpoints, "tp_endpoints");
+  io(m.tp_nccl_id, "tp_nccl_id");
 }
 
 template <class Io, class M>

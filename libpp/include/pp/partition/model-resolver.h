@@ -69,6 +69,9 @@ class ResolvedModel {
   const PartitionManifest* partition() const { return partition_ ? &*partition_ : nullptr; }
   // The split a partition folder fixes (one range per stage); empty for other kinds.
   std::vector<LayerRange> fixed_layers() const;
+  // The tensor-parallel size a partition folder fixes; 0 for any (a stage's shard holds whole
+  // tensors, and each rank reads its slices of them).
+  int32_t fixed_tp() const;
   // The dtype the planner assumes for the weights in memory: f32 for a model loaded on the CPU
   // backend, bf16 for random weights and partitions (their stored dtype); kF8E4M3 when the
   // layers' weights are fp8 (an fp8 checkpoint or partition, or quantization on load).

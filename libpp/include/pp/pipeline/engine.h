@@ -59,6 +59,9 @@ struct EngineOptions {
   // --- the model and its split
   std::string model_path;  // a model (Hugging Face folder or .gguf) or a partition folder
   int32_t n_stages = 1;    // P; 0 with a partition folder: its number of stages
+  // N: tensor-parallel ranks per stage, each a pp-stage process (P N workers in all); 0 with a
+  // partition folder: its own.
+  int32_t tp_size = 1;
   partition::Strategy strategy = partition::Strategy::kEven;  // for a model (not a partition)
   std::vector<partition::LayerRange> layers;  // explicit layer ranges (kManual), one per stage
   std::string layer_split;  // or as text, inclusive ranges "0-19,20-35" (parse_layer_ranges)
@@ -153,9 +156,10 @@ class EventQueue {
   std::deque<EngineEvent> events_;
 };
 
-// One stage as it registered.
+// One stage as it registered (with tensor parallelism: its rank 0, and every rank's device).
 struct StageInfo {
   int32_t stage = 0;
+  std::vector<std::string> devices;  // one per rank
   std::string host;
   int32_t pid = 0;
   std::string device, device_name;
@@ -171,6 +175,8 @@ struct EngineStats {
   std::vector<StageBusy> stages;    // compute time per stage since start (index = stage)
   int64_t n_submitted = 0;          // requests accepted by submit()
   std::vector<int32_t> stage_pids;  // the stages' processes now (index = stage; 0 while lost)
+                                    // (with tensor parallelism: each stage's rank 0)
+  std::vector<int32_t> worker_pids;  // every rank's process (index = stage N + rank)
   int32_t n_stage_restarts = 0;     // local stages restarted since start
   int32_t n_recoveries = 0;         // recoveries from lost stages since start (begun)
   bool recovering = false;          // recovering from a lost stage now

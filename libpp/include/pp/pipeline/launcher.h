@@ -28,6 +28,7 @@ struct StageLaunch {
   std::filesystem::path binary;  // the pp-stage executable
   std::string coordinator;       // endpoint passed as --coordinator
   int32_t stage = 0;             // --stage
+  int32_t rank = -1;             // --rank in the stage's tensor-parallel group (-1: not passed)
   int32_t threads = 0;           // --threads (0: leave it to the coordinator's Assign)
   std::string log_level;         // --log-level, when not empty
   std::vector<std::string> extra_args;

@@ -30,6 +30,7 @@
 #include "pp/status.h"
 #include "pp/transport/activation.h"
 #include "pp/transport/messages.h"
+#include "pp/transport/tp-channel.h"
 
 namespace pp::pipeline {
 
@@ -46,9 +47,13 @@ struct StageLinks {
 struct StageSpec {
   int32_t stage = 0, n_stages = 1;
   // The stage's device group, one device per rank ("cpu", "cuda:N"), and this worker's rank in
-  // it. Size 1 until tensor parallelism lands.
+  // it. Several devices: tensor parallelism (tensor-parallel.h), one worker per rank.
   std::vector<std::string> devices{"cpu"};
   int32_t rank = 0;
+  // The group's collectives: every rank's TpChannel endpoint (CPU), the NCCL id of the group's
+  // communicator (GPU). Empty with one device.
+  std::vector<std::string> tp_endpoints;
+  std::string tp_nccl_id;
   partition::StageWeights weights;  // config, layer range, tensors (or a random seed)
   StageLinks links;
   int64_t kv_block_size = 16;
@@ -62,6 +67,7 @@ struct StageSpec {
   bool first() const { return stage == 0; }
   bool last() const { return stage == n_stages - 1; }
   const std::string& device() const { return devices[size_t(rank)]; }
+  int32_t tp_size() const { return int32_t(devices.size()); }
 };
 
 // One logit row to sample at the last stage (in logit-row order): the request, its parameters,
@@ -79,11 +85,17 @@ struct SampleRow {
 // What a backend needs of its worker: where to post Tokens and StageTimings; a check it calls
 // while it waits (every 100 ms at most), whose non-ok status ends the wait and the plan with it
 // (the worker stopping; the coordinator resetting the pipeline, which abandons plan `seq`); and
-// the activation receiver the worker bound before saying Hello (CPU transport).
+// the activation receiver and the collective channel the worker bound before saying Hello (CPU
+// transport).
+//
+// Tensor parallelism: every rank of a stage runs every plan; rank r takes its activations from
+// rank r of the previous stage and sends to rank r of the next. Only rank 0 posts: StageTiming
+// for its stage, Tokens at the last stage.
 struct StageEnv {
   std::function<void(transport::Message)> post;
   std::function<Status(uint64_t seq)> check;
   transport::ActivationReceiver* receiver = nullptr;
+  transport::TpChannel* tp = nullptr;
 };
 
 class StageBackend {

@@ -2,8 +2,9 @@
 // micro-batches as their plans and activations arrive, until the coordinator says Shutdown or
 // goes away.
 //
-// Protocol (messages.h): Hello (device, free memory, where it receives activations) -> Assign
-// (model, layers, the stage's device group and this worker's rank, next stage's endpoint) ->
+// Protocol (messages.h): Hello (device, free memory, where it receives activations and its
+// group's collectives) -> Assign (model, layers, the stage's device group and this worker's
+// rank, the group's collective endpoints, next stage's endpoint) ->
 // load -> Loaded (KV bytes per block, how many blocks fit) -> AllocateKv -> Ready -> Plans, in
 // issue order. Heartbeats flow both ways all along. Everything that touches a device is the
 // stage backend's (stage-backend.h); the worker speaks the protocol, mirrors the block tables
@@ -40,6 +41,7 @@ namespace pp::pipeline {
 struct StageWorkerOptions {
   std::string coordinator;     // "ipc:///path" or "tcp://HOST:PORT"
   int32_t stage = -1;          // the stage to be (-1: whichever the coordinator assigns)
+  int32_t rank = -1;           // the rank in its stage's group (-1: whichever is free)
   std::string device = "cpu";  // "cpu", "cuda" (cuda:0) or "cuda:N" (a build with CUDA)
   // GPU: the share of the device's memory for weights, buffers and KV (SGLang's
   // --mem-fraction-static); 0: what the coordinator says.

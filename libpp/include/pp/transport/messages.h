@@ -16,10 +16,12 @@
 namespace pp::transport {
 
 inline constexpr uint32_t kWireMagic = 0x31505050;  // "PPP1" little-endian
-inline constexpr uint16_t kWireVersion = 5;
+inline constexpr uint16_t kWireVersion = 6;
 
 // A stage is a group of devices, one worker process per device; a worker's index in its group is
-// its rank (the group's size is 1 until tensor parallelism lands).
+// its rank. With tensor parallelism (--tp N) every rank of a stage gets the same plans; rank r of
+// stage k sends its activations to rank r of stage k + 1; only rank 0 of the last stage posts
+// Tokens, and only rank 0 of each stage posts StageTiming.
 
 // stage -> coordinator, first message on connect.
 struct Hello {
@@ -32,6 +34,7 @@ struct Hello {
   int64_t device_total_bytes = 0;
   int64_t device_free_bytes = 0;
   std::string data_endpoint;  // where this stage receives activations (CPU transport)
+  std::string tp_endpoint;    // where it receives its group's collectives (CPU transport)
 
   friend bool operator==(const Hello&, const Hello&) = default;
 };
@@ -64,6 +67,10 @@ struct Assign {
   std::string quantization;
   // A CPU stage's weights: "" (GGUF blocks as stored) or "f32" (model::CpuDtype's names).
   std::string cpu_dtype;
+  // Tensor parallelism (devices.size() > 1): each rank's Hello::tp_endpoint in rank order (CPU
+  // groups), and the NCCL id of the group's communicator (GPU groups; 128 bytes).
+  std::vector<std::string> tp_endpoints;
+  std::string tp_nccl_id;
 
   friend bool operator==(const Assign&, const Assign&) = default;
 };
