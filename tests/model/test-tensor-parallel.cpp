@@ -9,6 +9,7 @@
 #include <numeric>
 #include <thread>
 
+#include "pp/model/model-source.h"
 #include "pp/model/stage-model.h"
 #include "pp/model/tensor-parallel.h"
 #include "test-model-util.h"
@@ -87,7 +88,7 @@ std::vector<int32_t> random_ids(int64_t n, int64_t n_vocab) {
 // `tp` ranks in threads; rank 0's logits.
 std::vector<float> run_tp(const ModelConfig& c, const model::WeightSource& w, int32_t tp,
                           const std::vector<int64_t>& cuts, const std::vector<int32_t>& ids,
-                          int64_t chunk) {
+                          int64_t chunk, model::CpuDtype cpu_dtype = model::CpuDtype::kAuto) {
   std::vector<int64_t> bounds{0};
   bounds.insert(bounds.end(), cuts.begin(), cuts.end());
   bounds.push_back(c.n_layer);
@@ -100,8 +101,7 @@ std::vector<float> run_tp(const ModelConfig& c, const model::WeightSource& w, in
       ThreadGroup::Comm comm(&group, r);
       std::vector<std::unique_ptr<StageModel>> stages;
       for (size_t k = 0; k + 1 < bounds.size(); ++k) {
-        auto m = StageModel::load(c, w, bounds[k], bounds[k + 1], model::CpuDtype::kAuto,
-                                  {r, tp});
+        auto m = StageModel::load(c, w, bounds[k], bounds[k + 1], cpu_dtype, {r, tp});
         if (!m.ok()) {
           errors[size_t(r)] = m.status().message();
           return;  // every rank fails alike (the same config), so no one waits at a barrier
@@ -232,6 +232,53 @@ INSTANTIATE_TEST_SUITE_P(Families, TpFamily,
                          ::testing::Values(Arch::kLlama, Arch::kMistral, Arch::kQwen2, Arch::kQwen3,
                                            Arch::kQwen3Moe, Arch::kMixtral),
                          [](const auto& info) { return std::string(model::arch_name(info.param)); });
+
+}  // namespace
+}  // namespace pp::test
+
+namespace pp::test {
+namespace {
+
+// The default model (9 query heads over 3 KV heads), N ranks against one on a random prompt.
+// Weights in f32: logits within f32 tolerance. GGUF blocks kept (each linear quantizes its input
+// to 8 bits per block): the row-parallel sums' last bits, in another order, flip roundings of the
+// next layer's quantization, so the logits move by about as much as the 8-bit activations
+// themselves move them (measured against f32): bounded here by that, which a wrong slice or
+// mapping exceeds by far.
+TEST(TpDefaultModel, MatchesOneRank) {
+  const std::filesystem::path path = default_model_path();
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "default model missing: " << path;
+  auto src = model::open_model(path);
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  const ModelConfig& c = src->config;
+  const std::vector<int32_t> ids = random_ids(12, c.n_vocab);
+  auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    double m = 0;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+      m = std::max(m, std::abs(double(a[i]) - double(b[i])));
+    }
+    return m;
+  };
+  const auto f32 = model::CpuDtype::kF32, blocks = model::CpuDtype::kAuto;
+  const std::vector<float> ref = run_tp(c, *src->weights, 1, {}, ids, 12, f32);
+  const std::vector<float> ref_blocks = run_tp(c, *src->weights, 1, {}, ids, 12, blocks);
+  double max_ref = 0;
+  for (float x : ref) max_ref = std::max(max_ref, double(std::abs(x)));
+  const double activation_noise = max_diff(ref, ref_blocks);  // 8-bit activations against f32
+  for (int32_t tp : {2, 4}) {
+    const double err = max_diff(run_tp(c, *src->weights, tp, {1}, ids, 12, f32), ref);
+    const double err_blocks =
+        max_diff(run_tp(c, *src->weights, tp, {}, ids, 12, blocks), ref_blocks);
+    EXPECT_LE(err, 1e-4 * max_ref) << "tp " << tp;
+    EXPECT_LE(err_blocks, std::max(activation_noise, 1e-4 * max_ref)) << "tp " << tp;
+    RecordProperty(fmt::format("tp{}_f32_max_abs_error", tp), fmt::format("{:.3g}", err));
+    RecordProperty(fmt::format("tp{}_blocks_max_abs_error", tp), fmt::format("{:.3g}", err_blocks));
+    fmt::print("tp {}: max |logit error| f32 {:.3g}, blocks {:.3g}; blocks against f32 at tp 1 "
+               "{:.3g}; max |logit| {:.3g}\n",
+               tp, err, err_blocks, activation_noise, max_ref);
+  }
+}
 
 }  // namespace
 }  // namespace pp::test

@@ -73,13 +73,16 @@ inline std::vector<EngineRequest> make_requests(int n, int64_t n_vocab, int max_
   return out;
 }
 
-// What the single-process Generator produces for the requests (token ids).
-inline std::vector<std::vector<int32_t>> reference_outputs(const std::filesystem::path& model,
-                                                           const std::vector<EngineRequest>& reqs) {
+// What the single-process Generator produces for the requests (token ids), with the weights held
+// as `cpu_dtype` says.
+inline std::vector<std::vector<int32_t>> reference_outputs(
+    const std::filesystem::path& model, const std::vector<EngineRequest>& reqs,
+    model::CpuDtype cpu_dtype = model::CpuDtype::kAuto) {
   auto src = model::open_model(model);
   EXPECT_TRUE(src.ok()) << src.status().message();
   if (!src.ok()) return {};
-  auto m = model::StageModel::load(src->config, *src->weights, 0, src->config.n_layer);
+  auto m =
+      model::StageModel::load(src->config, *src->weights, 0, src->config.n_layer, cpu_dtype);
   EXPECT_TRUE(m.ok()) << m.status().message();
   if (!m.ok()) return {};
   model::Generator gen(**m, nullptr, {.max_batch_tokens = 64, .block_size = 16});
