@@ -243,7 +243,7 @@ TEST(PpServeFlags, BadFlagsEndAtOnceWithOneLine) {
     std::string says;
   };
   const Case cases[] = {
-      {m + "--tp-size 2", "tensor parallelism is not supported yet"},
+      {m + "--tp-size 300", "--tp"},
       {m + "--dtype float16", "--dtype float16 is not supported on cpu"},
       {m + "--device cuda --dtype float32", "--dtype float32 is not supported on cuda"},
       {m + "--context-length 100000", "longer than the model's context (512)"},
