@@ -19,9 +19,11 @@
 // and its f32 logits are all-gathered and laid out as [R, n_vocab] on rank 0, which alone
 // samples. The collectives are captured in the decode graphs like any other op (NCCL >= 2.9), so
 // graphs stay on. The GPU attention kernels map local query head h to local KV head
-// h / (n_head / n_head_kv): a group whose ranks' heads do not split that way (e.g. 3 ranks over
-// 4 heads) is refused at load (kInvalidArgument); a size that divides n_head with n_head_kv a
-// multiple of it, or it a multiple of n_head_kv, always works.
+// h / (n_head / n_head_kv): a group where some rank's heads do not split that way (4 ranks over
+// 12 heads and 3 KV heads: rank 1's heads 3..5 read KV heads 0, 1, 1) is refused at load, on
+// every rank (kInvalidArgument); a size that divides n_head with n_head_kv a multiple of it, or
+// it a multiple of n_head_kv, always works. With uneven shares a rank's kv_bytes_per_block is
+// its own: the group's KV pools must have the same number of blocks (the block tables are one).
 //
 // Not thread-safe: one thread queues forwards (the stage's compute loop).
 #pragma once
