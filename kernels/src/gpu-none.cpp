@@ -60,6 +60,9 @@ Status Graph::launch(Stream&) const { return no_cuda(); }
 
 Status copy_async(void*, const void*, size_t, Stream&) { return no_cuda(); }
 Status zero_async(void*, size_t, Stream&) { return no_cuda(); }
+Status copy_2d_async(void*, size_t, const void*, size_t, size_t, size_t, Stream&) {
+  return no_cuda();
+}
 Status upload_bf16(Bf16*, const float*, size_t) { return no_cuda(); }
 Status busy_wait(int64_t, Stream&) { return no_cuda(); }
 Status fill_random(Bf16*, size_t, uint64_t, float, float, Stream&) { return no_cuda(); }
@@ -102,6 +105,9 @@ Result<std::unique_ptr<NcclComm>> NcclComm::init(const NcclId&, int, int) { retu
 NcclComm::~NcclComm() = default;
 Status NcclComm::send(const void*, size_t, int, Stream&) { return no_cuda(); }
 Status NcclComm::recv(void*, size_t, int, Stream&) { return no_cuda(); }
+Status NcclComm::all_reduce_sum(Bf16*, size_t, Stream&) { return no_cuda(); }
+Status NcclComm::all_reduce_sum(float*, size_t, Stream&) { return no_cuda(); }
+Status NcclComm::all_gather(const void*, void*, size_t, Stream&) { return no_cuda(); }
 
 }  // namespace pp::kernels::gpu
 

@@ -5,6 +5,11 @@
 // One layer, with the residual adds fused into the output GEMMs (cuBLASLt beta = 1):
 //   x = rmsnorm(h) ; qkv = x Wqkv^T (+b) ; q, kv <- rope(norm(q, k)), v ; a = attention(q, kv)
 //   h += a Wo^T ; x = rmsnorm(h) ; gu = x Wgu^T ; act = silu(g) * u ; h += act Wd^T
+// A tensor-parallel rank (N > 1) cannot fuse h += into its GEMM: its output is a partial sum. It
+// writes p = a Wo^T into x (free until the next norm), all-reduces p in place, then adds it into
+// h in the next RMSNorm's fused residual add (rms_norm(p, h, ...)); down's sum waits likewise
+// for the next layer's first norm (or, after the stage's last layer, a norm whose output nobody
+// reads: one kernel, as a plain add would be).
 #include "pp/model/gpu-stage-model.h"
 
 #include <algorithm>
@@ -113,8 +118,8 @@ GpuStageModel::~GpuStageModel() {
   }
   if (prof_.ops && prof_.op_steps > 0) {
     static constexpr const char* kNames[kOpKinds] = {
-        "embedding",        "rms_norm", "qkv",  "rope+kv",      "attention", "o_proj",
-        "gate_up(+swiglu)", "swiglu",   "down", "lm_head+norm", ""};
+        "embedding", "rms_norm", "qkv",  "rope+kv", "attention",    "o_proj",
+        "gate_up(+swiglu)", "swiglu",   "down", "tp-comm", "lm_head+norm", ""};
     std::string parts;
     double total = 0;
     for (int k = 0; k < kOpEnd; ++k) {
@@ -169,7 +174,7 @@ Status GpuStageModel::profile_collect() {
 }
 
 Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
-                           const GpuStageOptions& options) {
+                           const GpuStageOptions& options, TpRank tp) {
   PP_RETURN_IF_ERROR(config.validate());
   // Before anything is allocated: the GPU layer has no router or expert ops (the CPU has).
   if (config.is_moe()) {
@@ -189,6 +194,35 @@ Status GpuStageModel::init(const ModelConfig& config, int64_t layer_begin, int64
         "the GPU",
         config.n_embd, config.n_ff);
   }
+  PP_ASSIGN_OR_RETURN(tp_, model::tp_layout(config, tp));
+  // Every rank checks the whole group, so that all refuse together rather than some waiting in
+  // a collective for a rank that never loaded.
+  PP_ASSIGN_OR_RETURN(const std::vector<TpLayout> group, tp_layouts(config, tp.size));
+  for (const TpLayout& l : group) {
+    // The attention kernels read KV head h / (n_head / n_head_kv) for local query head h.
+    const int64_t n_q = l.n_head(), n_kv = l.n_head_kv();
+    bool plain = n_q % n_kv == 0;
+    for (int64_t h = 0; plain && h < n_q; ++h) {
+      plain = (l.head_begin + h) / l.group - l.kv_head_begin == h / (n_q / n_kv);
+    }
+    if (!plain) {
+      return invalid_argument(
+          "tensor-parallel size {}: rank {}'s query heads [{}, {}) do not split evenly over its "
+          "KV heads [{}, {}), which the GPU attention needs",
+          tp.size, l.tp.rank, l.head_begin, l.head_end, l.kv_head_begin, l.kv_head_end);
+    }
+    const int64_t ff = l.ff_end - l.ff_begin;
+    if (ff < 8 || ff % 8 != 0) {
+      return invalid_argument(
+          "tensor-parallel size {}: rank {}'s share of the intermediate size {} is {} rows, not "
+          "a positive multiple of 8 as the GPU needs",
+          tp.size, l.tp.rank, config.n_ff, ff);
+    }
+    vocab_bounds_.push_back(l.vocab_begin);
+    vocab_max_ = std::max(vocab_max_, l.n_vocab());
+  }
+  vocab_bounds_.push_back(config.n_vocab);
+  local_ = tp_local_config(config, tp_);
   if (options.max_tokens < 1 || options.max_seqs < 1) {
     return invalid_argument("max_tokens and max_seqs must be positive");
   }
@@ -323,7 +357,15 @@ Status GpuStageModel::alloc_weights(const StageTensors& st, const WeightSource& 
         .scale_kind = typed[i].scale_kind,
         .scales = scaled ? reinterpret_cast<const float*>(base + scales_at[i]) : nullptr};
   }
-  if (st.head_shares_embedding) edges_[WeightSlot::kLmHead] = edges_[WeightSlot::kEmbedding];
+  if (st.head_shares_embedding) {
+    // This rank's vocabulary rows of the (whole, bf16) embedding table.
+    WeightView v = edges_[WeightSlot::kEmbedding];
+    PP_ASSERT(v.scale_kind == ScaleKind::kNone);
+    v.data = static_cast<const char*>(v.data) +
+             tp_.vocab_begin * kernels::weight_row_bytes(v.format, v.cols);
+    v.rows = tp_.n_vocab();
+    edges_[WeightSlot::kLmHead] = v;
+  }
   where.clear();
   for (const TensorSpec& t : st.tensors) {
     const auto it = std::find_if(slots.begin(), slots.end(),
@@ -380,22 +422,31 @@ Status upload_fp8(const WeightSource& source, const TensorSpec& t, const void* d
 Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& config,
                                                            const WeightSource& weights,
                                                            int64_t layer_begin, int64_t layer_end,
-                                                           const GpuStageOptions& options) {
+                                                           const GpuStageOptions& options,
+                                                           TpRank tp) {
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
-  PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
-  const StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
+  PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options, tp));
+  // A rank of a group reads its slices of the stage's tensors, in their local shapes.
+  StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
+  std::unique_ptr<WeightSource> sliced;
+  if (tp.size > 1) {
+    std::vector<ShardedTensor> shards = shard_tensors(config, m->tp_, st.tensors);
+    for (size_t i = 0; i < shards.size(); ++i) st.tensors[i] = shards[i].local;
+    sliced = tp_slice_source(weights, std::move(shards));
+  }
+  const WeightSource& source = sliced ? *sliced : weights;
   std::vector<TensorPlace> where;
-  PP_RETURN_IF_ERROR(m->alloc_weights(st, weights, where));
+  PP_RETURN_IF_ERROR(m->alloc_weights(st, source, where));
   std::vector<float> host;
   for (size_t i = 0; i < st.tensors.size(); ++i) {
     const TensorSpec& t = st.tensors[i];
     if (where[i].format == kernels::WeightFormat::kFp8E4M3) {
       PP_RETURN_IF_ERROR(
-          upload_fp8(weights, t, where[i].data, where[i].scales, where[i].scale_kind, m->stream_));
+          upload_fp8(source, t, where[i].data, where[i].scales, where[i].scale_kind, m->stream_));
       continue;
     }
     host.resize(size_t(t.numel()));
-    PP_RETURN_IF_ERROR(load_tensor(weights, t, host));
+    PP_RETURN_IF_ERROR(load_tensor(source, t, host));
     PP_RETURN_IF_ERROR(
         gpu::upload_bf16(static_cast<Bf16*>(where[i].data), host.data(), host.size()));
   }
@@ -406,39 +457,76 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& co
 Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& config,
                                                              uint64_t seed, int64_t layer_begin,
                                                              int64_t layer_end,
-                                                             const GpuStageOptions& options) {
+                                                             const GpuStageOptions& options,
+                                                             TpRank tp) {
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
-  PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options));
-  // The same tensors (and head rule, and formats) as a load from quantize_on_load(
-  // random_weights(config, seed)), filled on the device with that source's values.
+  PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options, tp));
+  // The same tensors (and head rule, and formats, and a rank's slices) as a load from
+  // quantize_on_load(random_weights(config, seed)), filled on the device with that source's
+  // values.
   PP_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> random, random_weights(config, seed));
   const std::shared_ptr<const WeightSource> source = quantize_on_load(
       std::shared_ptr<const WeightSource>(std::move(random)), config, options.quantization);
-  const StageTensors st = stage_tensors(config, *source, layer_begin, layer_end);
+  StageTensors st = stage_tensors(config, *source, layer_begin, layer_end);
+  const std::vector<ShardedTensor> shards = shard_tensors(config, m->tp_, st.tensors);
+  const std::vector<TensorSpec> full = st.tensors;
+  std::unique_ptr<WeightSource> sliced;
+  if (tp.size > 1) {
+    for (size_t i = 0; i < shards.size(); ++i) st.tensors[i] = shards[i].local;
+    sliced = tp_slice_source(*source, shards);
+  }
   std::vector<TensorPlace> where;
-  PP_RETURN_IF_ERROR(m->alloc_weights(st, *source, where));
-  // fp8 tensors: bf16 values in a temporary buffer, then quantized per row into place.
-  int64_t max_fp8 = 0;
-  for (size_t i = 0; i < st.tensors.size(); ++i) {
-    if (where[i].format == kernels::WeightFormat::kFp8E4M3) {
-      max_fp8 = std::max(max_fp8, st.tensors[i].numel());
+  PP_RETURN_IF_ERROR(m->alloc_weights(st, sliced ? *sliced : *source, where));
+  // A tensor that is fp8 or a slice is generated whole into a temporary buffer first (bf16, then
+  // fp8 bytes and per-row scales), quantized whole (a row's scale is the whole row's, as the
+  // sliced source keeps it), and its slice copied into place.
+  int64_t max_tmp = 0, max_q = 0, max_rows = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    const bool fp8 = where[i].format == kernels::WeightFormat::kFp8E4M3;
+    const bool part = !shards[i].slice.whole(full[i]);
+    if (fp8 || part) max_tmp = std::max(max_tmp, full[i].numel());
+    if (fp8 && part) {
+      max_q = std::max(max_q, full[i].numel());
+      max_rows = std::max(max_rows, full[i].rows());
     }
   }
-  gpu::DeviceBuffer tmp;
-  if (max_fp8 > 0) {
-    PP_ASSIGN_OR_RETURN(tmp, gpu::DeviceBuffer::allocate(size_t(max_fp8) * sizeof(Bf16)));
+  gpu::DeviceBuffer tmp, tmp_q;
+  if (max_tmp > 0) {
+    PP_ASSIGN_OR_RETURN(tmp, gpu::DeviceBuffer::allocate(size_t(max_tmp) * sizeof(Bf16)));
   }
-  for (size_t i = 0; i < st.tensors.size(); ++i) {
-    const TensorSpec& t = st.tensors[i];
-    const RandomRange r = random_weight_range(t.name, t.shape);
+  if (max_q > 0) {
+    PP_ASSIGN_OR_RETURN(tmp_q, gpu::DeviceBuffer::allocate(align_up(size_t(max_q)) +
+                                                           size_t(max_rows) * sizeof(float)));
+  }
+  for (size_t i = 0; i < full.size(); ++i) {
+    const TensorSpec& f = full[i];
+    const TpSlice& sl = shards[i].slice;
+    const RandomRange r = random_weight_range(f.name, f.shape);
     const bool fp8 = where[i].format == kernels::WeightFormat::kFp8E4M3;
-    Bf16* values = fp8 ? tmp.as<Bf16>() : static_cast<Bf16*>(where[i].data);
-    PP_RETURN_IF_ERROR(gpu::fill_random(
-        values, size_t(t.numel()), random_weight_key_for(seed, t.name), r.lo, r.hi, m->stream_));
-    if (fp8) {
-      PP_ASSERT(where[i].scale_kind == kernels::ScaleKind::kPerChannel);
-      PP_RETURN_IF_ERROR(gpu::quantize_fp8_rows(values, where[i].data, where[i].scales, t.rows(),
-                                                t.cols(), m->stream_));
+    const bool part = !sl.whole(f);
+    Bf16* values = fp8 || part ? tmp.as<Bf16>() : static_cast<Bf16*>(where[i].data);
+    PP_RETURN_IF_ERROR(gpu::fill_random(values, size_t(f.numel()),
+                                        random_weight_key_for(seed, f.name), r.lo, r.hi,
+                                        m->stream_));
+    if (fp8) PP_ASSERT(where[i].scale_kind == kernels::ScaleKind::kPerChannel);
+    if (fp8 && !part) {
+      PP_RETURN_IF_ERROR(gpu::quantize_fp8_rows(values, where[i].data, where[i].scales, f.rows(),
+                                                f.cols(), m->stream_));
+    } else if (fp8) {
+      auto* q = tmp_q.as<uint8_t>();
+      auto* scales = reinterpret_cast<float*>(tmp_q.as<char>() + align_up(size_t(max_q)));
+      PP_RETURN_IF_ERROR(
+          gpu::quantize_fp8_rows(values, q, scales, f.rows(), f.cols(), m->stream_));
+      PP_RETURN_IF_ERROR(gpu::copy_2d_async(
+          where[i].data, size_t(sl.cols()), q + sl.row_begin * f.cols() + sl.col_begin,
+          size_t(f.cols()), size_t(sl.cols()), size_t(sl.rows()), m->stream_));
+      PP_RETURN_IF_ERROR(gpu::copy_async(where[i].scales, scales + sl.row_begin,
+                                         size_t(sl.rows()) * sizeof(float), m->stream_));
+    } else if (part) {
+      PP_RETURN_IF_ERROR(gpu::copy_2d_async(
+          where[i].data, size_t(sl.cols()) * sizeof(Bf16),
+          values + sl.row_begin * f.cols() + sl.col_begin, size_t(f.cols()) * sizeof(Bf16),
+          size_t(sl.cols()) * sizeof(Bf16), size_t(sl.rows()), m->stream_));
     }
   }
   PP_RETURN_IF_ERROR(m->stream_.synchronize());
@@ -447,7 +535,7 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& 
 }
 
 Status GpuStageModel::alloc_scratch() {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;
   const int64_t T = options_.max_tokens, S = options_.max_seqs;
   const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim(), F = c.n_ff;
   size_t at = 0;
@@ -462,8 +550,11 @@ Status GpuStageModel::alloc_scratch() {
                act = take(size_t(T * F) * 2);
   // Logit rows: the most a forward asks for, or a padded decode batch's.
   const int64_t R = std::max(options_.max_logit_rows, std::min(T, batch_bucket(S)));
+  const bool tp = tp_.tp.size > 1, rank0 = tp_.tp.rank == 0;
   const size_t rows = has_lm_head() ? take(size_t(R * E) * 2) : 0;
-  const size_t logits = has_lm_head() ? take(size_t(R * c.n_vocab) * 4) : 0;
+  const size_t logits = has_lm_head() && rank0 ? take(size_t(R * c.n_vocab) * 4) : 0;
+  const size_t gathered =
+      has_lm_head() && tp ? take(size_t(tp_.tp.size) * size_t(R * vocab_max_) * 4) : 0;
   PP_ASSIGN_OR_RETURN(scratch_, gpu::DeviceBuffer::allocate(at));
   scratch_bytes_ = int64_t(at);
   char* base = scratch_.as<char>();
@@ -476,6 +567,9 @@ Status GpuStageModel::alloc_scratch() {
   act_ = reinterpret_cast<Bf16*>(base + act);
   if (has_lm_head()) {
     rows_ = reinterpret_cast<Bf16*>(base + rows);
+    if (tp) gathered_ = reinterpret_cast<float*>(base + gathered);
+  }
+  if (has_lm_head() && rank0) {
     logits_ = reinterpret_cast<float*>(base + logits);
     // Sampling: per-row params, penalty rows and entries, results.
     PP_ASSIGN_OR_RETURN(sample_dev_, gpu::DeviceBuffer::allocate(size_t(S) * 1024));
@@ -518,6 +612,7 @@ Status GpuStageModel::reserve_fp8() {
   // The linears forward() runs, at the smallest and largest m beyond the GEMV.
   const Layer& l = layers_.front();
   bool need_dequant = !options_.fp8_activations;
+  const bool tp = tp_.tp.size > 1;  // run()'s row-parallel outputs: partial sums into x_
   for (int64_t m : {gpu::kFp8GemvMaxRows + 1, T}) {
     const gpu::LinearArgs calls[] = {
         {.x = x_,
@@ -525,9 +620,9 @@ Status GpuStageModel::reserve_fp8() {
          .bias = bf16(l[WeightSlot::kQkvBias]),
          .out = qkv_,
          .m = m},
-        {.x = attn_, .w = l[WeightSlot::kO], .out = h_, .m = m, .accumulate = true},
+        {.x = attn_, .w = l[WeightSlot::kO], .out = tp ? x_ : h_, .m = m, .accumulate = !tp},
         {.x = x_, .w = l[WeightSlot::kGateUp], .out = gate_up_, .m = m},
-        {.x = act_, .w = l[WeightSlot::kDown], .out = h_, .m = m, .accumulate = true}};
+        {.x = act_, .w = l[WeightSlot::kDown], .out = tp ? x_ : h_, .m = m, .accumulate = !tp}};
     for (const gpu::LinearArgs& a : calls) {
       if (a.w.format != kernels::WeightFormat::kFp8E4M3) continue;
       Result<gpu::LinearPath> path = blas_->path_for(a);
@@ -548,7 +643,7 @@ Status GpuStageModel::reserve_fp8() {
 // --- KV
 
 int64_t GpuStageModel::kv_bytes_per_block(int64_t block_size) const {
-  return 2 * n_layer() * block_size * config_.kv_dim() * int64_t(sizeof(Bf16));
+  return 2 * n_layer() * block_size * local_.kv_dim() * int64_t(sizeof(Bf16));
 }
 
 Status GpuStageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
@@ -560,7 +655,7 @@ Status GpuStageModel::allocate_kv(int64_t n_blocks, int64_t block_size) {
   kv_ = {};
   attn_ws_ = {};
   meta_ = {};
-  const int64_t per_layer = n_blocks * block_size * config_.kv_dim();  // elements of K (or V)
+  const int64_t per_layer = n_blocks * block_size * local_.kv_dim();  // elements of K (or V)
   PP_ASSIGN_OR_RETURN(
       kv_, gpu::DeviceBuffer::allocate(size_t(2 * n_layer() * per_layer) * sizeof(Bf16)));
   n_blocks_ = n_blocks;
@@ -595,12 +690,12 @@ Status GpuStageModel::ensure_workspace(int64_t n_tokens, int64_t n_seq, int64_t 
   gpu::AttentionArgs a;
   a.q = h_;
   a.out = h_;
-  a.kv = {kv_.as<Bf16>(), kv_.as<Bf16>(),    n_blocks_,
-          block_size_,    config_.n_head_kv, config_.head_dim};
+  a.kv = {kv_.as<Bf16>(), kv_.as<Bf16>(),   n_blocks_,
+          block_size_,    local_.n_head_kv, local_.head_dim};
   a.seq_start = a.q_pos = a.block_tables = reinterpret_cast<const int32_t*>(h_);
   a.n_tokens = n_tokens;
   a.n_seq = n_seq;
-  a.n_head = config_.n_head;
+  a.n_head = local_.n_head;
   a.max_blocks = max_table_width_;
   a.max_q_len = max_q_len;
   a.max_kv_len = max_kv_len;
@@ -689,12 +784,15 @@ Status GpuStageModel::gate_up_swiglu(const kernels::WeightView& w, int64_t T) {
   }
   PP_RETURN_IF_ERROR(blas_->linear({.x = x_, .w = w, .out = gate_up_, .m = T}, stream_));
   PP_RETURN_IF_ERROR(op_mark(kOpSwiglu));
-  return gpu::swiglu(gate_up_, act_, T, config_.n_ff, stream_);
+  return gpu::swiglu(gate_up_, act_, T, local_.n_ff, stream_);
 }
 
 Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_kv_len,
                           int64_t width, int64_t R) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;
+  const bool tp = tp_.tp.size > 1;
+  // TP: x_ holds the last down_proj's summed output, not yet added into h_.
+  bool pending = false;
   const int64_t E = c.n_embd, KV = c.kv_dim();
   gpu::Stream& s = stream_;
   if (has_embedding()) {
@@ -709,8 +807,9 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     const gpu::PagedKvView kv{k_pool,      k_pool + per_layer, n_blocks_,
                               block_size_, c.n_head_kv,        c.head_dim};
     PP_RETURN_IF_ERROR(op_mark(kOpNorm));
-    PP_RETURN_IF_ERROR(
-        gpu::rms_norm(h_, nullptr, bf16(l[WeightSlot::kAttnNorm]), x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(gpu::rms_norm(pending ? x_ : h_, pending ? h_ : nullptr,
+                                     bf16(l[WeightSlot::kAttnNorm]), x_, T, E, c.rms_norm_eps, s));
+    pending = false;
     PP_RETURN_IF_ERROR(op_mark(kOpQkv));
     PP_RETURN_IF_ERROR(blas_->linear({.x = x_,
                                       .w = l[WeightSlot::kQkv],
@@ -753,22 +852,58 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     PP_RETURN_IF_ERROR(gpu::attention(a, s));
     PP_RETURN_IF_ERROR(op_mark(kOpO));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = attn_, .w = l[WeightSlot::kO], .out = h_, .m = T, .accumulate = true}, s));
+        {.x = attn_, .w = l[WeightSlot::kO], .out = tp ? x_ : h_, .m = T, .accumulate = !tp}, s));
+    if (tp) {
+      PP_RETURN_IF_ERROR(op_mark(kOpComm));
+      PP_RETURN_IF_ERROR(comm_->all_reduce_sum(x_, size_t(T * E), s));
+    }
     PP_RETURN_IF_ERROR(op_mark(kOpNorm));
-    PP_RETURN_IF_ERROR(
-        gpu::rms_norm(h_, nullptr, bf16(l[WeightSlot::kFfnNorm]), x_, T, E, c.rms_norm_eps, s));
+    PP_RETURN_IF_ERROR(gpu::rms_norm(tp ? x_ : h_, tp ? h_ : nullptr, bf16(l[WeightSlot::kFfnNorm]),
+                                     x_, T, E, c.rms_norm_eps, s));
     PP_RETURN_IF_ERROR(gate_up_swiglu(l[WeightSlot::kGateUp], T));
     PP_RETURN_IF_ERROR(op_mark(kOpDown));
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = act_, .w = l[WeightSlot::kDown], .out = h_, .m = T, .accumulate = true}, s));
+        {.x = act_, .w = l[WeightSlot::kDown], .out = tp ? x_ : h_, .m = T, .accumulate = !tp}, s));
+    if (tp) {
+      PP_RETURN_IF_ERROR(op_mark(kOpComm));
+      PP_RETURN_IF_ERROR(comm_->all_reduce_sum(x_, size_t(T * E), s));
+      pending = true;
+    }
+  }
+  if (pending) {
+    // h_ += x_; the norm's output (into x_ itself) is not read.
+    PP_RETURN_IF_ERROR(op_mark(kOpNorm));
+    PP_RETURN_IF_ERROR(gpu::rms_norm(x_, h_, bf16(layers_.back()[WeightSlot::kFfnNorm]), x_, T, E,
+                                     c.rms_norm_eps, s));
   }
   if (has_lm_head() && R > 0) {
     PP_RETURN_IF_ERROR(op_mark(kOpHead));
     PP_RETURN_IF_ERROR(gpu::embedding(h_, d_logit_rows_, rows_, T, E, R, s));  // row gather
     PP_RETURN_IF_ERROR(gpu::rms_norm(rows_, nullptr, bf16(edges_[WeightSlot::kFinalNorm]), rows_, R,
                                      E, c.rms_norm_eps, s));
+    if (!tp) {
+      PP_RETURN_IF_ERROR(blas_->linear(
+          {.x = rows_, .w = edges_[WeightSlot::kLmHead], .out_f32 = logits_, .m = R}, s));
+      return ok_status();
+    }
+    // This rank's [R, V_r] logits in its chunk of gathered_ (chunks of R x vocab_max_ floats,
+    // the tail of a smaller slice unused), all-gathered in place, then laid out on rank 0 as
+    // rows of the whole vocabulary.
+    const size_t chunk = size_t(R * vocab_max_);
+    float* mine = gathered_ + size_t(tp_.tp.rank) * chunk;
     PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = rows_, .w = edges_[WeightSlot::kLmHead], .out_f32 = logits_, .m = R}, s));
+        {.x = rows_, .w = edges_[WeightSlot::kLmHead], .out_f32 = mine, .m = R}, s));
+    PP_RETURN_IF_ERROR(op_mark(kOpComm));
+    PP_RETURN_IF_ERROR(comm_->all_gather(mine, gathered_, chunk * sizeof(float), s));
+    if (tp_.tp.rank != 0) return ok_status();
+    const int64_t V = config_.n_vocab;
+    for (int32_t r = 0; r < tp_.tp.size; ++r) {
+      const int64_t b = vocab_bounds_[size_t(r)], n = vocab_bounds_[size_t(r) + 1] - b;
+      const size_t row_bytes = size_t(n) * sizeof(float);
+      PP_RETURN_IF_ERROR(gpu::copy_2d_async(logits_ + b, size_t(V) * sizeof(float),
+                                            gathered_ + size_t(r) * chunk, row_bytes, row_bytes,
+                                            size_t(R), s));
+    }
   }
   return ok_status();
 }
@@ -776,6 +911,12 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
 Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* output) {
   if (!kv_.data()) {
     return make_error(StatusCode::kFailedPrecondition, "no KV cache: allocate_kv first");
+  }
+  if (tp_.tp.size > 1 &&
+      (!comm_ || comm_->n_ranks() != tp_.tp.size || comm_->rank() != tp_.tp.rank)) {
+    return make_error(StatusCode::kFailedPrecondition,
+                      "rank {} of a tensor-parallel group of {} has no communicator of that rank",
+                      tp_.tp.rank, tp_.tp.size);
   }
   const int64_t T = batch.n_tokens(), S = batch.n_seq(), E = config_.n_embd;
   if (has_embedding() && int64_t(batch.token_ids.size()) != T) {
@@ -867,6 +1008,11 @@ Status GpuStageModel::forward(const Batch& batch, const Bf16* input, Bf16* outpu
 Status GpuStageModel::sample(std::span<const GpuSampleSpec> rows, int32_t n_top, SampleSlot& slot) {
   if (!has_lm_head()) {
     return make_error(StatusCode::kFailedPrecondition, "only the last stage samples");
+  }
+  if (tp_.tp.rank != 0) {
+    return make_error(StatusCode::kFailedPrecondition,
+                      "only rank 0 of a tensor-parallel group samples (this is rank {})",
+                      tp_.tp.rank);
   }
   const int64_t R = int64_t(rows.size());
   if (R != last_logit_rows_) {

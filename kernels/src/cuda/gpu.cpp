@@ -237,6 +237,14 @@ Status zero_async(void* dst, size_t bytes, Stream& s) {
   return cuda_status(cudaMemsetAsync(dst, 0, bytes, native(s)), "memset");
 }
 
+Status copy_2d_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                     size_t rows, Stream& s) {
+  if (width == 0 || rows == 0) return ok_status();
+  return cuda_status(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
+                                       cudaMemcpyDefault, native(s)),
+                     "copy 2d");
+}
+
 Status upload_bf16(Bf16* dst, const float* src, size_t n) {
   std::vector<__nv_bfloat16> tmp(n);
   for (size_t i = 0; i < n; ++i) tmp[i] = __float2bfloat16_rn(src[i]);
@@ -416,6 +424,8 @@ Result<std::unique_ptr<NcclComm>> NcclComm::init(const NcclId& id, int n_ranks, 
   PP_RETURN_IF_ERROR(nccl_status(ncclCommInitRank(&comm, n_ranks, nid, rank), "init rank"));
   std::unique_ptr<NcclComm> c(new NcclComm());
   c->comm_ = comm;
+  c->rank_ = rank;
+  c->n_ranks_ = n_ranks;
   return c;
 }
 
@@ -431,6 +441,27 @@ Status NcclComm::send(const void* data, size_t bytes, int peer, Stream& s) {
 Status NcclComm::recv(void* data, size_t bytes, int peer, Stream& s) {
   return nccl_status(
       ncclRecv(data, bytes, ncclUint8, peer, static_cast<ncclComm_t>(comm_), native(s)), "recv");
+}
+
+Status NcclComm::all_reduce_sum(Bf16* data, size_t count, Stream& s) {
+  if (count == 0) return ok_status();
+  return nccl_status(ncclAllReduce(data, data, count, ncclBfloat16, ncclSum,
+                                   static_cast<ncclComm_t>(comm_), native(s)),
+                     "all-reduce");
+}
+
+Status NcclComm::all_reduce_sum(float* data, size_t count, Stream& s) {
+  if (count == 0) return ok_status();
+  return nccl_status(ncclAllReduce(data, data, count, ncclFloat32, ncclSum,
+                                   static_cast<ncclComm_t>(comm_), native(s)),
+                     "all-reduce");
+}
+
+Status NcclComm::all_gather(const void* send, void* recv, size_t bytes, Stream& s) {
+  if (bytes == 0) return ok_status();
+  return nccl_status(ncclAllGather(send, recv, bytes, ncclUint8, static_cast<ncclComm_t>(comm_),
+                                   native(s)),
+                     "all-gather");
 }
 
 }  // namespace pp::kernels::gpu

@@ -1,6 +1,7 @@
 // The GPU backend's plain-C++ face: device memory, streams, events, CUDA graphs, the NCCL
-// point-to-point communicator, and every CUDA op, with no CUDA header in sight. libmodel and
-// libpp build on this; only kernels/ includes cuda_runtime.h (DESIGN.md: layers of the code).
+// communicator (point-to-point, and the collectives of tensor parallelism), and every CUDA op,
+// with no CUDA header in sight. libmodel and libpp build on this; only kernels/ includes
+// cuda_runtime.h (DESIGN.md: layers of the code).
 //
 // Values on the GPU are bf16, held here as Bf16 (the raw 16 bits). Every call takes the Stream
 // it is ordered on and returns at once (work is queued, never waited for), except the ones named
@@ -137,6 +138,9 @@ class Graph {
 // Copies of any direction (the pointers say which), queued on `s`.
 Status copy_async(void* dst, const void* src, size_t bytes, Stream& s);
 Status zero_async(void* dst, size_t bytes, Stream& s);
+// `rows` rows of `width` bytes from src (rows src_pitch bytes apart) to dst (dst_pitch apart).
+Status copy_2d_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                     size_t rows, Stream& s);
 // Host f32 -> device bf16 (rounded to nearest even), synchronously; for loading weights.
 Status upload_bf16(Bf16* dst, const float* src, size_t n);
 
@@ -332,7 +336,9 @@ class Blas {
 
 using NcclId = std::array<uint8_t, 128>;
 
-// A communicator of n_ranks processes, one GPU each, for point-to-point sends of bytes.
+// A communicator of n_ranks GPUs (one per rank; ranks may be threads of one process, each bound
+// to its own device). Every call is queued on `s` like any op (and may be captured in a CUDA
+// graph); a collective must be called by every rank, in the same order, with the same sizes.
 class NcclComm {
  public:
   // A fresh id; the process that makes it hosts the rendezvous until every rank has joined.
@@ -340,12 +346,23 @@ class NcclComm {
   // Joins the communicator `id` as `rank` on the bound device; blocks until every rank joins.
   static Result<std::unique_ptr<NcclComm>> init(const NcclId& id, int n_ranks, int rank);
   ~NcclComm();
+  int rank() const { return rank_; }
+  int n_ranks() const { return n_ranks_; }
   Status send(const void* data, size_t bytes, int peer, Stream& s);
   Status recv(void* data, size_t bytes, int peer, Stream& s);
+  // In place: data [count] becomes the sum over the ranks' data (ncclSum; bf16 partial sums are
+  // rounded to bf16 at each step of NCCL's algorithm). Every rank gets the same values: each
+  // NCCL algorithm reduces a chunk once and broadcasts the result.
+  Status all_reduce_sum(Bf16* data, size_t count, Stream& s);
+  Status all_reduce_sum(float* data, size_t count, Stream& s);
+  // recv [n_ranks * bytes] becomes every rank's send [bytes] in rank order. In place when send
+  // is recv + rank() * bytes.
+  Status all_gather(const void* send, void* recv, size_t bytes, Stream& s);
 
  private:
   NcclComm() = default;
   void* comm_ = nullptr;
+  int rank_ = 0, n_ranks_ = 1;
 };
 
 }  // namespace pp::kernels::gpu

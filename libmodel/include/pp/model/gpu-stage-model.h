@@ -12,6 +12,19 @@
 // activation buffers it passes in and out; the model copies them into and out of its own fixed
 // residual buffer, which is what lets one graph serve every micro-batch.
 //
+// Tensor parallelism (tensor-parallel.h): loaded as rank r of N, the model holds its slices and
+// computes with tp_local_config. After the o_proj and down GEMMs each rank's partial [T, n_embd]
+// output is summed by an in-place NCCL all-reduce (bf16) on the compute stream, and only then
+// added into the residual stream (fused into the next RMSNorm); the lm_head is vocabulary-parallel
+// and its f32 logits are all-gathered and laid out as [R, n_vocab] on rank 0, which alone
+// samples. The collectives are captured in the decode graphs like any other op (NCCL >= 2.9), so
+// graphs stay on. The GPU attention kernels map local query head h to local KV head
+// h / (n_head / n_head_kv): a group where some rank's heads do not split that way (4 ranks over
+// 12 heads and 3 KV heads: rank 1's heads 3..5 read KV heads 0, 1, 1) is refused at load, on
+// every rank (kInvalidArgument); a size that divides n_head with n_head_kv a multiple of it, or
+// it a multiple of n_head_kv, always works. With uneven shares a rank's kv_bytes_per_block is
+// its own: the group's KV pools must have the same number of blocks (the block tables are one).
+//
 // Not thread-safe: one thread queues forwards (the stage's compute loop).
 #pragma once
 
@@ -30,6 +43,7 @@
 #include "pp/model/batch.h"
 #include "pp/model/config.h"
 #include "pp/model/quantization.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/model/weights.h"
 #include "pp/status.h"
 
@@ -102,20 +116,32 @@ class GpuStageModel {
   // (find(name)->dtype kF8E4M3) as their stored bytes and scales, everything else as bf16.
   // kInvalidArgument when the parts of a fused slot (q|k|v, gate|up) disagree on the format or
   // the scale kind, or a 128x128-scaled part other than the last has rows not a multiple of 128.
+  // As rank tp.rank of tp.size: only that rank's slices (tp_slice_source over `weights`, which
+  // holds whole tensors); kInvalidArgument for a group the GPU cannot split (see above).
   static Result<std::unique_ptr<GpuStageModel>> load(const ModelConfig& config,
                                                      const WeightSource& weights,
                                                      int64_t layer_begin, int64_t layer_end,
-                                                     const GpuStageOptions& options);
+                                                     const GpuStageOptions& options,
+                                                     TpRank tp = {});
   // The same layers with random_weights(config, seed)'s values, generated on the device (and
-  // quantized there per options.quantization, bitwise as the host's quantize_on_load).
+  // quantized there per options.quantization, bitwise as the host's quantize_on_load); as rank
+  // tp.rank, the same slices as load() of that source would hold.
   static Result<std::unique_ptr<GpuStageModel>> random(const ModelConfig& config, uint64_t seed,
                                                        int64_t layer_begin, int64_t layer_end,
-                                                       const GpuStageOptions& options);
+                                                       const GpuStageOptions& options,
+                                                       TpRank tp = {});
   ~GpuStageModel();
   GpuStageModel(const GpuStageModel&) = delete;
   GpuStageModel& operator=(const GpuStageModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  // What this rank computes with (tp_local_config; config() at TP 1).
+  const ModelConfig& local_config() const { return local_; }
+  const TpLayout& tp_layout() const { return tp_; }
+  // The group's NCCL communicator (rank tp.rank of tp.size, on this model's device); required
+  // before forward() when the group has several ranks. Not owned; must outlive the forwards and
+  // the graphs captured with it (allocate_kv drops them).
+  void set_tp_comm(kernels::gpu::NcclComm* comm) { comm_ = comm; }
   const GpuStageOptions& options() const { return options_; }
   int64_t layer_begin() const { return layer_begin_; }
   int64_t layer_end() const { return layer_end_; }
@@ -142,12 +168,17 @@ class GpuStageModel {
   // without the lm_head leaves its [n_tokens, n_embd] residual stream. The last stage keeps
   // f32 logits of the batch's logit rows for sample() (and logits()). Both buffers must stay
   // untouched until the stream has passed this forward.
-  // Errors: a malformed batch, more tokens or sequences than the options allow, no KV pool.
+  // Every rank of a tensor-parallel group runs the same forwards in the same order (the same
+  // batch, and the same input at a stage after the first); each gets the same output.
+  // Errors: a malformed batch, more tokens or sequences than the options allow, no KV pool, a
+  // group of several ranks without set_tp_comm, a failed collective.
   Status forward(const Batch& batch, const kernels::gpu::Bf16* input, kernels::gpu::Bf16* output);
-  // Last stage: the f32 logits [n_logit_rows, n_vocab] of the last forward, on the device.
+  // Last stage: the f32 logits [n_logit_rows, n_vocab] of the last forward, on the device
+  // (nullptr on a tensor-parallel rank other than 0).
   const float* logits() const { return logits_; }
-  // Last stage: queues penalties and sampling of the last forward's logit rows (rows[i] for
-  // logit row i) and the copy of the results into `slot` (wait on the slot before reading it).
+  // Last stage, rank 0 of its group: queues penalties and sampling of the last forward's logit
+  // rows (rows[i] for logit row i) and the copy of the results into `slot` (wait on the slot
+  // before reading it). kFailedPrecondition on any other rank (it has no logits).
   Status sample(std::span<const GpuSampleSpec> rows, int32_t n_top, SampleSlot& slot);
 
   // Forwards that replayed a graph, and graphs captured so far (for tests and the log).
@@ -165,7 +196,7 @@ class GpuStageModel {
   };
   GpuStageModel();
   Status init(const ModelConfig& config, int64_t layer_begin, int64_t layer_end,
-              const GpuStageOptions& options);
+              const GpuStageOptions& options, TpRank tp);
   // Lays out the slots of `st` in one allocation, in the formats `source` gives their tensors,
   // and points the layers and edges at them; `where[i]` is where st.tensors[i] goes.
   Status alloc_weights(const StageTensors& st, const WeightSource& source,
@@ -184,6 +215,11 @@ class GpuStageModel {
   Status gate_up_swiglu(const kernels::WeightView& w, int64_t n_tokens);
 
   ModelConfig config_;
+  ModelConfig local_;  // what this rank computes with (tp_local_config; config_ at TP 1)
+  TpLayout tp_;
+  kernels::gpu::NcclComm* comm_ = nullptr;
+  std::vector<int64_t> vocab_bounds_;  // [tp size + 1]: each rank's first lm_head row, then V
+  int64_t vocab_max_ = 0;              // the largest rank's lm_head rows
   GpuStageOptions options_;
   int64_t layer_begin_ = 0, layer_end_ = 0;
   kernels::gpu::Stream stream_, copy_stream_;
@@ -192,8 +228,8 @@ class GpuStageModel {
 
   // Weights: one allocation (the owning storage); each slot a typed view of a slice of it.
   kernels::gpu::DeviceBuffer weights_;
-  // kEmbedding [n_vocab, n_embd] (stage 0); kFinalNorm [n_embd], kLmHead [n_vocab, n_embd] (last
-  // stage; the embedding's view when the head shares it).
+  // kEmbedding [n_vocab, n_embd] (stage 0); kFinalNorm [n_embd], kLmHead [tp_.n_vocab(), n_embd]
+  // (last stage: this rank's vocabulary rows; a view of the embedding's when the head shares it).
   SlotMap<kernels::WeightView> edges_;
   std::vector<Layer> layers_;
   kernels::gpu::DeviceBuffer inv_freq_;  // [head_dim / 2] f32
@@ -207,7 +243,8 @@ class GpuStageModel {
   int64_t scratch_bytes_ = 0;
   kernels::gpu::Bf16 *h_ = nullptr, *x_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *attn_ = nullptr,
                      *gate_up_ = nullptr, *act_ = nullptr, *rows_ = nullptr;
-  float* logits_ = nullptr;
+  float* logits_ = nullptr;    // [R, n_vocab] f32 (rank 0)
+  float* gathered_ = nullptr;  // TP, last stage: [tp size, R, vocab_max_] f32, every rank's logits
   int32_t *d_ids_ = nullptr, *d_pos_ = nullptr, *d_seq_start_ = nullptr, *d_tables_ = nullptr,
           *d_logit_rows_ = nullptr;
   int64_t* d_slots_ = nullptr;
@@ -247,6 +284,7 @@ class GpuStageModel {
     kOpGateUp,
     kOpSwiglu,
     kOpDown,
+    kOpComm,
     kOpHead,
     kOpEnd,
     kOpKinds
