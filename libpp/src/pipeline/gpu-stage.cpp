@@ -47,10 +47,6 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
   if (!kernels::built_with_cuda()) {
     return unimplemented("device '{}': this pp-stage was built without CUDA", spec.device());
   }
-  if (spec.tp_size() > 1) {
-    return unimplemented("stage {}: tensor parallelism on GPU stages is not built yet (CPU only)",
-                         spec.stage);
-  }
   std::unique_ptr<GpuStage> g(new GpuStage());
   g->spec_ = spec;
   g->first_ = spec.first();
@@ -71,15 +67,29 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
   o.cuda_graphs = spec.cuda_graphs;
   o.quantization = spec.weights.quantization;
   const partition::StageWeights& w = spec.weights;
+  const model::TpRank tp{spec.rank, spec.tp_size()};
   if (w.weights) {
     PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,
-                                                              w.layers.end, o));
+                                                              w.layers.end, o, tp));
   } else {
     PP_ASSERT_MSG(w.random_seed.has_value(), "a stage spec without weights or a random seed");
     PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::random(w.config, *w.random_seed,
-                                                                w.layers.begin, w.layers.end, o));
+                                                                w.layers.begin, w.layers.end, o,
+                                                                tp));
   }
   PP_RETURN_IF_ERROR(gpu::set_device(device));
+  // The group's communicator before the links: every process joins its stage's group first,
+  // then its links in ascending order, one global order, so no init waits in a circle.
+  if (tp.size > 1) {
+    gpu::NcclId id{};
+    if (spec.tp_nccl_id.size() != id.size()) {
+      return invalid_argument("stage {} rank {} was given no NCCL id for its group", spec.stage,
+                              spec.rank);
+    }
+    std::memcpy(id.data(), spec.tp_nccl_id.data(), id.size());
+    PP_ASSIGN_OR_RETURN(g->tp_comm_, gpu::NcclComm::init(id, tp.size, tp.rank));
+    g->model_->set_tp_comm(g->tp_comm_.get());
+  }
   PP_ASSIGN_OR_RETURN(g->recv_stream_, gpu::Stream::create(true));
   PP_ASSIGN_OR_RETURN(g->send_stream_, gpu::Stream::create(true));
   const model::ModelConfig& c = g->model_->config();
@@ -229,7 +239,7 @@ Status GpuStage::run(const transport::Plan& plan, const model::Batch& batch,
   PP_RETURN_IF_ERROR(p->start.record(compute));
   PP_RETURN_IF_ERROR(model_->forward(batch, input, output));
   if (in) PP_RETURN_IF_ERROR(in->consumed.record(compute));
-  if (last_) {
+  if (last_ && spec_.rank == 0) {  // rank 0 of a group samples the gathered logits
     int slot = -1;
     {
       std::unique_lock lock(mu_);
@@ -353,7 +363,7 @@ void GpuStage::completion_loop() {
       aborted = aborted_;
     }
     if (s.ok() && !aborted && p->sample_slot >= 0) post_(std::move(tokens));
-    if (s.ok() && !aborted) post_(timing);
+    if (s.ok() && !aborted && spec_.rank == 0) post_(timing);
     {
       std::lock_guard lock(mu_);
       if (!s.ok() && failure_.ok()) {

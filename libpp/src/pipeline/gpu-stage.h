@@ -16,6 +16,10 @@
 // Links: NCCL point-to-point between neighbouring stages, one two-rank communicator per link
 // (the coordinator hands out the ids), so each communicator is used by one stream per side and
 // both sides issue in plan order.
+//
+// Tensor parallelism: rank r of a stage links to rank r of its neighbours, and the stage's ranks
+// share one more communicator, used by the model's collectives on the compute stream (joined
+// before the links, one global order). Every rank runs every plan; only rank 0 samples and posts.
 #pragma once
 
 #include <chrono>
@@ -94,6 +98,7 @@ class GpuStage final : public StageBackend {
   std::vector<model::GpuSampleSpec> specs_;  // run(): the sampled rows' specs, reused
   std::vector<GpuSampledRow> rows_;
   std::unique_ptr<kernels::gpu::NcclComm> from_previous_, to_next_;
+  std::unique_ptr<kernels::gpu::NcclComm> tp_comm_;  // the stage's group (tensor parallelism)
   kernels::gpu::Stream recv_stream_, send_stream_;
 
   // Rings: activation buffers and their events (GPU-side ordering of reuse).
