@@ -2,6 +2,8 @@
 #include "pp/model/stage-model.h"
 
 #include <algorithm>
+#include <limits>
+#include <numeric>
 
 #include "arch/decoder-layer.h"
 #include "arch/tensor-load.h"
@@ -191,20 +193,62 @@ Status StageModel::forward(const Batch& batch, std::span<const float> input_hidd
     return ok_status();
   }
   // Each rank's vocabulary slice [R, V_r], gathered on rank 0 in rank order, then laid out as
-  // rows of the whole vocabulary.
+  // rows of the whole vocabulary. A row that only needs its k most likely tokens
+  // (set_tp_row_top_k) travels as k (logit, id) pairs per rank instead: rank 0's row is -inf but
+  // at the union of the ranks' top k, which holds the row's own top k.
   const int64_t Vr = tp_.n_vocab();
   part_.resize(size_t(R * Vr));
   cpu::linear({.x = rows_.data(), .w = lm_head_, .out = part_.data(), .m = R});
-  gathered_.resize(rank0 ? size_t(R * V) : 0);
-  PP_RETURN_IF_ERROR(comm_->gather(part_, gathered_));
+  auto row_k = [&](int64_t i) {
+    const int64_t k = size_t(i) < row_top_k_.size() ? row_top_k_[size_t(i)] : 0;
+    return k > 0 && 2 * k < Vr ? k : int64_t(0);
+  };
+  auto payload = [&](int64_t vr) {  // floats one rank sends for all rows
+    int64_t n = 0;
+    for (int64_t i = 0; i < R; ++i) n += row_k(i) > 0 ? 2 * row_k(i) : vr;
+    return n;
+  };
+  send_.clear();
+  send_.reserve(size_t(payload(Vr)));
+  std::vector<int32_t>& ids = top_ids_;
+  for (int64_t i = 0; i < R; ++i) {
+    const float* row = part_.data() + i * Vr;
+    const int64_t k = row_k(i);
+    if (k == 0) {
+      send_.insert(send_.end(), row, row + Vr);
+      continue;
+    }
+    // The k most likely: higher logit, then lower id (the sampler's order).
+    ids.resize(size_t(Vr));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+      return row[a] > row[b] || (row[a] == row[b] && a < b);
+    });
+    for (int64_t j = 0; j < k; ++j) {
+      send_.push_back(row[ids[size_t(j)]]);
+      send_.push_back(float(tp_.vocab_begin + ids[size_t(j)]));  // exact below 2^24
+    }
+  }
+  int64_t total = 0;
+  for (int32_t r = 0; r < tp_.tp.size; ++r) {
+    total += payload(vocab_bounds_[size_t(r) + 1] - vocab_bounds_[size_t(r)]);
+  }
+  gathered_.resize(rank0 ? size_t(total) : 0);
+  PP_RETURN_IF_ERROR(comm_->gather(send_, gathered_));
   if (!rank0) return ok_status();
-  int64_t offset = 0;
+  std::fill(output.begin(), output.end(), -std::numeric_limits<float>::infinity());
+  const float* at = gathered_.data();
   for (int32_t r = 0; r < tp_.tp.size; ++r) {
     const int64_t b = vocab_bounds_[size_t(r)], e = vocab_bounds_[size_t(r) + 1];
     for (int64_t i = 0; i < R; ++i) {
-      std::copy_n(gathered_.data() + offset + i * (e - b), e - b, output.data() + i * V + b);
+      float* out = output.data() + i * V;
+      if (const int64_t k = row_k(i); k > 0) {
+        for (int64_t j = 0; j < k; ++j, at += 2) out[int64_t(at[1])] = at[0];
+      } else {
+        std::copy_n(at, e - b, out + b);
+        at += e - b;
+      }
     }
-    offset += R * (e - b);
   }
   return ok_status();
 }

@@ -88,7 +88,8 @@ std::vector<int32_t> random_ids(int64_t n, int64_t n_vocab) {
 // `tp` ranks in threads; rank 0's logits.
 std::vector<float> run_tp(const ModelConfig& c, const model::WeightSource& w, int32_t tp,
                           const std::vector<int64_t>& cuts, const std::vector<int32_t>& ids,
-                          int64_t chunk, model::CpuDtype cpu_dtype = model::CpuDtype::kAuto) {
+                          int64_t chunk, model::CpuDtype cpu_dtype = model::CpuDtype::kAuto,
+                          int32_t row_top_k = 0) {
   std::vector<int64_t> bounds{0};
   bounds.insert(bounds.end(), cuts.begin(), cuts.end());
   bounds.push_back(c.n_layer);
@@ -122,6 +123,8 @@ std::vector<float> run_tp(const ModelConfig& c, const model::WeightSource& w, in
                            false);
         batch.logit_rows.resize(size_t(len));
         std::iota(batch.logit_rows.begin(), batch.logit_rows.end(), 0);
+        const std::vector<int32_t> top_k(size_t(len), row_top_k);
+        stages.back()->set_tp_row_top_k(top_k);
         std::vector<float> in, out;
         for (auto& s : stages) {
           if (Status st = s->forward(batch, in, out); !st.ok()) {
@@ -226,6 +229,52 @@ TEST_P(TpFamily, MatchesOneRank) {
   const std::vector<float> b = run_tp(c, w, 4, {1}, ids, 5);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+// Rows whose sampler needs only the k most likely tokens travel as k (logit, id) pairs per rank:
+// the row rank 0 gets samples the same token as the whole row, for greedy and for top-k with any
+// temperature, top-p, min-p and seed.
+TEST(TpSampling, TopKRowsSampleAsWholeRows) {
+  ModelConfig c = tiny_config(Arch::kQwen3);
+  c.n_vocab = 301;
+  const MemoryWeights w = random_weights(c);
+  const std::vector<int32_t> ids = random_ids(9, c.n_vocab);
+  for (int32_t tp : {2, 3}) {
+    const std::vector<float> whole = run_tp(c, w, tp, {1}, ids, 9);
+    for (int32_t k : {1, 4, 30}) {
+      const std::vector<float> compact = run_tp(c, w, tp, {1}, ids, 9, model::CpuDtype::kAuto, k);
+      ASSERT_EQ(compact.size(), whole.size());
+      const size_t V = size_t(c.n_vocab);
+      std::vector<float> scratch;
+      for (size_t t = 0; t < ids.size(); ++t) {
+        const float* a = whole.data() + t * V;
+        const float* b = compact.data() + t * V;
+        int64_t finite = 0;
+        for (size_t v = 0; v < V; ++v) {
+          if (std::isfinite(b[v])) {
+            ++finite;
+            EXPECT_EQ(b[v], a[v]) << "token " << v;
+          }
+        }
+        EXPECT_GE(finite, k);
+        EXPECT_LE(finite, int64_t(k) * tp);
+        for (int trial = 0; trial < 20; ++trial) {
+          kernels::cpu::SampleParams sp;
+          sp.n_vocab = c.n_vocab;
+          sp.temperature = k == 1 ? 0.0f : float(random_int(1, 20)) / 10.0f;
+          sp.top_k = k;
+          sp.top_p = trial % 2 ? 1.0f : 0.5f + float(random_int(0, 50)) / 100.0f;
+          sp.min_p = trial % 3 ? 0.0f : 0.05f;
+          sp.seed = uint64_t(random_int(0, 1 << 30));
+          sp.step = uint64_t(trial);
+          sp.logits = a;
+          const int32_t want = kernels::cpu::sample(sp, scratch).token;
+          sp.logits = b;
+          EXPECT_EQ(kernels::cpu::sample(sp, scratch).token, want) << "row " << t << " k " << k;
+        }
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TpFamily,

@@ -111,7 +111,7 @@ TEST(EngineTpRuns, ReproducibleAcrossRunsAndDepths) {
 }
 
 // The default model (9 query heads over 3 KV heads: uneven head shares, KV heads on two ranks):
-// every (P, N) for P = 1..3, N = 2, 4. Its weights dequantized to f32 (--cpu-dtype f32): with
+// P = 1..3, each with N drawn from 2..4 (tiny-llama covers every pair). Its weights dequantized to f32 (--cpu-dtype f32): with
 // GGUF blocks kept, each linear quantizes its input to 8 bits per block, and the last bits a
 // row-parallel sum in another order changes flip roundings there, which grow through the layers
 // (docs/tensor-parallel.md measures it); greedy tokens then agree only away from near ties.
@@ -123,7 +123,7 @@ TEST(EngineTpRuns, DefaultModelGreedyOutputsEqualOneRank) {
   const auto reqs = greedy_requests(12, src->config.n_vocab, 20, 8);
   const auto ref = reference_outputs(model, reqs, model::CpuDtype::kF32);
   for (int32_t P = 1; P <= 3; ++P) {
-    for (int32_t N : {2, 4}) {
+    for (int32_t N : {int32_t(random_int(2, 4))}) {
       const int32_t D = int32_t(random_int(0, 2));
       SCOPED_TRACE(fmt::format("{} stages x {} ranks, depth {}", P, N, D));
       std::vector<EngineOutput> out;

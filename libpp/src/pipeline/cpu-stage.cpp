@@ -142,6 +142,7 @@ class CpuStage final : public StageBackend {
   VectorRing send_ring_{4};
   VectorRing recv_ring_{2};
   std::vector<float> logits_, penalized_, sample_scratch_;
+  std::vector<int32_t> row_top_k_;  // TP: per logit row, the top k its sampler needs (0: all)
   std::optional<transport::ActivationSender> sender_;  // declared after the rings it releases
 };
 
@@ -298,6 +299,19 @@ Status CpuStage::run(const transport::Plan& plan, const model::Batch& batch,
   const bool rank0 = spec_.rank == 0;
 
   if (spec_.last()) {
+    if (comm_) {
+      // Rows whose sampler looks only at the k most likely tokens: the ranks send those alone.
+      row_top_k_.clear();
+      for (const SampleRow& row : rows) {
+        const transport::WireSampling& w = row.sampling;
+        const bool whole = w.top_logprobs >= 0 || !w.bias_ids.empty() || !row.allowed.empty() ||
+                           w.presence_penalty != 0.0f || w.frequency_penalty != 0.0f ||
+                           w.repetition_penalty != 1.0f;
+        const bool greedy = w.temperature <= 0.0f || w.top_k == 1;
+        row_top_k_.push_back(whole ? 0 : greedy ? 1 : std::max(w.top_k, 0));
+      }
+      model_->set_tp_row_top_k(row_top_k_);
+    }
     Status s = model_->forward(batch, input, logits_);
     if (in_slot) recv_ring_.release(*in_slot);
     PP_RETURN_IF_ERROR(s.with_context(where));

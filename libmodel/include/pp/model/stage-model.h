@@ -60,6 +60,11 @@ class StageModel {
   // The group's collectives; required before forward() when the group has several ranks. Not
   // owned; must outlive the forwards.
   void set_tp_comm(TpComm* comm) { comm_ = comm; }
+  // Tensor parallelism, last stage: how many of logit row i's most likely tokens the sampler
+  // needs (k[i]; 0: the whole row, for penalties, biases, masks, logprobs or no top-k). The next
+  // forward gathers only those: rank 0's row i is -inf except at a set of tokens that holds its
+  // k most likely (ties: lower id), with their logits. Greedy is k = 1.
+  void set_tp_row_top_k(std::span<const int32_t> k) { row_top_k_.assign(k.begin(), k.end()); }
   int64_t layer_begin() const { return layer_begin_; }
   int64_t layer_end() const { return layer_end_; }
   int64_t n_layer() const { return layer_end_ - layer_begin_; }
@@ -107,6 +112,8 @@ class StageModel {
   std::vector<float> h_;        // [n_tokens, n_embd] residual stream of the last stage
   std::vector<float> rows_;     // [n_logit_rows, n_embd] normed rows for the lm_head
   std::vector<float> part_, gathered_;  // TP: this rank's logits, and every rank's (rank 0)
+  std::vector<float> send_;             // TP: what this rank sends of its logits
+  std::vector<int32_t> row_top_k_, top_ids_;
   std::vector<int64_t> slots_;  // [n_tokens]
 };
 
