@@ -118,7 +118,7 @@ GpuStageModel::~GpuStageModel() {
   }
   if (prof_.ops && prof_.op_steps > 0) {
     static constexpr const char* kNames[kOpKinds] = {
-        "embedding", "rms_norm", "qkv",  "rope+kv", "attention",    "o_proj",
+        "embedding",        "rms_norm", "qkv",  "rope+kv", "attention",    "o_proj",
         "gate_up(+swiglu)", "swiglu",   "down", "tp-comm", "lm_head+norm", ""};
     std::string parts;
     double total = 0;
@@ -505,9 +505,8 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& 
     const bool fp8 = where[i].format == kernels::WeightFormat::kFp8E4M3;
     const bool part = !sl.whole(f);
     Bf16* values = fp8 || part ? tmp.as<Bf16>() : static_cast<Bf16*>(where[i].data);
-    PP_RETURN_IF_ERROR(gpu::fill_random(values, size_t(f.numel()),
-                                        random_weight_key_for(seed, f.name), r.lo, r.hi,
-                                        m->stream_));
+    PP_RETURN_IF_ERROR(gpu::fill_random(
+        values, size_t(f.numel()), random_weight_key_for(seed, f.name), r.lo, r.hi, m->stream_));
     if (fp8) PP_ASSERT(where[i].scale_kind == kernels::ScaleKind::kPerChannel);
     if (fp8 && !part) {
       PP_RETURN_IF_ERROR(gpu::quantize_fp8_rows(values, where[i].data, where[i].scales, f.rows(),
@@ -515,8 +514,7 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::random(const ModelConfig& 
     } else if (fp8) {
       auto* q = tmp_q.as<uint8_t>();
       auto* scales = reinterpret_cast<float*>(tmp_q.as<char>() + align_up(size_t(max_q)));
-      PP_RETURN_IF_ERROR(
-          gpu::quantize_fp8_rows(values, q, scales, f.rows(), f.cols(), m->stream_));
+      PP_RETURN_IF_ERROR(gpu::quantize_fp8_rows(values, q, scales, f.rows(), f.cols(), m->stream_));
       PP_RETURN_IF_ERROR(gpu::copy_2d_async(
           where[i].data, size_t(sl.cols()), q + sl.row_begin * f.cols() + sl.col_begin,
           size_t(f.cols()), size_t(sl.cols()), size_t(sl.rows()), m->stream_));
@@ -891,8 +889,8 @@ Status GpuStageModel::run(int64_t T, int64_t S, int64_t max_q_len, int64_t max_k
     // rows of the whole vocabulary.
     const size_t chunk = size_t(R * vocab_max_);
     float* mine = gathered_ + size_t(tp_.tp.rank) * chunk;
-    PP_RETURN_IF_ERROR(blas_->linear(
-        {.x = rows_, .w = edges_[WeightSlot::kLmHead], .out_f32 = mine, .m = R}, s));
+    PP_RETURN_IF_ERROR(
+        blas_->linear({.x = rows_, .w = edges_[WeightSlot::kLmHead], .out_f32 = mine, .m = R}, s));
     PP_RETURN_IF_ERROR(op_mark(kOpComm));
     PP_RETURN_IF_ERROR(comm_->all_gather(mine, gathered_, chunk * sizeof(float), s));
     if (tp_.tp.rank != 0) return ok_status();

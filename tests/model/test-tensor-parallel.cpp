@@ -280,7 +280,9 @@ TEST(TpSampling, TopKRowsSampleAsWholeRows) {
 INSTANTIATE_TEST_SUITE_P(Families, TpFamily,
                          ::testing::Values(Arch::kLlama, Arch::kMistral, Arch::kQwen2, Arch::kQwen3,
                                            Arch::kQwen3Moe, Arch::kMixtral),
-                         [](const auto& info) { return std::string(model::arch_name(info.param)); });
+                         [](const auto& info) {
+                           return std::string(model::arch_name(info.param));
+                         });
 
 }  // namespace
 }  // namespace pp::test
@@ -323,9 +325,10 @@ TEST(TpDefaultModel, MatchesOneRank) {
     EXPECT_LE(err_blocks, std::max(activation_noise, 1e-4 * max_ref)) << "tp " << tp;
     RecordProperty(fmt::format("tp{}_f32_max_abs_error", tp), fmt::format("{:.3g}", err));
     RecordProperty(fmt::format("tp{}_blocks_max_abs_error", tp), fmt::format("{:.3g}", err_blocks));
-    fmt::print("tp {}: max |logit error| f32 {:.3g}, blocks {:.3g}; blocks against f32 at tp 1 "
-               "{:.3g}; max |logit| {:.3g}\n",
-               tp, err, err_blocks, activation_noise, max_ref);
+    fmt::print(
+        "tp {}: max |logit error| f32 {:.3g}, blocks {:.3g}; blocks against f32 at tp 1 "
+        "{:.3g}; max |logit| {:.3g}\n",
+        tp, err, err_blocks, activation_noise, max_ref);
   }
 }
 

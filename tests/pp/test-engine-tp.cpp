@@ -111,10 +111,11 @@ TEST(EngineTpRuns, ReproducibleAcrossRunsAndDepths) {
 }
 
 // The default model (9 query heads over 3 KV heads: uneven head shares, KV heads on two ranks):
-// P = 1..3, each with N drawn from 2..4 (tiny-llama covers every pair). Its weights dequantized to f32 (--cpu-dtype f32): with
-// GGUF blocks kept, each linear quantizes its input to 8 bits per block, and the last bits a
-// row-parallel sum in another order changes flip roundings there, which grow through the layers
-// (docs/tensor-parallel.md measures it); greedy tokens then agree only away from near ties.
+// P = 1..3, each with N drawn from 2..4 (tiny-llama covers every pair). Its weights dequantized to
+// f32 (--cpu-dtype f32): with GGUF blocks kept, each linear quantizes its input to 8 bits per
+// block, and the last bits a row-parallel sum in another order changes flip roundings there, which
+// grow through the layers (docs/tensor-parallel.md measures it); greedy tokens then agree only away
+// from near ties.
 TEST(EngineTpRuns, DefaultModelGreedyOutputsEqualOneRank) {
   const fs::path model = default_model_path();
   if (!fs::exists(model)) GTEST_SKIP() << "default model missing: " << model;

@@ -81,8 +81,7 @@ inline std::vector<std::vector<int32_t>> reference_outputs(
   auto src = model::open_model(model);
   EXPECT_TRUE(src.ok()) << src.status().message();
   if (!src.ok()) return {};
-  auto m =
-      model::StageModel::load(src->config, *src->weights, 0, src->config.n_layer, cpu_dtype);
+  auto m = model::StageModel::load(src->config, *src->weights, 0, src->config.n_layer, cpu_dtype);
   EXPECT_TRUE(m.ok()) << m.status().message();
   if (!m.ok()) return {};
   model::Generator gen(**m, nullptr, {.max_batch_tokens = 64, .block_size = 16});

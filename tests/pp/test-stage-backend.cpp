@@ -188,8 +188,7 @@ TEST(StageBackend, RefusesWhatItCannotRun) {
   auto two = make_stage_backend(spec, env_for(&got));
   ASSERT_FALSE(two.ok());
   EXPECT_EQ(two.status().code(), StatusCode::kInvalidArgument) << two.status().message();
-  EXPECT_NE(two.status().message().find("collective"), std::string::npos)
-      << two.status().message();
+  EXPECT_NE(two.status().message().find("collective"), std::string::npos) << two.status().message();
   spec.devices = {"cpu", "cuda:0"};
   auto mixed = make_stage_backend(spec, env_for(&got));
   ASSERT_FALSE(mixed.ok());

@@ -23,10 +23,10 @@ class RandomMessages {
       case 0:
         return Hello{i32(), i32(), str(), i32(), str(), str(), i64(), i64(), str(), str()};
       case 1:
-        return Assign{i32(), i32(),           vec_str(4),      i32(),    str(),    i64(), i64(),
-                      str(), i64(),           i32(),           str(140), str(140), i32(), i32(),
-                      f32(), bool(u64() & 1), bool(u64() & 1), u64(),    str(),
-                      str(), vec_str(4),      str(140)};
+        return Assign{i32(), i32(), vec_str(4), i32(),           str(),           i64(),
+                      i64(), str(), i64(),      i32(),           str(140),        str(140),
+                      i32(), i32(), f32(),      bool(u64() & 1), bool(u64() & 1), u64(),
+                      str(), str(), vec_str(4), str(140)};
       case 2:
         return Loaded{i32(), i64(), i64(), f64()};
       case 3:

@@ -29,7 +29,7 @@ struct EngineArgs {
   std::string layers;  // the split as inclusive ranges "0-19,20-35"
   std::optional<uint64_t> random_weights;  // model names a config; weights from this seed
   std::string quantization;                // "fp8": quantize the weights on load; empty: none
-  int32_t tp_size = 0;                     // tensor-parallel ranks per stage (0: 1, or a partition's)
+  int32_t tp_size = 0;         // tensor-parallel ranks per stage (0: 1, or a partition's)
   std::string dtype = "auto";  // compute dtype: auto, or the device's own (f32 cpu, bf16 cuda)
   std::string cpu_dtype;       // "f32": CPU weights dequantized; empty/"auto": as stored
 

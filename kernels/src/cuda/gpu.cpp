@@ -240,9 +240,9 @@ Status zero_async(void* dst, size_t bytes, Stream& s) {
 Status copy_2d_async(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
                      size_t rows, Stream& s) {
   if (width == 0 || rows == 0) return ok_status();
-  return cuda_status(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
-                                       cudaMemcpyDefault, native(s)),
-                     "copy 2d");
+  return cuda_status(
+      cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDefault, native(s)),
+      "copy 2d");
 }
 
 Status upload_bf16(Bf16* dst, const float* src, size_t n) {
@@ -459,9 +459,9 @@ Status NcclComm::all_reduce_sum(float* data, size_t count, Stream& s) {
 
 Status NcclComm::all_gather(const void* send, void* recv, size_t bytes, Stream& s) {
   if (bytes == 0) return ok_status();
-  return nccl_status(ncclAllGather(send, recv, bytes, ncclUint8, static_cast<ncclComm_t>(comm_),
-                                   native(s)),
-                     "all-gather");
+  return nccl_status(
+      ncclAllGather(send, recv, bytes, ncclUint8, static_cast<ncclComm_t>(comm_), native(s)),
+      "all-gather");
 }
 
 }  // namespace pp::kernels::gpu

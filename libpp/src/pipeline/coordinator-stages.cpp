@@ -408,10 +408,9 @@ Status Coordinator::lose_stage(int32_t k, const std::string& why) {
   PP_ASSERT(k >= 0 && k < options_.n_stages);
   const int32_t N = stages_.tp();
   const StageSlot& first = stages_[stages_.worker(k, 0)];
-  const std::string who =
-      first.joined() ? fmt::format("stage {} (pid {} on '{}')", k, first.hello.pid,
-                                   first.hello.host)
-                     : fmt::format("stage {}", k);
+  const std::string who = first.joined() ? fmt::format("stage {} (pid {} on '{}')", k,
+                                                       first.hello.pid, first.hello.host)
+                                         : fmt::format("stage {}", k);
   spdlog::warn("lost {}: {}", who, why);
   recorder_.event("stage_lost", k, fmt::format("{}: {}", who, why));
   // A hung remote stage that wakes up later must not carry on with the old pipeline; the other

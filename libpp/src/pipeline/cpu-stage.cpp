@@ -159,8 +159,9 @@ Status CpuStage::load() {
   }
   const model::TpRank tp{spec_.rank, spec_.tp_size()};
   if (tp.size > 1) {
-    if (!env_.tp) return invalid_argument("stage {} rank {} has no collective channel", spec_.stage,
-                                          spec_.rank);
+    if (!env_.tp)
+      return invalid_argument("stage {} rank {} has no collective channel", spec_.stage,
+                              spec_.rank);
     if (int32_t(spec_.tp_endpoints.size()) != tp.size) {
       return invalid_argument("stage {}: {} collective endpoints for a group of {}", spec_.stage,
                               spec_.tp_endpoints.size(), tp.size);

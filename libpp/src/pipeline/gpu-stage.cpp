@@ -73,9 +73,9 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
                                                               w.layers.end, o, tp));
   } else {
     PP_ASSERT_MSG(w.random_seed.has_value(), "a stage spec without weights or a random seed");
-    PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::random(w.config, *w.random_seed,
-                                                                w.layers.begin, w.layers.end, o,
-                                                                tp));
+    PP_ASSIGN_OR_RETURN(g->model_,
+                        model::GpuStageModel::random(w.config, *w.random_seed, w.layers.begin,
+                                                     w.layers.end, o, tp));
   }
   PP_RETURN_IF_ERROR(gpu::set_device(device));
   // The group's communicator before the links: every process joins its stage's group first,

@@ -19,7 +19,8 @@ Result<int32_t> StageRegistry::admit(const transport::PeerId& peer, const transp
     return invalid_argument("this pipeline has {} stages (0..{})", n_stages(), n_stages() - 1);
   }
   if (h.rank >= tp_) {
-    if (tp_ == 1) return invalid_argument("a stage has one device here; there is no rank {}", h.rank);
+    if (tp_ == 1)
+      return invalid_argument("a stage has one device here; there is no rank {}", h.rank);
     return invalid_argument("a stage has {} ranks here (0..{}); there is no rank {}", tp_, tp_ - 1,
                             h.rank);
   }
@@ -47,8 +48,7 @@ Result<int32_t> StageRegistry::admit(const transport::PeerId& peer, const transp
 }
 
 std::string StageRegistry::name(int32_t w) const {
-  return tp_ == 1 ? fmt::format("stage {}", w)
-                  : fmt::format("stage {} rank {}", stage(w), rank(w));
+  return tp_ == 1 ? fmt::format("stage {}", w) : fmt::format("stage {} rank {}", stage(w), rank(w));
 }
 
 void StageRegistry::clear_ready() {

@@ -1,10 +1,10 @@
 // StageRegistry: the coordinator's table of worker slots, one per rank of each stage (P stages of
 // N tensor-parallel ranks: worker w = stage * N + rank). A slot is empty until a worker's Hello
 // takes it, and empty again from the moment its stage is lost (the loss of any rank is the loss
-// of its stage: every rank of it is vacated), so a lost process's late messages match no slot. Each slot follows one worker through the
-// registration protocol: joined (Hello) -> assigned (Assign sent) -> loaded (Loaded) -> ready
-// (Ready, after AllocateKv). The same table and the same steps serve the first start and every
-// recovery. Used on the coordinator thread only.
+// of its stage: every rank of it is vacated), so a lost process's late messages match no slot. Each
+// slot follows one worker through the registration protocol: joined (Hello) -> assigned (Assign
+// sent) -> loaded (Loaded) -> ready (Ready, after AllocateKv). The same table and the same steps
+// serve the first start and every recovery. Used on the coordinator thread only.
 #pragma once
 
 #include <cstdint>

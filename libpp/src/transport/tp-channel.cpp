@@ -55,8 +55,8 @@ struct TpChannel::Impl {
                           "cannot send collective {} to rank {}: the queue is full", h.tag, to);
       }
     } catch (const zmq::error_t& e) {
-      return detail::zmq_status(e.num(), fmt::format("cannot send collective {} to rank {}", h.tag,
-                                                     to));
+      return detail::zmq_status(e.num(),
+                                fmt::format("cannot send collective {} to rank {}", h.tag, to));
     }
     return ok_status();
   }

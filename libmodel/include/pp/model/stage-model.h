@@ -109,8 +109,8 @@ class StageModel {
 
   // Per-forward scratch, reused.
   std::unique_ptr<LayerWorkspace> ws_;
-  std::vector<float> h_;        // [n_tokens, n_embd] residual stream of the last stage
-  std::vector<float> rows_;     // [n_logit_rows, n_embd] normed rows for the lm_head
+  std::vector<float> h_;                // [n_tokens, n_embd] residual stream of the last stage
+  std::vector<float> rows_;             // [n_logit_rows, n_embd] normed rows for the lm_head
   std::vector<float> part_, gathered_;  // TP: this rank's logits, and every rank's (rank 0)
   std::vector<float> send_;             // TP: what this rank sends of its logits
   std::vector<int32_t> row_top_k_, top_ids_;

@@ -46,10 +46,10 @@ struct TpRank {
 // What rank `tp.rank` of `tp.size` holds; each range is [begin, end) in the model's numbering.
 struct TpLayout {
   TpRank tp;
-  int64_t head_begin = 0, head_end = 0;        // query heads
-  int64_t kv_head_begin = 0, kv_head_end = 0;  // KV heads
-  int64_t group = 1;                           // the model's query heads per KV head
-  int64_t ff_begin = 0, ff_end = 0;            // rows of n_ff (a dense MLP)
+  int64_t head_begin = 0, head_end = 0;            // query heads
+  int64_t kv_head_begin = 0, kv_head_end = 0;      // KV heads
+  int64_t group = 1;                               // the model's query heads per KV head
+  int64_t ff_begin = 0, ff_end = 0;                // rows of n_ff (a dense MLP)
   int64_t ff_expert_begin = 0, ff_expert_end = 0;  // rows of n_ff_expert (each expert)
   int64_t vocab_begin = 0, vocab_end = 0;          // rows of the lm_head
 

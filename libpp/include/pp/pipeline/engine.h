@@ -172,14 +172,14 @@ struct StageInfo {
 
 struct EngineStats {
   SchedulerStats scheduler;
-  std::vector<StageBusy> stages;    // compute time per stage since start (index = stage)
-  int64_t n_submitted = 0;          // requests accepted by submit()
-  std::vector<int32_t> stage_pids;  // the stages' processes now (index = stage; 0 while lost)
-                                    // (with tensor parallelism: each stage's rank 0)
+  std::vector<StageBusy> stages;     // compute time per stage since start (index = stage)
+  int64_t n_submitted = 0;           // requests accepted by submit()
+  std::vector<int32_t> stage_pids;   // the stages' processes now (index = stage; 0 while lost)
+                                     // (with tensor parallelism: each stage's rank 0)
   std::vector<int32_t> worker_pids;  // every rank's process (index = stage N + rank)
-  int32_t n_stage_restarts = 0;     // local stages restarted since start
-  int32_t n_recoveries = 0;         // recoveries from lost stages since start (begun)
-  bool recovering = false;          // recovering from a lost stage now
+  int32_t n_stage_restarts = 0;      // local stages restarted since start
+  int32_t n_recoveries = 0;          // recoveries from lost stages since start (begun)
+  bool recovering = false;           // recovering from a lost stage now
   double uptime_s = 0;
 };
 
