@@ -19,7 +19,8 @@ StageModel::~StageModel() = default;
 Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
                                                      const WeightSource& weights,
                                                      int64_t layer_begin, int64_t layer_end,
-                                                     CpuDtype cpu_dtype, TpRank tp) {
+                                                     CpuDtype cpu_dtype, TpRank tp,
+                                                     bool presliced) {
   PP_RETURN_IF_ERROR(config.validate());
   if (layer_begin < 0 || layer_end > config.n_layer || layer_begin >= layer_end) {
     return invalid_argument("bad layer range [{}, {}) for a model of {} layers", layer_begin,
@@ -37,14 +38,16 @@ Result<std::unique_ptr<StageModel>> StageModel::load(const ModelConfig& config,
   m->vocab_bounds_.push_back(config.n_vocab);
 
   // The table's tensors for this stage, in order: the edges into the stage's own slots, each
-  // layer's run of tensors into its layer. A rank of a group reads its slices of them.
+  // layer's run of tensors into its layer. A rank of a group reads its slices of them, or
+  // finds them already cut (presliced: the head rule then reads the rank file, whose tied
+  // lm_head, if any, is its own lm_head.weight slice unless the stage holds the embedding).
   const StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
   std::vector<TensorSpec> local;
   std::unique_ptr<WeightSource> sliced;
   if (tp.size > 1) {
     std::vector<ShardedTensor> shards = shard_tensors(config, m->tp_, st.tensors);
     for (const ShardedTensor& t : shards) local.push_back(t.local);
-    sliced = tp_slice_source(weights, std::move(shards));
+    if (!presliced) sliced = tp_slice_source(weights, std::move(shards));
   } else {
     local = st.tensors;
   }

@@ -43,14 +43,16 @@ class StageModel {
  public:
   // Loads layers [layer_begin, layer_end) of the model described by `config` from `weights`,
   // GGUF block weights kept as stored unless cpu_dtype is kF32 (quantization.h); as rank
-  // tp.rank of tp.size, only that rank's slices (`weights` holds whole tensors).
-  // kInvalidArgument for a bad range or group; kNotFound / kDataLoss for missing or misshapen
-  // tensors.
+  // tp.rank of tp.size, only that rank's slices: read out of whole tensors, or, when
+  // `presliced`, `weights` already holds them (a tensor-parallel partition's rank file, each
+  // tensor under its Hugging Face name with the rank's shape from shard_tensors) and they are
+  // loaded as they are. kInvalidArgument for a bad range or group; kNotFound / kDataLoss for
+  // missing or misshapen tensors.
   static Result<std::unique_ptr<StageModel>> load(const ModelConfig& config,
                                                   const WeightSource& weights, int64_t layer_begin,
                                                   int64_t layer_end,
                                                   CpuDtype cpu_dtype = CpuDtype::kAuto,
-                                                  TpRank tp = {});
+                                                  TpRank tp = {}, bool presliced = false);
   ~StageModel();
   StageModel(const StageModel&) = delete;
   StageModel& operator=(const StageModel&) = delete;
