@@ -361,9 +361,11 @@ TEST(PartitionSplit, ManifestDescribesTheStages) {
             test::read_file_bytes(model_dir / "tokenizer.json"));
   for (int k = 0; k < 3; ++k) {
     EXPECT_EQ(back->plan.stages[k].layers, (LayerRange{2 * k, 2 * k + 2}));
-    EXPECT_EQ(back->files[k].file, "stage-" + std::to_string(k) + ".safetensors");
-    EXPECT_EQ(back->files[k].sha256, *sha256_file(out / back->files[k].file));
-    EXPECT_EQ(back->files[k].bytes, fs::file_size(out / back->files[k].file));
+    ASSERT_EQ(back->files[k].ranks.size(), 1u);
+    const ShardFile& f = back->files[k].ranks[0];
+    EXPECT_EQ(f.file, "stage-" + std::to_string(k) + ".safetensors");
+    EXPECT_EQ(f.sha256, *sha256_file(out / f.file));
+    EXPECT_EQ(f.bytes, fs::file_size(out / f.file));
   }
   // Tied: the last stage holds its own lm_head copy, equal to the embedding table.
   EXPECT_EQ(back->files[2].lm_head_tensor, "lm_head.weight");

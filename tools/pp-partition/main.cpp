@@ -2,7 +2,7 @@
 // stage plus a manifest, checks and shows existing partitions, and lists those in the run store.
 //   pp-partition plan MODEL --pp N [--strategy even|cost|manual] [--layers 0-13,14-29]
 //                          [--device-memory 80GiB,...] [--dtype bf16|f16|f32|fp8]
-//   pp-partition split MODEL --pp N -o DIR [plan options] [--force]
+//   pp-partition split MODEL --pp N -o DIR [--tp N] [plan options] [--force]
 //   pp-partition verify DIR | inspect DIR [--export-tokenizer OUT] | list
 // inspect --export-tokenizer also takes a model (a .gguf file or a Hugging Face folder): it
 // writes the tokenizer as tokenizer.json + tokenizer_config.json for Hugging Face clients.
@@ -51,6 +51,7 @@ struct PlanArgs {
 struct Args {
   PlanArgs plan;
   std::string out_dir;
+  int32_t tp = 1;  // split: ranks per stage, one file each when above 1
   bool force = false;
   std::string dir;
   std::string export_tokenizer;  // inspect: write the tokenizer here as Hugging Face files
@@ -142,9 +143,12 @@ PartitionRecord record_of(const PartitionManifest& m, const fs::path& dir) {
     sr.layer_end = int(s.layers.end);
     sr.has_embedding = s.has_embedding;
     sr.has_lm_head = s.has_lm_head;
-    sr.file = m.files[k].file;
-    sr.bytes = int64_t(m.files[k].bytes);
-    sr.sha256 = m.files[k].sha256;
+    // A tensor-parallel stage's rank files, comma-separated in rank order.
+    for (const ShardFile& f : m.files[k].ranks) {
+      sr.file += (sr.file.empty() ? "" : ",") + f.file;
+      sr.sha256 += (sr.sha256.empty() ? "" : ",") + f.sha256;
+      sr.bytes += int64_t(f.bytes);
+    }
     r.bytes += sr.bytes;
     r.stages.push_back(sr);
   }
@@ -168,23 +172,30 @@ Status run_split(const Args& a, bool strategy_given) {
   o.out_dir = fs::absolute(a.out_dir).lexically_normal();
   if (o.out_dir.filename().empty()) o.out_dir = o.out_dir.parent_path();
   o.force = a.force;
+  o.tp = a.tp;
   o.cancel = &g_cancel;
   o.after_stage = [&](int k, const StageFile& f) {
-    std::fprintf(stderr, "%s: stage %d written: %s, %s\n", kTool, k, f.file.c_str(),
-                 format_bytes(double(f.bytes)).c_str());
+    for (const ShardFile& r : f.ranks) {
+      std::fprintf(stderr, "%s: stage %d written: %s, %s\n", kTool, k, r.file.c_str(),
+                   format_bytes(double(r.bytes)).c_str());
+    }
     return ok_status();
   };
   PP_ASSIGN_OR_RETURN(PartitionManifest m, write_partition(source, plan, o));
   std::fputs(format_plan_table(m.plan).c_str(), stdout);
   uint64_t total = 0;
-  for (const auto& f : m.files) total += f.bytes;
+  for (const StageFile& f : m.files) {
+    for (const ShardFile& r : f.ranks) total += r.bytes;
+  }
   Result<int64_t> id = store->record_partition(record_of(m, o.out_dir));
   if (!id.ok()) {
     return id.status().with_context(fmt::format(
         "partition written to '{}' but not recorded in the run store", o.out_dir.string()));
   }
-  std::printf("wrote '%s': %d stages, %s; recorded as partition %lld in '%s'\n", o.out_dir.c_str(),
-              m.n_stages(), format_bytes(double(total)).c_str(), static_cast<long long>(*id),
+  const std::string ranks = m.tp > 1 ? fmt::format(" of {} ranks", m.tp) : "";
+  std::printf("wrote '%s': %d stages%s, %s; recorded as partition %lld in '%s'\n", o.out_dir.c_str(),
+              m.n_stages(), ranks.c_str(), format_bytes(double(total)).c_str(),
+              static_cast<long long>(*id),
               store->path().c_str());
   return ok_status();
 }
@@ -233,12 +244,20 @@ Status run_inspect(const Args& a) {
   std::printf("created %s by pp %s; tokenizer %s; chat template %s\n", m.created.c_str(),
               m.pp_version.c_str(), m.tokenizer.file.c_str(),
               m.chat_template.empty() ? "none" : "yes");
+  std::printf("tensor parallel: %s\n",
+              m.tp > 1 ? fmt::format("tp {} (one file per stage and rank)", m.tp).c_str()
+                       : "tp 1 (whole tensors; any --tp slices them at load)");
   std::fputs(format_plan_table(m.plan).c_str(), stdout);
   for (int k = 0; k < m.n_stages(); ++k) {
-    const StageFile& f = m.files[k];
-    std::printf("stage %d: %s, %llu bytes, %lld tensors, sha256 %s\n", k, f.file.c_str(),
-                static_cast<unsigned long long>(f.bytes), static_cast<long long>(f.n_tensors),
-                f.sha256.c_str());
+    const StageFile& sf = m.files[k];
+    for (size_t r = 0; r < sf.ranks.size(); ++r) {
+      const ShardFile& f = sf.ranks[r];
+      const std::string who = m.tp > 1 ? fmt::format("stage {} rank {}", k, r)
+                                       : fmt::format("stage {}", k);
+      std::printf("%s: %s, %llu bytes, %lld tensors, sha256 %s\n", who.c_str(), f.file.c_str(),
+                  static_cast<unsigned long long>(f.bytes), static_cast<long long>(f.n_tensors),
+                  f.sha256.c_str());
+    }
   }
   if (!a.export_tokenizer.empty()) return export_tokenizer(a.dir, a.export_tokenizer);
   return ok_status();
@@ -290,6 +309,12 @@ int main(int argc, char** argv) {
       app.add_subcommand("split", "write the stage shards and partition.json into DIR");
   add_plan_options(split, a.plan);
   split->add_option("-o,--output", a.out_dir, "the partition folder to create")->required();
+  split
+      ->add_option("--tp,--tp-size", a.tp,
+                   "tensor-parallel ranks per stage: above 1, one file per stage and rank "
+                   "(stage-K-rank-R.safetensors) holding only that rank's slices, served with "
+                   "that --tp only (default 1: one file per stage, whole tensors, any --tp)")
+      ->check(CLI::Range(1, 256));
   split->add_flag("--force", a.force,
                   "replace an existing DIR (atomically, once the new one is complete)");
   cli::add_db_option(*split, a.db);

@@ -5,6 +5,8 @@
 #include <limits>
 #include <type_traits>
 
+#include "pp/model/tensor-parallel.h"
+
 namespace pp::partition {
 
 using nlohmann::json;
@@ -26,14 +28,29 @@ json manifest_to_json(const PartitionManifest& m) {
         {"kv_bytes_per_token", s.kv_bytes_per_token},
         {"est_time_s", s.est_time_s},
         {"device_memory", s.device_memory},
-        {"file", f.file},
-        {"bytes", f.bytes},
-        {"sha256", f.sha256},
-        {"n_tensors", f.n_tensors},
     });
+    json& sj = stages.back();
+    if (m.tp == 1) {
+      const ShardFile& r = f.ranks.at(0);
+      sj["file"] = r.file;
+      sj["bytes"] = r.bytes;
+      sj["sha256"] = r.sha256;
+      sj["n_tensors"] = r.n_tensors;
+    } else {
+      json ranks = json::array();
+      for (size_t r = 0; r < f.ranks.size(); ++r) {
+        const ShardFile& rf = f.ranks[r];
+        ranks.push_back({{"rank", r},
+                         {"file", rf.file},
+                         {"bytes", rf.bytes},
+                         {"sha256", rf.sha256},
+                         {"n_tensors", rf.n_tensors}});
+      }
+      sj["ranks"] = std::move(ranks);
+    }
   }
   const CostModel& cm = m.plan.cost_model;
-  return json{
+  json out{
       {"format", "pp-partition"},
       {"format_version", m.format_version},
       {"pp_version", m.pp_version},
@@ -62,6 +79,8 @@ json manifest_to_json(const PartitionManifest& m) {
           {"min_kv_tokens", cm.min_kv_tokens}}}}},
       {"stages", stages},
   };
+  if (m.tp != 1) out["tp"] = m.tp;
+  return out;
 }
 
 namespace {
@@ -100,10 +119,14 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
   PP_RETURN_IF_ERROR(get(j, "format", format, where));
   if (format != "pp-partition") return data_loss("'{}' is not a pp partition manifest", where);
   PP_RETURN_IF_ERROR(get(j, "format_version", m.format_version, where));
-  if (m.format_version != kManifestFormatVersion) {
+  if (m.format_version != kManifestFormatVersion && m.format_version != kManifestFormatVersionTp) {
     return make_error(StatusCode::kFailedPrecondition,
-                      "'{}' has format version {}, this pp reads version {}", where,
-                      m.format_version, kManifestFormatVersion);
+                      "'{}' has format version {}, this pp reads versions {} and {}", where,
+                      m.format_version, kManifestFormatVersion, kManifestFormatVersionTp);
+  }
+  if (j.contains("tp")) PP_RETURN_IF_ERROR(get(j, "tp", m.tp, where));
+  if ((m.format_version == kManifestFormatVersionTp) != (m.tp > 1) || m.tp < 1) {
+    return data_loss("'{}': format version {} with tp {}", where, m.format_version, m.tp);
   }
   PP_RETURN_IF_ERROR(get(j, "pp_version", m.pp_version, where));
   PP_RETURN_IF_ERROR(get(j, "created", m.created, where));
@@ -195,10 +218,30 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
     PP_RETURN_IF_ERROR(get(sj, "kv_bytes_per_token", s.kv_bytes_per_token, where));
     PP_RETURN_IF_ERROR(get(sj, "est_time_s", s.est_time_s, where));
     PP_RETURN_IF_ERROR(get(sj, "device_memory", s.device_memory, where));
-    PP_RETURN_IF_ERROR(get(sj, "file", f.file, where));
-    PP_RETURN_IF_ERROR(get(sj, "bytes", f.bytes, where));
-    PP_RETURN_IF_ERROR(get(sj, "sha256", f.sha256, where));
-    PP_RETURN_IF_ERROR(get(sj, "n_tensors", f.n_tensors, where));
+    if (m.tp == 1) {
+      ShardFile& rf = f.ranks.emplace_back();
+      PP_RETURN_IF_ERROR(get(sj, "file", rf.file, where));
+      PP_RETURN_IF_ERROR(get(sj, "bytes", rf.bytes, where));
+      PP_RETURN_IF_ERROR(get(sj, "sha256", rf.sha256, where));
+      PP_RETURN_IF_ERROR(get(sj, "n_tensors", rf.n_tensors, where));
+    } else {
+      if (!sj.contains("ranks") || !sj["ranks"].is_array() ||
+          int64_t(sj["ranks"].size()) != m.tp) {
+        return data_loss("'{}': stage {} does not list the files of its {} ranks", where, k, m.tp);
+      }
+      for (int32_t r = 0; r < m.tp; ++r) {
+        const json& rj = sj["ranks"][size_t(r)];
+        if (!rj.is_object()) return data_loss("'{}': stage {} rank {} is not an object", where, k, r);
+        int32_t rank = -1;
+        ShardFile& rf = f.ranks.emplace_back();
+        PP_RETURN_IF_ERROR(get(rj, "rank", rank, where));
+        PP_RETURN_IF_ERROR(get(rj, "file", rf.file, where));
+        PP_RETURN_IF_ERROR(get(rj, "bytes", rf.bytes, where));
+        PP_RETURN_IF_ERROR(get(rj, "sha256", rf.sha256, where));
+        PP_RETURN_IF_ERROR(get(rj, "n_tensors", rf.n_tensors, where));
+        if (rank != r) return data_loss("'{}': stage {} lists rank {} as rank {}", where, k, rank, r);
+      }
+    }
     int64_t expected_begin = k == 0 ? 0 : m.plan.stages.back().layers.end;
     if (s.index != k || s.layers.begin != expected_begin || s.layers.end <= s.layers.begin ||
         s.layers.end > m.config.n_layer) {
@@ -210,8 +253,11 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
     if (s.has_embedding != (k == 0) || s.has_lm_head != (k == n - 1)) {
       return data_loss("'{}': stage {} has the wrong embedding/lm_head flags", where, k);
     }
-    if (f.file.empty() || f.file.find('/') != std::string::npos || f.file.starts_with(".")) {
-      return data_loss("'{}': stage {} names a bad file '{}'", where, k, f.file);
+    for (const ShardFile& rf : f.ranks) {
+      if (rf.file.empty() || rf.file.find('/') != std::string::npos ||
+          rf.file.starts_with(".")) {
+        return data_loss("'{}': stage {} names a bad file '{}'", where, k, rf.file);
+      }
     }
     m.plan.stages.push_back(s);
     m.files.push_back(f);
@@ -219,6 +265,12 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
   if (m.plan.stages.back().layers.end != m.config.n_layer) {
     return data_loss("'{}': the stages cover layers 0-{}, the model has {}", where,
                      m.plan.stages.back().layers.end - 1, m.config.n_layer);
+  }
+  if (m.tp > 1) {
+    auto layouts = model::tp_layouts(m.config, m.tp);
+    if (!layouts.ok()) {
+      return data_loss("'{}': tp {}: {}", where, m.tp, layouts.status().message());
+    }
   }
   update_slowest(m.plan);
   return m;

@@ -67,7 +67,9 @@ std::vector<LayerRange> ResolvedModel::fixed_layers() const {
   return out;
 }
 
-int32_t ResolvedModel::fixed_tp() const { return 0; }
+int32_t ResolvedModel::fixed_tp() const {
+  return partition_ && partition_->tp > 1 ? partition_->tp : 0;
+}
 
 model::DType ResolvedModel::plan_dtype() const {
   if (quantization_ == model::Quantization::kFp8) return model::DType::kF8E4M3;
@@ -106,7 +108,8 @@ Result<std::shared_ptr<const model::Tokenizer>> ResolvedModel::load_tokenizer() 
   return std::shared_ptr<const model::Tokenizer>(std::move(tok));
 }
 
-Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange layers) const {
+Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange layers,
+                                               model::TpRank tp) const {
   if (n < 1 || k < 0 || k >= n) return invalid_argument("bad stage {} of {}", k, n);
   StageWeights out;
   out.config = config_;
@@ -115,7 +118,8 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
   out.quantization = quantization_;
   out.cpu_dtype = cpu_dtype_;
   if (kind_ == SourceKind::kPartition) {
-    PP_ASSIGN_OR_RETURN(StageShard shard, partition::open_stage(path_, *partition_, k));
+    PP_ASSIGN_OR_RETURN(StageShard shard,
+                        partition::open_stage(path_, *partition_, k, /*verify_checksum=*/false, tp));
     if (shard.n_stages != n) {
       return invalid_argument("partition '{}' has {} stages, the coordinator runs {}",
                               path_.string(), shard.n_stages, n);
@@ -128,6 +132,7 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
     out.config = shard.config;
     out.layers = shard.layers;
     out.weights = shard.weights;
+    out.sliced_for = shard.sliced_for;
   } else if (source_) {
     out.weights = source_->weights;
   }

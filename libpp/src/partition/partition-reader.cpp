@@ -6,7 +6,10 @@
 #include <optional>
 #include <system_error>
 
+#include <fmt/ranges.h>
+
 #include "pp/model/arch-tensors.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/partition/sha256.h"
 
 namespace pp::partition {
@@ -38,12 +41,14 @@ int stage_of_tensor(const model::ModelConfig& c, const std::string& name,
 
 namespace {
 
-// Every tensor of a stage file that the model reads is one the table gives the stage, and every
-// tensor the stage loads (its part of the table, with the head rule) is there.
+// Every tensor of a stage file (rank r's of a tensor-parallel partition) that the model reads is
+// one the table gives the stage, and every tensor the stage loads (its part of the table, with
+// the head rule) is there with the shape rank r holds.
 Status check_stage_tensors(const model::WeightSource& w, const PartitionManifest& m, int k,
-                           const std::string& file) {
+                           int32_t r, const std::string& file) {
   const StagePlan& s = m.plan.stages[k];
   const StageFile& f = m.files[k];
+  const ShardFile& rf = f.ranks[size_t(r)];
   for (const std::string& name : w.names()) {
     const int owner = stage_of_tensor(m.config, name, m.plan.stages);
     // A tensor the model does not read (a rotary cache an older writer kept) is left alone.
@@ -53,15 +58,22 @@ Status check_stage_tensors(const model::WeightSource& w, const PartitionManifest
   }
   const model::StageTensors need =
       model::stage_tensors(m.config, stage_parts(s), model::head_reads_embedding(m.config, w));
-  for (const model::TensorSpec& t : need.tensors) {
-    if (!w.find(t.name)) return data_loss("'{}' lacks '{}'", file, t.name);
+  // The manifest's tp was checked against the config (manifest_from_json).
+  PP_ASSIGN_OR_RETURN(const model::TpLayout layout, model::tp_layout(m.config, {r, m.tp}));
+  for (const model::ShardedTensor& t : model::shard_tensors(m.config, layout, need.tensors)) {
+    const model::TensorInfo* info = w.find(t.local.name);
+    if (!info) return data_loss("'{}' lacks '{}'", file, t.local.name);
+    if (info->shape != t.local.shape) {
+      return data_loss("'{}': '{}' has shape [{}], rank {} of {} holds [{}]", file, t.local.name,
+                       fmt::join(info->shape, ", "), r, m.tp, fmt::join(t.local.shape, ", "));
+    }
   }
   if (s.has_lm_head && (f.lm_head_tensor.empty() || !w.find(f.lm_head_tensor))) {
     return data_loss("'{}' lacks the lm_head tensor '{}'", file, f.lm_head_tensor);
   }
-  if (f.n_tensors != int64_t(w.names().size())) {
+  if (rf.n_tensors != int64_t(w.names().size())) {
     return data_loss("'{}' holds {} tensors, the manifest says {}", file, w.names().size(),
-                     f.n_tensors);
+                     rf.n_tensors);
   }
   return ok_status();
 }
@@ -88,18 +100,29 @@ Status check_sha(const fs::path& p, const std::string& expected) {
 }  // namespace
 
 Result<StageShard> open_stage(const fs::path& dir, const PartitionManifest& m, int k,
-                              bool verify_checksum) {
+                              bool verify_checksum, model::TpRank tp) {
   if (k < 0 || k >= m.n_stages()) {
     return make_error(StatusCode::kOutOfRange, "stage {} does not exist: '{}' has {} stages", k,
                       dir.string(), m.n_stages());
   }
+  if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) {
+    return invalid_argument("bad tensor-parallel rank {} of {}", tp.rank, tp.size);
+  }
+  if (m.tp > 1 && tp.size != m.tp) {
+    return invalid_argument(
+        "partition '{}' is split for tensor-parallel groups of {} (--tp {}), not {}",
+        dir.string(), m.tp, m.tp, tp.size);
+  }
+  // At tp 1 every rank reads the stage's one file and slices it at load.
+  const int32_t r = m.tp > 1 ? tp.rank : 0;
   const StagePlan& s = m.plan.stages[k];
   const StageFile& f = m.files[k];
-  fs::path p = dir / f.file;
-  PP_RETURN_IF_ERROR(check_size(p, f.bytes, nullptr));
-  if (verify_checksum) PP_RETURN_IF_ERROR(check_sha(p, f.sha256));
+  const ShardFile& rf = f.ranks[size_t(r)];
+  fs::path p = dir / rf.file;
+  PP_RETURN_IF_ERROR(check_size(p, rf.bytes, nullptr));
+  if (verify_checksum) PP_RETURN_IF_ERROR(check_sha(p, rf.sha256));
   PP_ASSIGN_OR_RETURN(std::unique_ptr<model::WeightSource> w, model::open_safetensors(p));
-  PP_RETURN_IF_ERROR(check_stage_tensors(*w, m, k, p.string()));
+  PP_RETURN_IF_ERROR(check_stage_tensors(*w, m, k, r, p.string()));
   StageShard out;
   out.config = m.config;
   out.index = k;
@@ -111,12 +134,13 @@ Result<StageShard> open_stage(const fs::path& dir, const PartitionManifest& m, i
   out.dtype = m.plan.dtype;
   out.file = p;
   out.weights = std::move(w);
+  if (m.tp > 1) out.sliced_for = tp;
   return out;
 }
 
-Result<StageShard> open_stage(const fs::path& dir, int k, bool verify_checksum) {
+Result<StageShard> open_stage(const fs::path& dir, int k, bool verify_checksum, model::TpRank tp) {
   PP_ASSIGN_OR_RETURN(PartitionManifest m, open_partition(dir));
-  return open_stage(dir, m, k, verify_checksum);
+  return open_stage(dir, m, k, verify_checksum, tp);
 }
 
 Result<std::vector<FileCheck>> verify_partition(const fs::path& dir) {
@@ -146,18 +170,20 @@ Result<std::vector<FileCheck>> verify_partition(const fs::path& dir) {
     return c;
   };
   for (int k = 0; k < m.n_stages(); ++k) {
-    const StageFile& f = m.files[k];
-    FileCheck c = check_file(f.file, f.bytes, true, f.sha256);
-    if (c.ok) {
-      fs::path p = dir / f.file;
-      auto w = model::open_safetensors(p);
-      Status st = w.ok() ? check_stage_tensors(**w, m, k, p.string()) : w.status();
-      if (!st.ok()) {
-        c.ok = false;
-        c.problem = st.message();
+    for (int32_t r = 0; r < int32_t(m.files[k].ranks.size()); ++r) {
+      const ShardFile& f = m.files[k].ranks[size_t(r)];
+      FileCheck c = check_file(f.file, f.bytes, true, f.sha256);
+      if (c.ok) {
+        fs::path p = dir / f.file;
+        auto w = model::open_safetensors(p);
+        Status st = w.ok() ? check_stage_tensors(**w, m, k, r, p.string()) : w.status();
+        if (!st.ok()) {
+          c.ok = false;
+          c.problem = st.message();
+        }
       }
+      out.push_back(std::move(c));
     }
-    out.push_back(std::move(c));
   }
   out.push_back(check_file(m.tokenizer.file, 0, false, m.tokenizer.sha256));
   if (!m.tokenizer.config_file.empty()) {

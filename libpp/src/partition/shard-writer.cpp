@@ -25,6 +25,7 @@
 #include "pp/model/quantization.h"
 #include "pp/model/safetensors-writer.h"
 #include "pp/model/safetensors.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/model/tokenizer.h"
 #include "pp/partition/partition-reader.h"
 #include "pp/partition/sha256.h"
@@ -453,6 +454,14 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
     }
   }
 
+  if (o.tp < 1) return invalid_argument("--tp must be at least 1, not {}", o.tp);
+  std::vector<model::TpLayout> layouts;
+  if (o.tp > 1) {
+    auto l = model::tp_layouts(c, o.tp);
+    if (!l.ok()) return l.status().with_context(fmt::format("cannot split '{}'", w.describe()));
+    layouts = std::move(l).value();
+  }
+
   PP_RETURN_IF_ERROR(check_space(parent, plan));
   if (cancelled(o)) return cancelled_status();
 
@@ -468,6 +477,8 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
   m.config = c;
   m.chat_template = src.chat_template;
   m.plan = plan;
+  m.tp = o.tp;
+  if (o.tp > 1) m.format_version = kManifestFormatVersionTp;
   m.source.path = fs::absolute(src.path).lexically_normal().string();
   m.source.kind = src.kind == SourceKind::kGguf ? "gguf" : "hf";
 
@@ -479,36 +490,23 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
   m.config_json = model::config_to_hf_json(m.config);
 
   StageScratch scratch;
-  for (int k = 0; k < n_stages; ++k) {
-    StageFile f;
-    f.file = fmt::format("stage-{}.safetensors", k);
-    f.lm_head_tensor = lm_head_tensor[k];
-    // (source name, name in the shard): a tied lm_head copy reads the embedding table.
-    std::vector<std::pair<std::string, std::string>> items;
-    for (const std::string& n : names[k]) items.emplace_back(n, n);
-    if (k == n_stages - 1 && !has_lm_head && !plan.stages[k].has_embedding) {
-      items.emplace_back(embed_name, lm_head_name);
-    }
+  // One shard: `items` (source name in `from`, name in the shard) read one at a time into the
+  // scratch mapping (f32 values, or fp8 bytes and f32 scales), written, fsynced and hashed.
+  using Items = std::vector<std::pair<std::string, std::string>>;
+  auto write_shard = [&](const model::WeightSource& from, Items items, const std::string& file,
+                         std::map<std::string, std::string> meta) -> Result<ShardFile> {
     std::sort(items.begin(), items.end(),
               [](const auto& a, const auto& b) { return a.second < b.second; });
-
-    // Read one tensor at a time into the scratch mapping: f32 values, or (fp8) the stored bytes
-    // and f32 scales.
     size_t n_bytes = 0;
-    for (const auto& item : items) n_bytes += scratch_bytes(*w.find(item.first), fp8);
-    PP_RETURN_IF_ERROR(scratch.create(tmp / fmt::format(".scratch-{}", k), n_bytes));
+    for (const auto& item : items) n_bytes += scratch_bytes(*from.find(item.first), fp8);
+    PP_RETURN_IF_ERROR(scratch.create(tmp / fmt::format(".scratch-{}", file), n_bytes));
     std::vector<model::SafetensorsEntry> entries;
-    for (const auto& [from, to] : items) {
+    for (const auto& [name, to] : items) {
       if (cancelled(o)) return cancelled_status();
-      PP_RETURN_IF_ERROR(add_entries(c, w, from, to, fp8, plan.dtype, scratch, entries));
+      PP_RETURN_IF_ERROR(add_entries(c, from, name, to, fp8, plan.dtype, scratch, entries));
     }
-    std::map<std::string, std::string> meta = {
-        {"format", "pt"},
-        {"pp_stage", std::to_string(k)},
-        {"pp_n_stages", std::to_string(n_stages)},
-        {"pp_layers", format_layer_range(plan.stages[k].layers)},
-        {"pp_source", m.source.path},
-    };
+    ShardFile f;
+    f.file = file;
     fs::path p = tmp / f.file;
     PP_RETURN_IF_ERROR(model::write_safetensors(p, entries, meta));
     scratch.reset();
@@ -518,6 +516,57 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
     if (ec) return internal_error("cannot stat '{}': {}", p.string(), ec.message());
     PP_ASSIGN_OR_RETURN(f.sha256, sha256_file(p));
     f.n_tensors = int64_t(items.size());
+    return f;
+  };
+  const bool reads_embedding = model::head_reads_embedding(c, w);
+  for (int k = 0; k < n_stages; ++k) {
+    StageFile f;
+    f.lm_head_tensor = lm_head_tensor[k];
+    std::map<std::string, std::string> meta = {
+        {"format", "pt"},
+        {"pp_stage", std::to_string(k)},
+        {"pp_n_stages", std::to_string(n_stages)},
+        {"pp_layers", format_layer_range(plan.stages[k].layers)},
+        {"pp_source", m.source.path},
+    };
+    if (o.tp == 1) {
+      // (source name, name in the shard): a tied lm_head copy reads the embedding table.
+      Items items;
+      for (const std::string& n : names[k]) items.emplace_back(n, n);
+      if (k == n_stages - 1 && !has_lm_head && !plan.stages[k].has_embedding) {
+        items.emplace_back(embed_name, lm_head_name);
+      }
+      PP_ASSIGN_OR_RETURN(ShardFile sf,
+                          write_shard(w, std::move(items), fmt::format("stage-{}.safetensors", k),
+                                      std::move(meta)));
+      f.ranks.push_back(std::move(sf));
+    } else {
+      // Exactly what the stage loads, as each rank holds it; the head's tensor is lm_head.weight
+      // unless it is the stage's own embedding table.
+      const model::StageTensors st =
+          model::stage_tensors(c, stage_parts(plan.stages[k]), reads_embedding);
+      if (plan.stages[k].has_lm_head) {
+        f.lm_head_tensor = st.head_shares_embedding ? embed_name : lm_head_name;
+      }
+      for (int32_t r = 0; r < o.tp; ++r) {
+        std::vector<model::ShardedTensor> shards = model::shard_tensors(c, layouts[size_t(r)],
+                                                                        st.tensors);
+        Items items;
+        for (const model::ShardedTensor& t : shards) {
+          const bool head = t.local.slot == model::WeightSlot::kLmHead;
+          items.emplace_back(t.local.name, head ? lm_head_name : t.local.name);
+        }
+        std::unique_ptr<model::WeightSource> sliced = model::tp_slice_source(w, std::move(shards));
+        std::map<std::string, std::string> rank_meta = meta;
+        rank_meta["pp_tp_rank"] = std::to_string(r);
+        rank_meta["pp_tp_size"] = std::to_string(o.tp);
+        PP_ASSIGN_OR_RETURN(
+            ShardFile sf, write_shard(*sliced, std::move(items),
+                                      fmt::format("stage-{}-rank-{}.safetensors", k, r),
+                                      std::move(rank_meta)));
+        f.ranks.push_back(std::move(sf));
+      }
+    }
     m.files.push_back(f);
     if (o.after_stage) PP_RETURN_IF_ERROR(o.after_stage(k, f));
     if (cancelled(o)) return cancelled_status();

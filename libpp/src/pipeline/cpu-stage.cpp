@@ -8,9 +8,10 @@
 // it is done (the timing is posted then, with the moment the bytes left); activations come into
 // a ring of receive buffers, each held until the layers that read it have run.
 //
-// Tensor parallelism: a rank loads its slices (StageModel::load with its TpRank) and runs its
-// forward's collectives over the group's TpChannel, each tagged with the plan's seq and its
-// index in the forward. Only rank 0 posts timings and samples.
+// Tensor parallelism: a rank loads its slices (StageModel::load with its TpRank; a
+// tensor-parallel partition's rank file holds them already cut) and runs its forward's
+// collectives over the group's TpChannel, each tagged with the plan's seq and its index in the
+// forward. Only rank 0 posts timings and samples.
 #include <algorithm>
 #include <condition_variable>
 #include <mutex>
@@ -169,8 +170,14 @@ Status CpuStage::load() {
     PP_RETURN_IF_ERROR(env_.tp->join(spec_.rank, spec_.tp_endpoints));
     comm_.emplace(env_.tp);
   }
+  if (w.sliced_for && *w.sliced_for != tp) {
+    return invalid_argument("stage {} rank {} of {} was given the weights of rank {} of {}",
+                            spec_.stage, tp.rank, tp.size, w.sliced_for->rank,
+                            w.sliced_for->size);
+  }
   PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(w.config, *weights, w.layers.begin,
-                                                      w.layers.end, w.cpu_dtype, tp));
+                                                      w.layers.end, w.cpu_dtype, tp,
+                                                      /*presliced=*/w.sliced_for.has_value()));
   if (comm_) model_->set_tp_comm(&*comm_);
   n_embd_ = w.config.n_embd;
   n_vocab_ = w.config.n_vocab;

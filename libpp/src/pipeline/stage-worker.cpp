@@ -325,7 +325,8 @@ Status StageWorker::load(const transport::Assign& a) {
   }
   PP_ASSIGN_OR_RETURN(partition::ResolvedModel source, partition::resolve_model(a.model_path, ro));
   PP_ASSIGN_OR_RETURN(spec.weights,
-                      source.open_stage(a.stage, a.n_stages, {a.layer_begin, a.layer_end}));
+                      source.open_stage(a.stage, a.n_stages, {a.layer_begin, a.layer_end},
+                                        {spec.rank, spec.tp_size()}));
   spec.links = {a.next_data_endpoint, a.nccl_id_from_previous, a.nccl_id_to_next};
   spec.tp_endpoints = a.tp_endpoints;
   spec.tp_nccl_id = a.tp_nccl_id;

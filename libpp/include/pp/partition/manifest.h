@@ -1,6 +1,6 @@
 // PartitionManifest: what DIR/partition.json says about a partition made by pp-partition split.
 //
-// partition.json (format_version 1):
+// partition.json (format_version 1, or 2 for a tensor-parallel partition):
 //   format "pp-partition", format_version, pp_version, created (UTC, ISO 8601), dtype ("bf16"...),
 //   config (the normalized model config, Hugging Face form), chat_template,
 //   tokenizer {file, sha256, config_file, config_sha256},
@@ -9,6 +9,13 @@
 //   stages [{index, layers {begin, end} (half-open), embedding, lm_head, lm_head_tensor, params,
 //            weight_bytes, flops_per_token, kv_bytes_per_token, est_time_s, device_memory,
 //            file, bytes (of the file), sha256, n_tensors}]
+// A tensor-parallel partition (split --tp N, N > 1) is format_version 2 (a reader of version 1
+// refuses it rather than load a rank's slices as whole tensors) with a top-level `tp` N, and
+// each stage lists its ranks' files in rank order instead of one file:
+//   stages [{..., ranks [{rank, file, bytes, sha256, n_tensors}]}]
+// stage-K-rank-R.safetensors holds rank R's slices of stage K's tensors (shard_tensors in
+// tensor-parallel.h) under their Hugging Face names with the rank's shapes. A partition of
+// tp 1 has no `tp` field and is written byte for byte as before.
 // The source checksum is the sha256 of the GGUF file, or of the concatenated bytes of the
 // folder's *.safetensors files in name order (checksum_of lists them).
 #pragma once
@@ -26,14 +33,24 @@
 namespace pp::partition {
 
 inline constexpr int kManifestFormatVersion = 1;
+// A tensor-parallel partition's (tp > 1).
+inline constexpr int kManifestFormatVersionTp = 2;
 inline constexpr const char* kManifestName = "partition.json";
 
-// The file of one stage.
-struct StageFile {
-  std::string file;    // "stage-0.safetensors", relative to the partition folder
+// One safetensors file of a partition: a stage's, or one rank's of a stage.
+struct ShardFile {
+  // "stage-0.safetensors", or "stage-0-rank-1.safetensors" in a tensor-parallel partition;
+  // relative to the partition folder
+  std::string file;
   uint64_t bytes = 0;  // size of the file
   std::string sha256;  // of the whole file, 64 hex digits
   int64_t n_tensors = 0;
+};
+
+// The files of one stage.
+struct StageFile {
+  // ranks[r] is rank r's file; one file (the whole stage) when the partition's tp is 1.
+  std::vector<ShardFile> ranks;
   // The tensor that is the lm_head in this file: "lm_head.weight", or "model.embed_tokens.weight"
   // when the embeddings are tied and this stage holds the table; empty without lm_head.
   std::string lm_head_tensor;
@@ -63,7 +80,10 @@ struct PartitionManifest {
   TokenizerFiles tokenizer;
   SourceInfo source;
   Plan plan;                     // plan.stages[k] describes stage k
-  std::vector<StageFile> files;  // files[k] is stage k's shard
+  std::vector<StageFile> files;  // files[k] is stage k's shard (its ranks' shards)
+  // Ranks per stage: each stage is stored as tp files, one per rank (1: whole tensors, which
+  // any group size slices at load).
+  int32_t tp = 1;
   int n_stages() const { return int(plan.stages.size()); }
 };
 

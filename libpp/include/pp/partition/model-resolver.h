@@ -22,6 +22,7 @@
 #include "pp/model/config.h"
 #include "pp/model/model-source.h"
 #include "pp/model/quantization.h"
+#include "pp/model/tensor-parallel.h"
 #include "pp/model/tokenizer.h"
 #include "pp/model/weights.h"
 #include "pp/partition/manifest.h"
@@ -57,6 +58,10 @@ struct StageWeights {
   model::Quantization quantization = model::Quantization::kNone;
   // How a CPU stage holds its weights (model::StageModel::load).
   model::CpuDtype cpu_dtype = model::CpuDtype::kAuto;
+  // Set when `weights` already holds rank sliced_for->rank's slices (a tensor-parallel
+  // partition's rank file): the backend loads them as they are instead of slicing whole
+  // tensors (model::StageModel::load's `presliced`).
+  std::optional<model::TpRank> sliced_for;
 };
 
 class ResolvedModel {
@@ -69,8 +74,9 @@ class ResolvedModel {
   const PartitionManifest* partition() const { return partition_ ? &*partition_ : nullptr; }
   // The split a partition folder fixes (one range per stage); empty for other kinds.
   std::vector<LayerRange> fixed_layers() const;
-  // The tensor-parallel size a partition folder fixes; 0 for any (a stage's shard holds whole
-  // tensors, and each rank reads its slices of them).
+  // The tensor-parallel size a partition folder fixes: its manifest's tp when above 1 (one
+  // file per stage and rank); 0 for any (other kinds, and partitions whose stage files hold
+  // whole tensors, of which each rank reads its slices).
   int32_t fixed_tp() const;
   // The dtype the planner assumes for the weights in memory: f32 for a model loaded on the CPU
   // backend, bf16 for random weights and partitions (their stored dtype); kF8E4M3 when the
@@ -85,10 +91,12 @@ class ResolvedModel {
   // folder, BOS and EOS come from config.json (tokenizer.json only lets the tokenizer guess).
   Result<std::shared_ptr<const model::Tokenizer>> load_tokenizer() const;
 
-  // Opens stage k of n with layers `layers` (for a partition: checked against its own split;
-  // only stage k's shard is opened). Errors: a stage count or range the source cannot serve,
-  // missing or malformed files.
-  Result<StageWeights> open_stage(int32_t k, int32_t n, LayerRange layers) const;
+  // Opens stage k of n with layers `layers`, as rank tp.rank of a group of tp.size (for a
+  // partition: checked against its own split; only stage k's shard is opened, or in a
+  // tensor-parallel partition only rank tp.rank's, and StageWeights::sliced_for is set). Errors:
+  // a stage count, range or group size the source cannot serve, missing or malformed files.
+  Result<StageWeights> open_stage(int32_t k, int32_t n, LayerRange layers,
+                                  model::TpRank tp = {}) const;
 
  private:
   friend Result<ResolvedModel> resolve_model(const std::filesystem::path&, const ResolveOptions&);

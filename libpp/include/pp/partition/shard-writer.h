@@ -3,6 +3,12 @@
 // (tokenizer.json, and tokenizer_config.json), and DIR/partition.json (see manifest.h), written
 // last.
 //
+// Tensor parallel (WriteOptions::tp = N > 1): DIR/stage-K-rank-R.safetensors for every stage K
+// and rank R, each holding exactly the tensors stage K loads (stage_tensors) as rank R holds
+// them (shard_tensors: its slices, the replicated tensors whole), read through tp_slice_source,
+// so a rank's host stores and reads only its part. A tied lm_head is written as `lm_head.weight`
+// (the rank's vocabulary rows) as below.
+//
 // Atomic: everything is written into DIR.tmp-<random> beside DIR, each file fsynced, and the
 // folder renamed to DIR only when complete. Any failure, or the cancel flag, removes the
 // temporary folder: there is never a half-written DIR. An existing DIR is refused, or with
@@ -36,10 +42,13 @@ namespace pp::partition {
 struct WriteOptions {
   std::filesystem::path out_dir;  // DIR; its parent folder must exist
   bool force = false;             // replace an existing DIR (atomically, after the new one is done)
+  // Ranks per stage: 1 writes one file per stage (whole tensors); N > 1 one file per stage and
+  // rank. kInvalidArgument when the model cannot be split N ways (model::tp_layouts).
+  int32_t tp = 1;
   // Checked between tensors; when set, the write stops, cleans up and returns kCancelled.
   // A tool's SIGINT/SIGTERM handler sets it.
   const std::atomic<bool>* cancel = nullptr;
-  // Called after stage `k`'s file is complete (written, fsynced, hashed). A non-ok Status aborts
+  // Called after stage `k`'s files are complete (written, fsynced, hashed). A non-ok Status aborts
   // the write (cleaning up) and is returned: progress reports and failure-injection tests.
   std::function<Status(int k, const StageFile& file)> after_stage;
 };

@@ -28,9 +28,11 @@ struct PartitionStageRecord {
   int layer_end = 0;    // one past the last layer held by this stage
   bool has_embedding = false;
   bool has_lm_head = false;
-  std::string file;    // shard file name, relative to the partition's output_dir
-  int64_t bytes = 0;   // size of `file` in bytes
-  std::string sha256;  // lowercase hex digest of `file`
+  // shard file name, relative to the partition's output_dir; a tensor-parallel partition's
+  // rank files, comma-separated in rank order
+  std::string file;
+  int64_t bytes = 0;   // size of `file` in bytes (of all of them)
+  std::string sha256;  // lowercase hex digest of `file` (of each, comma-separated)
 };
 
 // A partition written by pp-partition (or made in memory by pp-serve --pp N).
