@@ -5,7 +5,6 @@
 // run to run.
 #include <gtest/gtest.h>
 
-#include <barrier>
 #include <numeric>
 #include <thread>
 
@@ -13,6 +12,7 @@
 #include "pp/model/stage-model.h"
 #include "pp/model/tensor-parallel.h"
 #include "test-model-util.h"
+#include "test-tp-group.h"
 #include "test-util.h"
 
 namespace pp::test {
@@ -25,57 +25,6 @@ using model::StageModel;
 using model::TpLayout;
 
 constexpr int64_t kBlockSize = 4;
-
-// N ranks in threads of one process: each rank's span is read by all at a barrier.
-class ThreadGroup {
- public:
-  explicit ThreadGroup(int32_t n) : n_(n), barrier_(n), ptr_(size_t(n)), size_(size_t(n)) {}
-
-  class Comm final : public model::TpComm {
-   public:
-    Comm(ThreadGroup* g, int32_t rank) : g_(g), rank_(rank) {}
-    model::TpRank rank() const override { return {rank_, g_->n_}; }
-    Status all_reduce_sum(std::span<float> x) override {
-      g_->ptr_[size_t(rank_)] = x.data();
-      g_->size_[size_t(rank_)] = x.size();
-      g_->barrier_.arrive_and_wait();
-      std::vector<float> sum(g_->ptr_[0], g_->ptr_[0] + x.size());
-      for (int32_t r = 1; r < g_->n_; ++r) {
-        if (g_->size_[size_t(r)] != x.size()) return internal_error("all-reduce sizes differ");
-        for (size_t i = 0; i < x.size(); ++i) sum[i] += g_->ptr_[size_t(r)][i];
-      }
-      g_->barrier_.arrive_and_wait();
-      std::copy(sum.begin(), sum.end(), x.begin());
-      return ok_status();
-    }
-    Status gather(std::span<const float> part, std::span<float> out) override {
-      g_->ptr_[size_t(rank_)] = const_cast<float*>(part.data());
-      g_->size_[size_t(rank_)] = part.size();
-      g_->barrier_.arrive_and_wait();
-      if (rank_ == 0) {
-        size_t at = 0;
-        for (int32_t r = 0; r < g_->n_; ++r) {
-          if (at + g_->size_[size_t(r)] > out.size()) return internal_error("gather overflows");
-          std::copy_n(g_->ptr_[size_t(r)], g_->size_[size_t(r)], out.data() + at);
-          at += g_->size_[size_t(r)];
-        }
-        if (at != out.size()) return internal_error("gather fills {} of {}", at, out.size());
-      }
-      g_->barrier_.arrive_and_wait();
-      return ok_status();
-    }
-
-   private:
-    ThreadGroup* g_;
-    int32_t rank_;
-  };
-
- private:
-  int32_t n_;
-  std::barrier<> barrier_;
-  std::vector<float*> ptr_;
-  std::vector<size_t> size_;
-};
 
 std::vector<int32_t> random_ids(int64_t n, int64_t n_vocab) {
   std::uniform_int_distribution<int32_t> d(0, int32_t(n_vocab) - 1);

@@ -1,5 +1,5 @@
 // End-to-end tests of pp-partition through the binary: plan tables (from the config alone),
-// split + verify + inspect + list through a run store, readability of the shards by the
+// split (--tp N too) + verify + inspect + list through a run store, readability of the shards by the
 // `safetensors` Python package, bad input giving one line on stderr and a non-zero exit (a full
 // disk included, simulated with a file-size limit), SIGINT leaving nothing behind, and that
 // `--help` of every subcommand and the man page name the same options.
@@ -213,6 +213,37 @@ TEST_F(PpPartition, SplitVerifyInspectList) {
   EXPECT_EQ(bad.rc, 2);
   EXPECT_EQ(count_lines(bad.err), 1) << bad.err;
   EXPECT_NE(bad.out.find("BAD   stage-1.safetensors"), std::string::npos) << bad.out;
+}
+
+TEST_F(PpPartition, SplitTpWritesAFilePerRank) {
+  fs::path m = test::write_random_llama(tmp_.path() / "m", 4, false);
+  fs::path dir = tmp_.path() / "part";
+  ToolRun s = run("split " + quote(m.string()) + " --pp 2 --tp 2 -o " + quote(dir.string()) +
+                  " --db " + db());
+  ASSERT_EQ(s.rc, 0) << s.err;
+  EXPECT_NE(s.out.find("2 stages of 2 ranks"), std::string::npos) << s.out;
+  for (const char* f : {"stage-0-rank-0.safetensors", "stage-0-rank-1.safetensors",
+                        "stage-1-rank-0.safetensors", "stage-1-rank-1.safetensors"}) {
+    EXPECT_TRUE(fs::exists(dir / f)) << f;
+  }
+  EXPECT_FALSE(fs::exists(dir / "stage-0.safetensors"));
+
+  ToolRun v = run("verify " + quote(dir.string()));
+  EXPECT_EQ(v.rc, 0) << v.out << v.err;
+  EXPECT_EQ(count_lines(v.out), 6) << v.out;  // 4 rank files, tokenizer, summary
+
+  ToolRun i = run("inspect " + quote(dir.string()));
+  ASSERT_EQ(i.rc, 0) << i.err;
+  EXPECT_NE(i.out.find("tensor parallel: tp 2"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("stage 1 rank 1: stage-1-rank-1.safetensors"), std::string::npos)
+      << i.out;
+
+  // --tp-size is the same option; a group the model cannot have (4 query heads) is one line.
+  ToolRun five = run("split " + quote(m.string()) + " --pp 1 --tp-size 5 -o " +
+                     quote((tmp_.path() / "five").string()) + " --db " + db());
+  EXPECT_EQ(five.rc, 2) << five.err;
+  EXPECT_EQ(count_lines(five.err), 1) << five.err;
+  EXPECT_FALSE(fs::exists(tmp_.path() / "five"));
 }
 
 TEST_F(PpPartition, ShardsReadableBySafetensorsPython) {
