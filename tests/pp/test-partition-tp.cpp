@@ -2,7 +2,8 @@
 // file holding exactly its slices (the local shapes of shard_tensors, the values of
 // tp_slice_source over the model) under Hugging Face names; verify passes and catches a flipped
 // byte and a rank file in another rank's place; a StageModel loaded from the rank files
-// (presliced) gives bitwise the logits of the whole model loaded with the same TpRank; the
+// (presliced) gives bitwise the logits of the whole model loaded with the same TpRank (tied and
+// untied Llama at N = 2, 3 over 1 and 2 stages; every 16/32-bit fixture family at N = 2); the
 // reader and the resolver open only a rank's file and refuse another group size; the engine
 // refuses a --tp other than the partition's and serves it with its own.
 #include <gtest/gtest.h>
@@ -116,10 +117,9 @@ std::map<std::string, model::ShardedTensor> expected_rank_tensors(const ModelSou
   return out;
 }
 
-void expect_tp_split(bool tied, int32_t tp, int p) {
-  SCOPED_TRACE(::testing::Message() << "tied " << tied << " tp " << tp << " stages " << p);
+void expect_tp_split(const fs::path& model_dir, int32_t tp, int p) {
+  SCOPED_TRACE(::testing::Message() << model_dir.filename() << " tp " << tp << " stages " << p);
   test::TempDir tmp;
-  const fs::path model_dir = test::write_random_llama(tmp.path() / "model", 4, tied);
   auto src = model::open_model(model_dir);
   ASSERT_TRUE(src.ok()) << src.status().message();
   const model::ModelConfig& c = src->config;
@@ -225,10 +225,23 @@ void expect_tp_split(bool tied, int32_t tp, int p) {
 }
 
 TEST(PartitionTp, SplitVerifyAndLoadBitwise) {
+  test::TempDir tmp;
   for (bool tied : {false, true}) {
+    const fs::path model = test::write_random_llama(tmp.path() / (tied ? "tied" : "untied"), 4,
+                                                    tied);
     for (int32_t tp : {2, 3}) {
-      for (int p : {1, 2}) expect_tp_split(tied, tp, p);
+      for (int p : {1, 2}) expect_tp_split(model, tp, p);
     }
+  }
+}
+
+// Every 16- and 32-bit fixture family (q/k norms, biases, MoE, head_dim apart from n_embd):
+// N = 2 over two stages.
+TEST(PartitionTp, FixtureFamilies) {
+  test::TempDir tmp;
+  for (const char* name : {"tiny-llama", "tiny-llama3", "tiny-llama-headdim", "tiny-mistral",
+                           "tiny-qwen2", "tiny-qwen3", "tiny-qwen3-moe", "tiny-mixtral"}) {
+    expect_tp_split(test::fixture_model_with_tokenizer(name, tmp.path()), 2, 2);
   }
 }
 
