@@ -33,11 +33,11 @@ namespace fs = std::filesystem;
 using model::ModelSource;
 using model::StageModel;
 
-Result<PartitionManifest> split_tp(const ModelSource& src, int p, int32_t tp,
-                                   const fs::path& out) {
+Result<PartitionManifest> split_tp(const ModelSource& src, int p, int32_t tp, const fs::path& out,
+                                   model::DType dtype = model::DType::kF32) {
   PlanOptions po;
   po.n_stages = p;
-  po.dtype = model::DType::kF32;
+  po.dtype = dtype;
   PP_ASSIGN_OR_RETURN(Plan plan, make_plan(src.config, po));
   WriteOptions o;
   o.out_dir = out;
@@ -243,6 +243,45 @@ TEST(PartitionTp, FixtureFamilies) {
                            "tiny-qwen2", "tiny-qwen3", "tiny-qwen3-moe", "tiny-mixtral"}) {
     expect_tp_split(test::fixture_model_with_tokenizer(name, tmp.path()), 2, 2);
   }
+}
+
+// fp8: the rank files hold what a rank cuts out of the tp 1 fp8 shards (linears quantized
+// whole, then sliced), so both give bitwise the same logits.
+TEST(PartitionTp, Fp8RankFilesAreSlicesOfTheTpOneShards) {
+  test::TempDir tmp;
+  auto src = model::open_model(test::write_random_llama(tmp.path() / "model", 4, true));
+  ASSERT_TRUE(src.ok()) << src.status().message();
+  const fs::path one = tmp.path() / "one", two = tmp.path() / "two";
+  ASSERT_TRUE(split_tp(*src, 2, 1, one, model::DType::kF8E4M3).ok());
+  ASSERT_TRUE(split_tp(*src, 2, 2, two, model::DType::kF8E4M3).ok());
+  auto checks = verify_partition(two);
+  ASSERT_TRUE(checks.ok()) << checks.status().message();
+  for (const FileCheck& fc : *checks) EXPECT_TRUE(fc.ok) << fc.file << ": " << fc.problem;
+
+  std::uniform_int_distribution<int32_t> tok(0, int32_t(src->config.n_vocab - 1));
+  std::vector<int32_t> prompt(7);
+  for (auto& t : prompt) t = tok(test::rng());
+  const int32_t next = tok(test::rng());
+  std::vector<StageShard> keep;
+  std::mutex mu;
+  auto loader = [&](const fs::path& dir, bool presliced) -> Loader {
+    return [&, dir, presliced](int k, int32_t r) -> Result<std::unique_ptr<StageModel>> {
+      PP_ASSIGN_OR_RETURN(StageShard shard,
+                          open_stage(dir, k, false, presliced ? model::TpRank{r, 2}
+                                                              : model::TpRank{}));
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        keep.push_back(shard);
+      }
+      return StageModel::load(shard.config, *shard.weights, shard.layers.begin, shard.layers.end,
+                              model::CpuDtype::kAuto, {r, 2}, presliced);
+    };
+  };
+  const std::vector<float> ref = run_ranks(2, 2, loader(one, false), prompt, next);
+  const std::vector<float> got = run_ranks(2, 2, loader(two, true), prompt, next);
+  ASSERT_EQ(ref.size(), size_t(2 * src->config.n_vocab));
+  ASSERT_EQ(got.size(), ref.size());
+  EXPECT_EQ(std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)), 0);
 }
 
 TEST(PartitionTp, TpOneIsTodaysLayout) {

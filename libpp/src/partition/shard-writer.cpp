@@ -519,6 +519,12 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
     return f;
   };
   const bool reads_embedding = model::head_reads_embedding(c, w);
+  // A rank slices the weights as the tp 1 shards would hold them: an fp8 partition's linears
+  // quantized whole (per channel), then cut, so a row-parallel slice keeps its rows' scales and
+  // the rank files hold the very bytes a rank of a tp 1 fp8 partition would load.
+  const std::shared_ptr<const model::WeightSource> rank_base =
+      o.tp > 1 && fp8 ? model::quantize_on_load(src.weights, c, model::Quantization::kFp8)
+                      : src.weights;
   for (int k = 0; k < n_stages; ++k) {
     StageFile f;
     f.lm_head_tensor = lm_head_tensor[k];
@@ -556,7 +562,8 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
           const bool head = t.local.slot == model::WeightSlot::kLmHead;
           items.emplace_back(t.local.name, head ? lm_head_name : t.local.name);
         }
-        std::unique_ptr<model::WeightSource> sliced = model::tp_slice_source(w, std::move(shards));
+        std::unique_ptr<model::WeightSource> sliced =
+            model::tp_slice_source(*rank_base, std::move(shards));
         std::map<std::string, std::string> rank_meta = meta;
         rank_meta["pp_tp_rank"] = std::to_string(r);
         rank_meta["pp_tp_size"] = std::to_string(o.tp);

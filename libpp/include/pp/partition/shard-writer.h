@@ -7,7 +7,10 @@
 // and rank R, each holding exactly the tensors stage K loads (stage_tensors) as rank R holds
 // them (shard_tensors: its slices, the replicated tensors whole), read through tp_slice_source,
 // so a rank's host stores and reads only its part. A tied lm_head is written as `lm_head.weight`
-// (the rank's vocabulary rows) as below.
+// (the rank's vocabulary rows) as below. fp8: a linear is quantized whole and then sliced (a
+// row-parallel slice keeps the scales of its whole rows), so a rank file holds the bytes a rank
+// would cut out of the tp 1 shard; a slice that cuts an FP8 checkpoint's 128 x 128 blocks reads
+// as f32 and is quantized again per channel (lossy, unlike loading whole blocks and slicing).
 //
 // Atomic: everything is written into DIR.tmp-<random> beside DIR, each file fsynced, and the
 // folder renamed to DIR only when complete. Any failure, or the cancel flag, removes the
