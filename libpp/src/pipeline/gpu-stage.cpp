@@ -68,6 +68,13 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
   o.quantization = spec.weights.quantization;
   const partition::StageWeights& w = spec.weights;
   const model::TpRank tp{spec.rank, spec.tp_size()};
+  if (w.sliced_for) {
+    // GpuStageModel::load slices whole tensors; a rank file holds them cut already.
+    return unimplemented(
+        "stage {} rank {}: GPU stages do not load a partition written with --tp yet (split "
+        "without --tp: every rank slices the whole tensors as it loads)",
+        spec.stage, tp.rank);
+  }
   if (w.weights) {
     PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,
                                                               w.layers.end, o, tp));
