@@ -8,8 +8,11 @@
 // refuses a --tp other than the partition's and serves it with its own.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
-#include <numeric>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "pp/model/arch-tensors.h"
@@ -102,11 +105,11 @@ std::vector<float> run_ranks(int n_stages, int32_t tp, const Loader& load,
 // rank holds it, a head reading the embedding stored as lm_head.weight unless the stage holds
 // the table itself.
 std::map<std::string, model::ShardedTensor> expected_rank_tensors(const ModelSource& src,
-                                                                  const StagePlan& s,
-                                                                  int32_t r, int32_t tp) {
+                                                                  const StagePlan& s, int32_t r,
+                                                                  int32_t tp) {
   const model::ModelConfig& c = src.config;
-  const model::StageTensors st = model::stage_tensors(
-      c, stage_parts(s), model::head_reads_embedding(c, *src.weights));
+  const model::StageTensors st =
+      model::stage_tensors(c, stage_parts(s), model::head_reads_embedding(c, *src.weights));
   auto layout = model::tp_layout(c, {r, tp});
   EXPECT_TRUE(layout.ok()) << layout.status().message();
   std::map<std::string, model::ShardedTensor> out;
@@ -192,14 +195,15 @@ void expect_tp_split(const fs::path& model_dir, int32_t tp, int p) {
   const std::vector<float> got = run_ranks(
       p, tp,
       [&](int k, int32_t r) -> Result<std::unique_ptr<StageModel>> {
-        PP_ASSIGN_OR_RETURN(StageShard shard, open_stage(out, k, /*verify_checksum=*/true, {r, tp}));
+        PP_ASSIGN_OR_RETURN(StageShard shard,
+                            open_stage(out, k, /*verify_checksum=*/true, {r, tp}));
         if (shard.sliced_for != model::TpRank{r, tp}) return internal_error("not marked sliced");
         {
           std::lock_guard<std::mutex> lock(keep_mu);
           keep[size_t(k * tp + r)] = shard.weights;
         }
-        return StageModel::load(shard.config, *shard.weights, shard.layers.begin,
-                                shard.layers.end, model::CpuDtype::kAuto, {r, tp},
+        return StageModel::load(shard.config, *shard.weights, shard.layers.begin, shard.layers.end,
+                                model::CpuDtype::kAuto, {r, tp},
                                 /*presliced=*/true);
       },
       prompt, next);
@@ -227,8 +231,8 @@ void expect_tp_split(const fs::path& model_dir, int32_t tp, int p) {
 TEST(PartitionTp, SplitVerifyAndLoadBitwise) {
   test::TempDir tmp;
   for (bool tied : {false, true}) {
-    const fs::path model = test::write_random_llama(tmp.path() / (tied ? "tied" : "untied"), 4,
-                                                    tied);
+    const fs::path model =
+        test::write_random_llama(tmp.path() / (tied ? "tied" : "untied"), 4, tied);
     for (int32_t tp : {2, 3}) {
       for (int p : {1, 2}) expect_tp_split(model, tp, p);
     }
@@ -266,9 +270,9 @@ TEST(PartitionTp, Fp8RankFilesAreSlicesOfTheTpOneShards) {
   std::mutex mu;
   auto loader = [&](const fs::path& dir, bool presliced) -> Loader {
     return [&, dir, presliced](int k, int32_t r) -> Result<std::unique_ptr<StageModel>> {
-      PP_ASSIGN_OR_RETURN(StageShard shard,
-                          open_stage(dir, k, false, presliced ? model::TpRank{r, 2}
-                                                              : model::TpRank{}));
+      PP_ASSIGN_OR_RETURN(
+          StageShard shard,
+          open_stage(dir, k, false, presliced ? model::TpRank{r, 2} : model::TpRank{}));
       {
         std::lock_guard<std::mutex> lock(mu);
         keep.push_back(shard);

@@ -1,6 +1,6 @@
 // End-to-end tests of pp-partition through the binary: plan tables (from the config alone),
-// split (--tp N too) + verify + inspect + list through a run store, readability of the shards by the
-// `safetensors` Python package, bad input giving one line on stderr and a non-zero exit (a full
+// split (--tp N too) + verify + inspect + list through a run store, readability of the shards by
+// the `safetensors` Python package, bad input giving one line on stderr and a non-zero exit (a full
 // disk included, simulated with a file-size limit), SIGINT leaving nothing behind, and that
 // `--help` of every subcommand and the man page name the same options.
 #include <gtest/gtest.h>
@@ -235,8 +235,7 @@ TEST_F(PpPartition, SplitTpWritesAFilePerRank) {
   ToolRun i = run("inspect " + quote(dir.string()));
   ASSERT_EQ(i.rc, 0) << i.err;
   EXPECT_NE(i.out.find("tensor parallel: tp 2"), std::string::npos) << i.out;
-  EXPECT_NE(i.out.find("stage 1 rank 1: stage-1-rank-1.safetensors"), std::string::npos)
-      << i.out;
+  EXPECT_NE(i.out.find("stage 1 rank 1: stage-1-rank-1.safetensors"), std::string::npos) << i.out;
 
   // --tp-size is the same option; a group the model cannot have (4 query heads) is one line.
   ToolRun five = run("split " + quote(m.string()) + " --pp 1 --tp-size 5 -o " +

@@ -193,10 +193,9 @@ Status run_split(const Args& a, bool strategy_given) {
         "partition written to '{}' but not recorded in the run store", o.out_dir.string()));
   }
   const std::string ranks = m.tp > 1 ? fmt::format(" of {} ranks", m.tp) : "";
-  std::printf("wrote '%s': %d stages%s, %s; recorded as partition %lld in '%s'\n", o.out_dir.c_str(),
-              m.n_stages(), ranks.c_str(), format_bytes(double(total)).c_str(),
-              static_cast<long long>(*id),
-              store->path().c_str());
+  std::printf("wrote '%s': %d stages%s, %s; recorded as partition %lld in '%s'\n",
+              o.out_dir.c_str(), m.n_stages(), ranks.c_str(), format_bytes(double(total)).c_str(),
+              static_cast<long long>(*id), store->path().c_str());
   return ok_status();
 }
 
@@ -252,8 +251,8 @@ Status run_inspect(const Args& a) {
     const StageFile& sf = m.files[k];
     for (size_t r = 0; r < sf.ranks.size(); ++r) {
       const ShardFile& f = sf.ranks[r];
-      const std::string who = m.tp > 1 ? fmt::format("stage {} rank {}", k, r)
-                                       : fmt::format("stage {}", k);
+      const std::string who =
+          m.tp > 1 ? fmt::format("stage {} rank {}", k, r) : fmt::format("stage {}", k);
       std::printf("%s: %s, %llu bytes, %lld tensors, sha256 %s\n", who.c_str(), f.file.c_str(),
                   static_cast<unsigned long long>(f.bytes), static_cast<long long>(f.n_tensors),
                   f.sha256.c_str());

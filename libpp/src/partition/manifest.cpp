@@ -225,13 +225,14 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
       PP_RETURN_IF_ERROR(get(sj, "sha256", rf.sha256, where));
       PP_RETURN_IF_ERROR(get(sj, "n_tensors", rf.n_tensors, where));
     } else {
-      if (!sj.contains("ranks") || !sj["ranks"].is_array() ||
-          int64_t(sj["ranks"].size()) != m.tp) {
+      if (!sj.contains("ranks") || !sj["ranks"].is_array() || int64_t(sj["ranks"].size()) != m.tp) {
         return data_loss("'{}': stage {} does not list the files of its {} ranks", where, k, m.tp);
       }
       for (int32_t r = 0; r < m.tp; ++r) {
         const json& rj = sj["ranks"][size_t(r)];
-        if (!rj.is_object()) return data_loss("'{}': stage {} rank {} is not an object", where, k, r);
+        if (!rj.is_object()) {
+          return data_loss("'{}': stage {} rank {} is not an object", where, k, r);
+        }
         int32_t rank = -1;
         ShardFile& rf = f.ranks.emplace_back();
         PP_RETURN_IF_ERROR(get(rj, "rank", rank, where));
@@ -239,7 +240,9 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
         PP_RETURN_IF_ERROR(get(rj, "bytes", rf.bytes, where));
         PP_RETURN_IF_ERROR(get(rj, "sha256", rf.sha256, where));
         PP_RETURN_IF_ERROR(get(rj, "n_tensors", rf.n_tensors, where));
-        if (rank != r) return data_loss("'{}': stage {} lists rank {} as rank {}", where, k, rank, r);
+        if (rank != r) {
+          return data_loss("'{}': stage {} lists rank {} as rank {}", where, k, rank, r);
+        }
       }
     }
     int64_t expected_begin = k == 0 ? 0 : m.plan.stages.back().layers.end;
@@ -254,8 +257,7 @@ Result<PartitionManifest> manifest_from_json(const json& j, const std::string& w
       return data_loss("'{}': stage {} has the wrong embedding/lm_head flags", where, k);
     }
     for (const ShardFile& rf : f.ranks) {
-      if (rf.file.empty() || rf.file.find('/') != std::string::npos ||
-          rf.file.starts_with(".")) {
+      if (rf.file.empty() || rf.file.find('/') != std::string::npos || rf.file.starts_with(".")) {
         return data_loss("'{}': stage {} names a bad file '{}'", where, k, rf.file);
       }
     }

@@ -118,8 +118,8 @@ Result<StageWeights> ResolvedModel::open_stage(int32_t k, int32_t n, LayerRange 
   out.quantization = quantization_;
   out.cpu_dtype = cpu_dtype_;
   if (kind_ == SourceKind::kPartition) {
-    PP_ASSIGN_OR_RETURN(StageShard shard,
-                        partition::open_stage(path_, *partition_, k, /*verify_checksum=*/false, tp));
+    PP_ASSIGN_OR_RETURN(StageShard shard, partition::open_stage(path_, *partition_, k,
+                                                                /*verify_checksum=*/false, tp));
     if (shard.n_stages != n) {
       return invalid_argument("partition '{}' has {} stages, the coordinator runs {}",
                               path_.string(), shard.n_stages, n);

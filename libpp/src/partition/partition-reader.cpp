@@ -110,8 +110,8 @@ Result<StageShard> open_stage(const fs::path& dir, const PartitionManifest& m, i
   }
   if (m.tp > 1 && tp.size != m.tp) {
     return invalid_argument(
-        "partition '{}' is split for tensor-parallel groups of {} (--tp {}), not {}",
-        dir.string(), m.tp, m.tp, tp.size);
+        "partition '{}' is split for tensor-parallel groups of {} (--tp {}), not {}", dir.string(),
+        m.tp, m.tp, tp.size);
   }
   // At tp 1 every rank reads the stage's one file and slices it at load.
   const int32_t r = m.tp > 1 ? tp.rank : 0;

@@ -555,8 +555,8 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
         f.lm_head_tensor = st.head_shares_embedding ? embed_name : lm_head_name;
       }
       for (int32_t r = 0; r < o.tp; ++r) {
-        std::vector<model::ShardedTensor> shards = model::shard_tensors(c, layouts[size_t(r)],
-                                                                        st.tensors);
+        std::vector<model::ShardedTensor> shards =
+            model::shard_tensors(c, layouts[size_t(r)], st.tensors);
         Items items;
         for (const model::ShardedTensor& t : shards) {
           const bool head = t.local.slot == model::WeightSlot::kLmHead;
@@ -568,9 +568,9 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
         rank_meta["pp_tp_rank"] = std::to_string(r);
         rank_meta["pp_tp_size"] = std::to_string(o.tp);
         PP_ASSIGN_OR_RETURN(
-            ShardFile sf, write_shard(*sliced, std::move(items),
-                                      fmt::format("stage-{}-rank-{}.safetensors", k, r),
-                                      std::move(rank_meta)));
+            ShardFile sf,
+            write_shard(*sliced, std::move(items),
+                        fmt::format("stage-{}-rank-{}.safetensors", k, r), std::move(rank_meta)));
         f.ranks.push_back(std::move(sf));
       }
     }

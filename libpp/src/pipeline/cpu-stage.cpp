@@ -172,8 +172,7 @@ Status CpuStage::load() {
   }
   if (w.sliced_for && *w.sliced_for != tp) {
     return invalid_argument("stage {} rank {} of {} was given the weights of rank {} of {}",
-                            spec_.stage, tp.rank, tp.size, w.sliced_for->rank,
-                            w.sliced_for->size);
+                            spec_.stage, tp.rank, tp.size, w.sliced_for->rank, w.sliced_for->size);
   }
   PP_ASSIGN_OR_RETURN(model_, model::StageModel::load(w.config, *weights, w.layers.begin,
                                                       w.layers.end, w.cpu_dtype, tp,

@@ -51,8 +51,8 @@ struct StageShard {
 // and that the file holds the tensors the stage needs with the rank's shapes. A partition of
 // tp 1 opens the stage's one file for any rank; a tensor-parallel partition opens rank tp.rank's
 // file and is kInvalidArgument for a group size other than its own.
-Result<StageShard> open_stage(const std::filesystem::path& dir, int k,
-                              bool verify_checksum = false, model::TpRank tp = {});
+Result<StageShard> open_stage(const std::filesystem::path& dir, int k, bool verify_checksum = false,
+                              model::TpRank tp = {});
 Result<StageShard> open_stage(const std::filesystem::path& dir, const PartitionManifest& m, int k,
                               bool verify_checksum = false, model::TpRank tp = {});
 
@@ -67,8 +67,8 @@ struct FileCheck {
 // Checks every file the manifest names (stages, or every rank of every stage, and the
 // tokenizer): present, of the recorded size, with the recorded sha256; and that each stage file
 // is a readable safetensors file holding exactly the tensors of its layers and edges, each with
-// the shape its rank holds (model::shard_tensors; the whole shape at tp 1). An unreadable manifest is the Status; problems
-// with files are reported per file.
+// the shape its rank holds (model::shard_tensors; the whole shape at tp 1). An unreadable manifest
+// is the Status; problems with files are reported per file.
 Result<std::vector<FileCheck>> verify_partition(const std::filesystem::path& dir);
 
 // Which stage a Hugging Face tensor name belongs to, by the model's table of tensors
