@@ -423,16 +423,17 @@ Result<std::unique_ptr<GpuStageModel>> GpuStageModel::load(const ModelConfig& co
                                                            const WeightSource& weights,
                                                            int64_t layer_begin, int64_t layer_end,
                                                            const GpuStageOptions& options,
-                                                           TpRank tp) {
+                                                           TpRank tp, bool presliced) {
   std::unique_ptr<GpuStageModel> m(new GpuStageModel());
   PP_RETURN_IF_ERROR(m->init(config, layer_begin, layer_end, options, tp));
-  // A rank of a group reads its slices of the stage's tensors, in their local shapes.
+  // A rank of a group reads its slices of the stage's tensors, in their local shapes, or finds
+  // them already cut (presliced: a tensor-parallel partition's rank file, as StageModel::load).
   StageTensors st = stage_tensors(config, weights, layer_begin, layer_end);
   std::unique_ptr<WeightSource> sliced;
   if (tp.size > 1) {
     std::vector<ShardedTensor> shards = shard_tensors(config, m->tp_, st.tensors);
     for (size_t i = 0; i < shards.size(); ++i) st.tensors[i] = shards[i].local;
-    sliced = tp_slice_source(weights, std::move(shards));
+    if (!presliced) sliced = tp_slice_source(weights, std::move(shards));
   }
   const WeightSource& source = sliced ? *sliced : weights;
   std::vector<TensorPlace> where;

@@ -243,8 +243,8 @@ namespace {
 // Weights in f32: logits within f32 tolerance. GGUF blocks kept (each linear quantizes its input
 // to 8 bits per block): the row-parallel sums' last bits, in another order, flip roundings of the
 // next layer's quantization, so the logits move by about as much as the 8-bit activations
-// themselves move them (measured against f32): bounded here by that, which a wrong slice or
-// mapping exceeds by far.
+// themselves move them (measured against f32): bounded here by twice that (a draw of prompt
+// may land either side of it), which a wrong slice or mapping exceeds by far.
 TEST(TpDefaultModel, MatchesOneRank) {
   const std::filesystem::path path = default_model_path();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "default model missing: " << path;
@@ -271,7 +271,7 @@ TEST(TpDefaultModel, MatchesOneRank) {
     const double err_blocks =
         max_diff(run_tp(c, *src->weights, tp, {}, ids, 12, blocks), ref_blocks);
     EXPECT_LE(err, 1e-4 * max_ref) << "tp " << tp;
-    EXPECT_LE(err_blocks, std::max(activation_noise, 1e-4 * max_ref)) << "tp " << tp;
+    EXPECT_LE(err_blocks, 2 * activation_noise + 1e-4 * max_ref) << "tp " << tp;
     RecordProperty(fmt::format("tp{}_f32_max_abs_error", tp), fmt::format("{:.3g}", err));
     RecordProperty(fmt::format("tp{}_blocks_max_abs_error", tp), fmt::format("{:.3g}", err_blocks));
     fmt::print(

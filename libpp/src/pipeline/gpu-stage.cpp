@@ -68,16 +68,15 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
   o.quantization = spec.weights.quantization;
   const partition::StageWeights& w = spec.weights;
   const model::TpRank tp{spec.rank, spec.tp_size()};
-  if (w.sliced_for) {
-    // GpuStageModel::load slices whole tensors; a rank file holds them cut already.
-    return unimplemented(
-        "stage {} rank {}: GPU stages do not load a partition written with --tp yet (split "
-        "without --tp: every rank slices the whole tensors as it loads)",
-        spec.stage, tp.rank);
+  if (w.sliced_for && *w.sliced_for != tp) {
+    return invalid_argument("stage {} rank {} of {} was given weights cut for rank {} of {}",
+                            spec.stage, tp.rank, tp.size, w.sliced_for->rank, w.sliced_for->size);
   }
   if (w.weights) {
-    PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,
-                                                              w.layers.end, o, tp));
+    PP_ASSIGN_OR_RETURN(g->model_,
+                        model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,
+                                                   w.layers.end, o, tp,
+                                                   /*presliced=*/w.sliced_for.has_value()));
   } else {
     PP_ASSERT_MSG(w.random_seed.has_value(), "a stage spec without weights or a random seed");
     PP_ASSIGN_OR_RETURN(g->model_,

@@ -117,12 +117,14 @@ class GpuStageModel {
   // kInvalidArgument when the parts of a fused slot (q|k|v, gate|up) disagree on the format or
   // the scale kind, or a 128x128-scaled part other than the last has rows not a multiple of 128.
   // As rank tp.rank of tp.size: only that rank's slices (tp_slice_source over `weights`, which
-  // holds whole tensors); kInvalidArgument for a group the GPU cannot split (see above).
+  // holds whole tensors, or with `presliced` `weights` holds the rank's slices already, as a
+  // tensor-parallel partition's rank file does); kInvalidArgument for a group the GPU cannot
+  // split (see above).
   static Result<std::unique_ptr<GpuStageModel>> load(const ModelConfig& config,
                                                      const WeightSource& weights,
                                                      int64_t layer_begin, int64_t layer_end,
                                                      const GpuStageOptions& options,
-                                                     TpRank tp = {});
+                                                     TpRank tp = {}, bool presliced = false);
   // The same layers with random_weights(config, seed)'s values, generated on the device (and
   // quantized there per options.quantization, bitwise as the host's quantize_on_load); as rank
   // tp.rank, the same slices as load() of that source would hold.
