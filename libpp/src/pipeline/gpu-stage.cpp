@@ -73,10 +73,9 @@ Result<std::unique_ptr<GpuStage>> GpuStage::create(const StageSpec& spec, const 
                             spec.stage, tp.rank, tp.size, w.sliced_for->rank, w.sliced_for->size);
   }
   if (w.weights) {
-    PP_ASSIGN_OR_RETURN(g->model_,
-                        model::GpuStageModel::load(w.config, *w.weights, w.layers.begin,
-                                                   w.layers.end, o, tp,
-                                                   /*presliced=*/w.sliced_for.has_value()));
+    PP_ASSIGN_OR_RETURN(g->model_, model::GpuStageModel::load(
+                                       w.config, *w.weights, w.layers.begin, w.layers.end, o, tp,
+                                       /*presliced=*/w.sliced_for.has_value()));
   } else {
     PP_ASSERT_MSG(w.random_seed.has_value(), "a stage spec without weights or a random seed");
     PP_ASSIGN_OR_RETURN(g->model_,

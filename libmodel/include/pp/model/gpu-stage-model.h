@@ -123,8 +123,8 @@ class GpuStageModel {
   static Result<std::unique_ptr<GpuStageModel>> load(const ModelConfig& config,
                                                      const WeightSource& weights,
                                                      int64_t layer_begin, int64_t layer_end,
-                                                     const GpuStageOptions& options,
-                                                     TpRank tp = {}, bool presliced = false);
+                                                     const GpuStageOptions& options, TpRank tp = {},
+                                                     bool presliced = false);
   // The same layers with random_weights(config, seed)'s values, generated on the device (and
   // quantized there per options.quantization, bitwise as the host's quantize_on_load); as rank
   // tp.rank, the same slices as load() of that source would hold.

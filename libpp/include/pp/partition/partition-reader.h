@@ -37,7 +37,7 @@ struct StageShard {
   // The lm_head's tensor in this file: "lm_head.weight", or "model.embed_tokens.weight" for a
   // tied model whose one stage holds both; empty without lm_head.
   std::string lm_head_tensor;
-  model::DType dtype = model::DType::kBF16;            // storage dtype of the shard
+  model::DType dtype = model::DType::kBF16;  // storage dtype of the shard
   std::filesystem::path file;  // DIR/stage-K.safetensors (DIR/stage-K-rank-R.safetensors)
   std::shared_ptr<const model::WeightSource> weights;  // this stage's tensors only
   // Set when `weights` holds rank sliced_for->rank's slices of the stage's tensors (a
