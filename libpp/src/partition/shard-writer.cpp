@@ -293,13 +293,29 @@ Status write_tokenizer(const ModelSource& src, const fs::path& tmp, TokenizerFil
   return ok_status();
 }
 
-Status check_space(const fs::path& parent, const Plan& plan) {
+// The shards, plus the f32 scratch of the largest stage (see StageScratch). With tensor
+// parallelism a stage's rank files together hold every replicated tensor (norms, the embedding, a
+// KV head several ranks read) once per rank: the stage's bytes scale with its parameters summed
+// over the ranks' local shapes.
+Status check_space(const fs::path& parent, const Plan& plan, const model::ModelConfig& c,
+                   const std::vector<model::TpLayout>& layouts) {
   struct statvfs st {};
   if (::statvfs(parent.c_str(), &st) != 0) return ok_status();  // unknown: let writes decide
-  // The shards, plus the f32 scratch of the largest stage (see StageScratch).
   uint64_t need = 0, scratch = 0;
   for (const StagePlan& s : plan.stages) {
-    need += s.bytes;
+    double factor = 1.0;
+    if (layouts.size() > 1) {
+      const model::StageTensors t = model::stage_tensors(c, stage_parts(s), true);
+      const int64_t whole = model::tensor_params(t.tensors);
+      int64_t ranks = 0;
+      for (const model::TpLayout& l : layouts) {
+        for (const model::ShardedTensor& x : model::shard_tensors(c, l, t.tensors)) {
+          ranks += x.local.numel();
+        }
+      }
+      if (whole > 0) factor = double(ranks) / double(whole);
+    }
+    need += uint64_t(double(s.bytes) * factor);
     scratch = std::max<uint64_t>(scratch, uint64_t(s.params) * 4);
   }
   need += scratch;
@@ -462,7 +478,7 @@ Result<PartitionManifest> write_partition(const ModelSource& src, const Plan& pl
     layouts = std::move(l).value();
   }
 
-  PP_RETURN_IF_ERROR(check_space(parent, plan));
+  PP_RETURN_IF_ERROR(check_space(parent, plan, c, layouts));
   if (cancelled(o)) return cancelled_status();
 
   fs::path tmp = parent / (out.filename().string() + ".tmp-" + random_suffix());
